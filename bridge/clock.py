@@ -1,0 +1,99 @@
+"""Time as a dependency: the service uses `SystemClock`, tests use `FakeClock`.
+
+Everything that reads the time or waits takes a `Clock`, so tests can run poll
+windows, backoff schedules and cron periods without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from datetime import UTC, datetime
+from typing import Protocol
+
+
+class Clock(Protocol):
+    """Wall time (Unix seconds), monotonic time, and an interruptible sleep."""
+
+    def now(self) -> float:
+        """Unix time in seconds."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes backwards (for intervals)."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait `seconds` of this clock's time."""
+        ...
+
+
+class SystemClock:
+    """The real clock."""
+
+    def now(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+
+class FakeClock:
+    """A clock that moves only when a test calls `advance` or `set`.
+
+    Sleepers wake, in deadline order, when the clock passes their deadline; both
+    `now()` and `monotonic()` move together.
+    """
+
+    def __init__(self, start: float = 1_764_000_000.0) -> None:
+        self._now = start
+        self._mono = 0.0
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+
+    def now(self) -> float:
+        return self._now
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self._mono + seconds, next(self._seq), fut))
+        await fut
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward and wake every sleeper whose deadline has passed."""
+        self._now += seconds
+        self._mono += seconds
+        while self._sleepers and self._sleepers[0][0] <= self._mono:
+            _, _, fut = heapq.heappop(self._sleepers)
+            if not fut.done():
+                fut.set_result(None)
+
+    def set(self, unix_seconds: float) -> None:
+        """Jump to an absolute wall time (forward only)."""
+        if unix_seconds < self._now:
+            raise ValueError("FakeClock only moves forward")
+        self.advance(unix_seconds - self._now)
+
+    @property
+    def sleepers(self) -> int:
+        """How many sleeps are waiting (for tests that wait for a loop to park)."""
+        return sum(1 for _, _, f in self._sleepers if not f.done())
+
+
+def utc_iso(unix_seconds: float, *, millis: bool = False) -> str:
+    """RFC 3339 UTC with `Z`, e.g. `2026-11-24T09:59:50Z`."""
+    dt = datetime.fromtimestamp(unix_seconds, tz=UTC)
+    if millis:
+        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")

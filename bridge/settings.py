@@ -1,0 +1,702 @@
+"""The configuration model (SPEC §2) and its loader.
+
+A YAML file is read, `${VAR}` references are expanded, `*_file` keys are read
+into their secret, and the result is validated by pydantic-settings, which also
+applies `BRIDGE_`-prefixed environment overrides (`BRIDGE_UPSTREAM__API_KEY`).
+Environment overrides win over the file. Every problem is collected into one
+`ConfigError` whose lines carry the dotted path (`targets[1].url: invalid URL`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import string
+from collections.abc import Iterator, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+NOTIFICATION_TYPES = (
+    "event.created",
+    "event.updated",
+    "clip.requested",
+    "clip.updated",
+    "clip.completed",
+    "clip.failed",
+    "upload.updated",
+    "report.safety",
+    "bridge.test",
+)
+NotificationType = Literal[
+    "event.created",
+    "event.updated",
+    "clip.requested",
+    "clip.updated",
+    "clip.completed",
+    "clip.failed",
+    "upload.updated",
+    "report.safety",
+    "bridge.test",
+]
+Category = Literal["sensor", "adas", "dms", "traffic_sign", "other"]
+Severity = Literal["minor", "moderate", "severe", "unknown"]
+CAMERA_IDS = ("C_F", "C_I", "C_R", "C_E", "GRID", "S_F_I", "ALL")
+
+PositiveSeconds = Annotated[float, Field(gt=0)]
+NonNegativeSeconds = Annotated[float, Field(ge=0)]
+
+# Keys whose `<key>_file` sibling is read from disk (Kubernetes secret mounts).
+SECRET_FILE_KEYS = frozenset(
+    {"api_key", "token", "password", "secret", "webhook_url", "bot_token", "admin_token"}
+)
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; `problems` has one `path: message` line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- upstream
+
+
+class EventTypeOverride(_Strict):
+    name: str | None = None
+    category: Category | None = None
+
+
+class UpstreamAuth(_Strict):
+    """Exactly one of a static `token` or `email` + `password`."""
+
+    token: SecretStr | None = None
+    email: str | None = None
+    password: SecretStr | None = None
+    fleet_id: int | None = None
+
+    @model_validator(mode="after")
+    def _one_method(self) -> UpstreamAuth:
+        if self.token is not None and (self.email or self.password):
+            raise ValueError("give either token or email+password, not both")
+        if self.token is None:
+            if not self.email or self.password is None:
+                raise ValueError("give token, or both email and password")
+            if len(self.password.get_secret_value()) < 6:
+                raise ValueError("password must have at least 6 characters")
+        return self
+
+
+class UpstreamSettings(_Strict):
+    base_url: AnyHttpUrl
+    api_key: SecretStr
+    api_key_header: str = "X-Api-Key"
+    auth: UpstreamAuth
+    auth_header: str = "Authorization"
+    auth_scheme: str = "Bearer"
+    timeout_s: PositiveSeconds = 15
+    page_size: int = Field(100, ge=1, le=1000)
+    max_requests_per_s: PositiveSeconds = 5
+    max_retries: int = Field(4, ge=0, le=20)
+    event_types: dict[int, EventTypeOverride] = Field(default_factory=dict)
+
+    @property
+    def base(self) -> str:
+        """The base URL without a trailing slash."""
+        return str(self.base_url).rstrip("/")
+
+
+# --------------------------------------------------------------------------- polling
+
+
+def parse_start_from(value: str, now: float) -> float:
+    """`now`, a duration (`24h`, `90m`, `30s`, `2d`) back from now, or an ISO instant."""
+    v = value.strip()
+    if v == "now":
+        return now
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd])", v)
+    if m:
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        return now - float(m.group(1)) * unit
+    dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        raise ValueError("an ISO-8601 start_from needs a time zone (e.g. Z)")
+    return dt.timestamp()
+
+
+class EventsPoll(_Strict):
+    interval_s: PositiveSeconds = 30
+    lookback_s: NonNegativeSeconds = 900
+    max_window_s: PositiveSeconds = 3600
+    start_from: str = "now"
+    types: list[int] = Field(default_factory=list)
+    device_cids: list[str] = Field(default_factory=list)
+    serial_number: str | None = None
+    notify_updates: bool = True
+
+    @field_validator("start_from")
+    @classmethod
+    def _valid_start(cls, v: str) -> str:
+        try:
+            parse_start_from(v, 0.0)
+        except ValueError as err:
+            raise ValueError(
+                f"must be 'now', a duration such as 24h, or an ISO-8601 instant ({err})"
+            ) from None
+        return v
+
+
+class ClipsPoll(_Strict):
+    interval_s: PositiveSeconds = 15
+    give_up_after_s: PositiveSeconds = 259200
+
+
+class ManualUploadsPoll(_Strict):
+    enabled: bool = False
+    interval_s: PositiveSeconds = 60
+
+
+class SafetyReportPoll(_Strict):
+    enabled: bool = False
+    cron: str = "0 7 * * *"
+    tz: str = "UTC"
+
+    @field_validator("tz")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        return _check_tz(v)
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(v)
+        except ValueError as err:
+            raise ValueError(f"invalid cron expression ({err})") from None
+        return v
+
+
+class PollSettings(_Strict):
+    events: EventsPoll = EventsPoll()
+    clips: ClipsPoll = ClipsPoll()
+    manual_uploads: ManualUploadsPoll = ManualUploadsPoll()
+    safety_report: SafetyReportPoll = SafetyReportPoll()
+
+
+# --------------------------------------------------------------------------- clips / ingest
+
+
+class ClipRuleMatch(_Strict):
+    min_severity: Severity | None = None
+    categories: list[Category] = Field(default_factory=list)
+    event_types: list[int] = Field(default_factory=list)
+
+
+class ClipRule(_Strict):
+    match: ClipRuleMatch = ClipRuleMatch()
+    cam_id: str = "ALL"
+    duration_s: int = Field(30, ge=1, le=86400)
+
+    @field_validator("cam_id")
+    @classmethod
+    def _cam(cls, v: str) -> str:
+        if v not in CAMERA_IDS:
+            raise ValueError(f"unknown camera id; use one of {', '.join(CAMERA_IDS)}")
+        return v
+
+
+class ClipsSettings(_Strict):
+    auto_request: list[ClipRule] = Field(default_factory=list)
+
+
+class VendorWebhookIngest(_Strict):
+    enabled: bool = False
+    path: str = "/ingest/visionmax"
+    token: SecretStr | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/") or v.startswith("/api/"):
+            raise ValueError("must start with / and not lie under /api/")
+        return v
+
+
+class IngestSettings(_Strict):
+    vendor_webhook: VendorWebhookIngest = VendorWebhookIngest()
+
+
+# --------------------------------------------------------------------------- store / server / logging
+
+
+class StoreSettings(_Strict):
+    url: str = "sqlite:////var/lib/fleet-bridge/bridge.db"
+    retention_days: float = Field(14, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if v.startswith("sqlite:///"):
+            if len(v) <= len("sqlite:///"):
+                raise ValueError("sqlite URL needs a path: sqlite:////abs/path.db")
+            return v
+        if v.startswith(("postgresql://", "postgres://")):
+            return v
+        raise ValueError("must be sqlite:///PATH or postgresql://…")
+
+    @property
+    def kind(self) -> Literal["sqlite", "postgresql"]:
+        return "sqlite" if self.url.startswith("sqlite:") else "postgresql"
+
+    @property
+    def sqlite_path(self) -> str:
+        """The file path of a sqlite URL (`sqlite:////abs` → `/abs`, `sqlite:///rel` → `rel`)."""
+        return self.url[len("sqlite:///") :]
+
+
+class ServerSettings(_Strict):
+    host: str = "0.0.0.0"  # noqa: S104 - a container listens on all interfaces
+    port: int = Field(8080, ge=0, le=65535)
+    admin_token: SecretStr | None = None
+    shutdown_grace_s: NonNegativeSeconds = 20
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+
+
+class LoggingSettings(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+# --------------------------------------------------------------------------- targets
+
+
+class TargetFilter(_Strict):
+    types: list[NotificationType] = Field(default_factory=list)
+    event_types: list[int] = Field(default_factory=list)
+    categories: list[Category] = Field(default_factory=list)
+    min_severity: Severity | None = None
+    device_cids: list[str] = Field(default_factory=list)
+
+
+class RetrySettings(_Strict):
+    max_attempts: int = Field(15, ge=1)
+    max_age_s: PositiveSeconds = 86400
+    base_delay_s: PositiveSeconds = 1
+    max_delay_s: PositiveSeconds = 3600
+
+
+class _TargetBase(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    filter: TargetFilter = TargetFilter()
+    redact: list[str] = Field(default_factory=list)
+    retry: RetrySettings = RetrySettings()
+    max_in_flight: int = Field(8, ge=1, le=256)
+    rate_limit_per_s: PositiveSeconds | None = None
+    timeout_s: PositiveSeconds = 10
+
+
+def _check_whsec(secret: SecretStr) -> SecretStr:
+    import base64
+    import binascii
+
+    raw = secret.get_secret_value()
+    body = raw.removeprefix("whsec_")
+    try:
+        if not base64.b64decode(body, validate=True):
+            raise ValueError
+    except (binascii.Error, ValueError):
+        raise ValueError("webhook secret must be whsec_ followed by base64") from None
+    return secret
+
+
+class WebhookTarget(_TargetBase):
+    type: Literal["webhook"]
+    url: AnyHttpUrl
+    secret: SecretStr | list[SecretStr] | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("secret")
+    @classmethod
+    def _secrets(cls, v: SecretStr | list[SecretStr] | None) -> SecretStr | list[SecretStr] | None:
+        if v is None:
+            return v
+        for s in v if isinstance(v, list) else [v]:
+            _check_whsec(s)
+        return v
+
+    @property
+    def secrets(self) -> list[SecretStr]:
+        """The signing secrets, newest first as configured."""
+        if self.secret is None:
+            return []
+        return self.secret if isinstance(self.secret, list) else [self.secret]
+
+
+class SlackTarget(_TargetBase):
+    type: Literal["slack"]
+    webhook_url: SecretStr | None = None
+    bot_token: SecretStr | None = None
+    channel: str | None = None
+    api_base_url: AnyHttpUrl = AnyHttpUrl("https://slack.com/api")
+    tz: str = "UTC"
+    rate_limit_per_s: PositiveSeconds | None = 1
+
+    @field_validator("tz")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        return _check_tz(v)
+
+    @model_validator(mode="after")
+    def _one_way(self) -> SlackTarget:
+        if (self.webhook_url is None) == (self.bot_token is None):
+            raise ValueError("give exactly one of webhook_url or bot_token")
+        if self.bot_token is not None and not self.channel:
+            raise ValueError("bot_token needs a channel")
+        if self.webhook_url is not None:
+            url = self.webhook_url.get_secret_value()
+            if urlsplit(url).scheme not in ("http", "https"):
+                raise ValueError("webhook_url: invalid URL")
+        return self
+
+
+MQTT_PLACEHOLDERS = frozenset(
+    {"prefix", "type", "type_path", "device_cid", "event_type", "severity", "ticket"}
+)
+
+
+class MqttTarget(_TargetBase):
+    type: Literal["mqtt"]
+    url: str
+    topic_prefix: str = "fleet"
+    topic: str = "{prefix}/{type_path}/{device_cid}"
+    qos: Literal[0, 1, 2] = 1
+    retain: bool = False
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    client_id: str | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_insecure: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError("invalid URL: use mqtt://host:1883 or mqtts://host:8883")
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            raise ValueError("invalid URL: bad port") from None
+        return v
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, v: str) -> str:
+        try:
+            names = {f for _, f, _, _ in string.Formatter().parse(v) if f is not None}
+        except ValueError as err:
+            raise ValueError(f"invalid topic template ({err})") from None
+        unknown = names - MQTT_PLACEHOLDERS
+        if unknown or "" in names:
+            raise ValueError(
+                f"unknown placeholder {sorted(unknown or {''})}; "
+                f"use {', '.join('{' + p + '}' for p in sorted(MQTT_PLACEHOLDERS))}"
+            )
+        if "#" in v or "+" in v:
+            raise ValueError("a publish topic cannot contain the wildcards # or +")
+        return v
+
+
+class ConsoleTarget(_TargetBase):
+    type: Literal["console"]
+
+
+Target = Annotated[
+    WebhookTarget | SlackTarget | MqttTarget | ConsoleTarget, Field(discriminator="type")
+]
+
+
+# --------------------------------------------------------------------------- root
+
+
+class Settings(BaseSettings):
+    """The whole configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BRIDGE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    upstream: UpstreamSettings
+    poll: PollSettings = PollSettings()
+    clips: ClipsSettings = ClipsSettings()
+    ingest: IngestSettings = IngestSettings()
+    store: StoreSettings = StoreSettings()
+    server: ServerSettings = ServerSettings()
+    logging: LoggingSettings = LoggingSettings()
+    targets: list[Target] = Field(default_factory=list)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment overrides beat the file; no dotenv or secrets-dir magic.
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _unique_targets(self) -> Settings:
+        problems = _duplicate_target_names({"targets": [{"name": t.name} for t in self.targets]})
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def target(self, name: str) -> WebhookTarget | SlackTarget | MqttTarget | ConsoleTarget:
+        """The target called `name` (KeyError when there is none)."""
+        for t in self.targets:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    def secret_values(self) -> list[str]:
+        """Every configured secret value, for the log scrubber."""
+        out: list[str] = []
+        for value in _walk_values(self):
+            if isinstance(value, SecretStr):
+                out.append(value.get_secret_value())
+        for url in [self.store.url, *(t.url for t in self.targets if isinstance(t, MqttTarget))]:
+            pw = urlsplit(url).password
+            if pw:
+                out.append(pw)
+        return [s for s in out if len(s) >= 4]
+
+
+def _walk_values(obj: Any) -> Iterator[Any]:
+    if isinstance(obj, BaseModel):
+        for name in type(obj).model_fields:
+            yield from _walk_values(getattr(obj, name))
+    elif isinstance(obj, Mapping):
+        for v in obj.values():
+            yield from _walk_values(v)
+    elif isinstance(obj, list | tuple):
+        for v in obj:
+            yield from _walk_values(v)
+    else:
+        yield obj
+
+
+def _duplicate_target_names(data: Mapping[str, Any]) -> list[str]:
+    targets = data.get("targets")
+    if not isinstance(targets, list):
+        return []
+    seen: set[str] = set()
+    problems = []
+    for i, t in enumerate(targets):
+        name = t.get("name") if isinstance(t, dict) else None
+        if isinstance(name, str):
+            if name in seen:
+                problems.append(f"targets[{i}].name: duplicate target name {name!r}")
+            seen.add(name)
+    return problems
+
+
+def _check_tz(v: str) -> str:
+    try:
+        ZoneInfo(v)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {v!r}") from None
+    return v
+
+
+# --------------------------------------------------------------------------- loading
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _path_str(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(root)"
+
+
+def _expand(node: Any, loc: tuple[int | str, ...], env: Mapping[str, str], errs: list[str]) -> Any:
+    """Expand `${VAR}` in strings and read `<secret>_file` keys, collecting errors."""
+    if isinstance(node, dict):
+        out: dict[Any, Any] = {}
+        for key, value in node.items():
+            here = (*loc, str(key))
+            value = _expand(value, here, env, errs)
+            if isinstance(key, str) and key.endswith("_file") and key[:-5] in SECRET_FILE_KEYS:
+                base = key[:-5]
+                if base in node:
+                    errs.append(f"{_path_str(here)}: give {base} or {key}, not both")
+                    continue
+                try:
+                    out[base] = Path(str(value)).read_text(encoding="utf-8").strip()
+                except OSError as err:
+                    errs.append(f"{_path_str(here)}: cannot read secret file ({err.strerror})")
+                continue
+            out[key] = value
+        return out
+    if isinstance(node, list):
+        return [_expand(v, (*loc, i), env, errs) for i, v in enumerate(node)]
+    if isinstance(node, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name not in env:
+                errs.append(f"{_path_str(loc)}: environment variable {name} is not set")
+                return ""
+            return env[name]
+
+        return _ENV_REF.sub(sub, node)
+    return node
+
+
+def _format_validation_error(err: ValidationError) -> list[str]:
+    lines = []
+    target_tags = {"webhook", "slack", "mqtt", "console"}
+    for e in err.errors():
+        loc = list(e["loc"])
+        # A discriminated union puts the tag in the path (targets.1.webhook.url): drop it.
+        if len(loc) >= 3 and loc[0] == "targets" and loc[2] in target_tags:
+            del loc[2]
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required"
+        elif e["type"].startswith("url_"):
+            msg = f"invalid URL ({msg})"
+        elif e["type"] == "union_tag_invalid":
+            msg = "unknown target type; use webhook, slack, mqtt or console"
+        lines.append(f"{_path_str(tuple(loc))}: {msg}")
+    return lines
+
+
+def load_settings(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Settings:
+    """Read, expand and validate the config file; raise `ConfigError` listing every problem."""
+    env = os.environ if env is None else env
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError([f"(file): cannot read {path}: {err.strerror}"]) from None
+    return settings_from_yaml(text, env)
+
+
+def settings_from_yaml(text: str, env: Mapping[str, str] | None = None) -> Settings:
+    """Validate config given as YAML text (see `load_settings`)."""
+    env = os.environ if env is None else env
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError([f"(file): not valid YAML: {err}"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(["(root): the config must be a mapping"])
+    return settings_from_dict(raw, env)
+
+
+def settings_from_dict(raw: dict[str, Any], env: Mapping[str, str] | None = None) -> Settings:
+    """Validate an already-parsed config mapping (see `load_settings`)."""
+    env = os.environ if env is None else env
+    errs: list[str] = []
+    data = _expand(raw, (), env, errs)
+    errs.extend(_duplicate_target_names(data))
+    try:
+        settings = _with_environ(env, lambda: Settings(**data))
+    except ValidationError as err:
+        errs.extend(
+            e for e in _format_validation_error(err) if not any(old in e for old in errs)
+        )
+        raise ConfigError(errs) from None
+    if errs:
+        raise ConfigError(errs)
+    return settings
+
+
+def _with_environ(env: Mapping[str, str], build: Any) -> Settings:
+    # pydantic-settings reads os.environ; tests pass their own mapping.
+    if env is os.environ:
+        return build()  # type: ignore[no-any-return]
+    saved = dict(os.environ)
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        return build()  # type: ignore[no-any-return]
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+# --------------------------------------------------------------------------- display
+
+MASK = "**********"
+
+
+def masked_dump(settings: Settings) -> dict[str, Any]:
+    """The effective config as plain data with every secret replaced by a mask."""
+    data = settings.model_dump(mode="python")
+
+    def mask(node: Any) -> Any:
+        if isinstance(node, SecretStr):
+            return MASK
+        if isinstance(node, dict):
+            return {k: mask(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [mask(v) for v in node]
+        if isinstance(node, Path):
+            return str(node)
+        if isinstance(node, AnyHttpUrl):
+            return str(node)
+        return node
+
+    out: dict[str, Any] = mask(data)
+    out["store"]["url"] = mask_url_password(out["store"]["url"])
+    for t in out["targets"]:
+        if t.get("type") == "mqtt":
+            t["url"] = mask_url_password(t["url"])
+    return out
+
+
+def mask_url_password(url: str) -> str:
+    """`mqtt://user:pass@host` → `mqtt://user:**********@host`."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", f":{MASK}@", 1)
+    return parts._replace(netloc=netloc).geturl()

@@ -117,17 +117,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         case "simulate":
             return _simulate(args)
         case "run":
+            settings = _load(args.config)
             from bridge.service import run_service
 
-            return run_service(_load(args.config))
+            return run_service(settings)
         case "demo":
             from bridge.demo import run_demo
 
             return run_demo(duration=args.duration)
         case "replay":
+            settings = _load(args.config)
             from bridge.service import run_replay
 
-            return run_replay(_load(args.config), args.target, args.since, args.until)
+            return run_replay(settings, args.target, args.since, args.until)
     raise AssertionError(args.command)
 
 

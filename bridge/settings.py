@@ -640,9 +640,12 @@ def settings_from_dict(raw: dict[str, Any], env: Mapping[str, str] | None = None
     try:
         settings = _with_environ(env, lambda: Settings(**data))
     except ValidationError as err:
-        errs.extend(
-            e for e in _format_validation_error(err) if not any(old in e for old in errs)
-        )
+        for line in _format_validation_error(err):
+            path = line.split(":", 1)[0]
+            # Already reported: a duplicate name, or the *_file that failed to read.
+            if any(old in line or old.startswith(f"{path}_file:") for old in errs):
+                continue
+            errs.append(line)
         raise ConfigError(errs) from None
     if errs:
         raise ConfigError(errs)

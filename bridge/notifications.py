@@ -1,0 +1,113 @@
+"""The notification envelope (SPEC §3, version 1) and its identifiers. Pure: no I/O.
+
+A `Notification` is what the pipeline stores once and every target receives. Its
+`body` is the compact UTF-8 JSON of the envelope, serialized once at creation so
+dispatchers send stored bytes instead of re-encoding per delivery.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from bridge.clock import utc_iso
+
+ENVELOPE_VERSION = 1
+SOURCE_SYSTEM = "visionmax"
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_notification_id(now: float | None = None) -> str:
+    """`ntf_` + a ULID: 48 bits of milliseconds then 80 random bits, Crockford base32.
+
+    Sortable by creation time, so ids double as a stable order for receivers.
+    """
+    ms = int((time.time() if now is None else now) * 1000)
+    value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "ntf_" + "".join(reversed(chars))
+
+
+def dumps(obj: Any) -> str:
+    """Compact JSON, UTF-8 kept as is (the wire format of every target)."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class RoutingKeys:
+    """What target filters look at; derived from `data`, never sent."""
+
+    event_code: int | None = None
+    category: str | None = None
+    severity: str | None = None
+    device_cid: str | None = None
+    ticket: str | None = None
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One notification: envelope fields plus routing keys."""
+
+    id: str
+    type: str
+    created_at: float
+    source_base_url: str
+    data: dict[str, Any]
+    keys: RoutingKeys = field(default_factory=RoutingKeys)
+
+    def envelope(self) -> dict[str, Any]:
+        """The envelope as a dict (SPEC §3)."""
+        return {
+            "id": self.id,
+            "type": self.type,
+            "version": ENVELOPE_VERSION,
+            "created_at": utc_iso(self.created_at, millis=True),
+            "source": {"system": SOURCE_SYSTEM, "base_url": self.source_base_url},
+            "data": self.data,
+        }
+
+    @cached_property
+    def body(self) -> str:
+        """The envelope as compact JSON."""
+        return dumps(self.envelope())
+
+
+def build_notification(
+    type_: str,
+    data: dict[str, Any],
+    *,
+    base_url: str,
+    now: float,
+    keys: RoutingKeys | None = None,
+    notification_id: str | None = None,
+) -> Notification:
+    """A new notification with a fresh id (or the given one)."""
+    return Notification(
+        id=notification_id or new_notification_id(now),
+        type=type_,
+        created_at=now,
+        source_base_url=base_url,
+        data=data,
+        keys=keys or routing_keys(type_, data),
+    )
+
+
+def routing_keys(type_: str, data: dict[str, Any]) -> RoutingKeys:
+    """Routing keys read from a notification's `data` (event and clip shapes)."""
+    event_type = data.get("event_type") if isinstance(data.get("event_type"), dict) else None
+    device = data.get("device") if isinstance(data.get("device"), dict) else None
+    return RoutingKeys(
+        event_code=event_type.get("code") if event_type else None,
+        category=event_type.get("category") if event_type else None,
+        severity=data.get("severity"),
+        device_cid=(device or {}).get("cid") or data.get("device_cid"),
+        ticket=data.get("ticket"),
+    )

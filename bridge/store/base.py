@@ -1,0 +1,253 @@
+"""The `Store` protocol: the spine of the pipeline (a transactional outbox).
+
+Ingest writes a notification, one delivery row per routed target, the ticket's
+new revision fingerprint and the moved cursor in ONE transaction (`Store.ingest`);
+each target's dispatcher then claims its own due deliveries and records outcomes.
+Implementations: `sqlite.SqliteStore` (embedded default) and, later, PostgreSQL.
+
+Delivery states::
+
+    pending ──claim──▶ in_flight ──▶ delivered
+       ▲                  │
+       └──── retry ◀──────┤
+                          └──▶ dead ──(API retry / replay)──▶ pending
+
+A crash leaves rows `in_flight`; their lease expires (or `recover` at start-up
+releases them) and they are sent again: at-least-once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from bridge.notifications import Notification
+
+
+class DeliveryState(StrEnum):
+    PENDING = "pending"
+    IN_FLIGHT = "in_flight"
+    DELIVERED = "delivered"
+    DEAD = "dead"
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached or answered with an I/O error."""
+
+
+@dataclass(frozen=True)
+class SeenTicket:
+    """What de-dup remembers of a ticket: its last revision and media fingerprint."""
+
+    ticket: str
+    revision: int
+    fingerprint: dict[str, Any]
+    first_seen_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class NewNotification:
+    """A notification to store together with the targets it is routed to."""
+
+    notification: Notification
+    targets: Sequence[str]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A delivery row as a dispatcher sees it after claiming it."""
+
+    id: int
+    notification_id: str
+    type: str
+    target: str
+    body: str  # the envelope JSON as stored
+    attempts: int  # attempts made before this one
+    created_at: float  # when the notification was created (for max_age_s)
+    event_at: float | None = None  # occurred_at of the source item, for latency metrics
+
+
+@dataclass(frozen=True)
+class DeliveryRecord:
+    """A delivery row as the admin API lists it."""
+
+    id: int
+    notification_id: str
+    type: str
+    target: str
+    state: DeliveryState
+    attempts: int
+    last_status: int | None
+    last_error: str | None
+    next_attempt_at: float | None
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one attempt, recorded by `Store.record_outcomes`."""
+
+    delivery_id: int
+    state: DeliveryState  # DELIVERED, PENDING (retry later) or DEAD
+    attempts: int  # attempts made including this one
+    status: int | None = None
+    error: str | None = None
+    next_attempt_at: float | None = None  # for PENDING
+
+
+@dataclass(frozen=True)
+class TargetState:
+    """Persisted per-target control state."""
+
+    paused: bool = False
+    paused_reason: str | None = None
+    hold_until: float | None = None  # Retry-After: no sends before this time
+
+
+@dataclass
+class IngestResult:
+    """What one ingest transaction did (for the poll run's canonical log line)."""
+
+    created: int = 0
+    updated: int = 0
+    duplicates: int = 0
+    notifications: list[Notification] = field(default_factory=list)
+
+
+class IngestTx(Protocol):
+    """Operations available inside one ingest transaction."""
+
+    async def seen_tickets(self, tickets: Sequence[str]) -> dict[str, SeenTicket]:
+        """The stored state of these tickets (missing ones are absent)."""
+        ...
+
+    async def put_tickets(self, rows: Sequence[SeenTicket]) -> None:
+        """Insert or replace ticket states."""
+        ...
+
+    async def add_notifications(self, items: Sequence[NewNotification]) -> None:
+        """Store notifications and one pending delivery per routed target."""
+        ...
+
+    async def set_cursor(self, job: str, value: float) -> None:
+        """Move a poller's cursor (committed with everything else)."""
+        ...
+
+    async def put_json(self, kind: str, key: str, value: dict[str, Any]) -> None:
+        """Keep small keyed state (clip tasks, uploads) in the same transaction."""
+        ...
+
+    async def get_json(self, kind: str, key: str) -> dict[str, Any] | None:
+        """Read keyed state inside the transaction."""
+        ...
+
+
+IngestFn = Callable[[IngestTx], Awaitable[Any]]
+
+
+class Store(Protocol):
+    """Durable state of the bridge. Every method is safe to call concurrently."""
+
+    async def open(self) -> None:
+        """Connect and apply pending migrations."""
+        ...
+
+    async def close(self) -> None:
+        """Flush and close."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise `StoreUnavailable` unless the store answers (readiness)."""
+        ...
+
+    # -- ingest ------------------------------------------------------------------
+
+    async def ingest(self, fn: IngestFn) -> Any:
+        """Run `fn(tx)` in one transaction; commit if it returns, roll back if it raises.
+
+        After commit, dispatchers of the targets that got new deliveries are woken
+        (see `subscribe`).
+        """
+        ...
+
+    async def get_cursor(self, job: str) -> float | None:
+        """A poller's cursor, or None before its first run."""
+        ...
+
+    async def get_json(self, kind: str, key: str) -> dict[str, Any] | None:
+        """Keyed state outside a transaction."""
+        ...
+
+    async def list_json(self, kind: str) -> list[tuple[str, dict[str, Any]]]:
+        """All keyed state of one kind (e.g. open clip tasks)."""
+        ...
+
+    # -- dispatch ----------------------------------------------------------------
+
+    def subscribe(self, target: str, wake: Callable[[], None]) -> None:
+        """Call `wake()` after every commit that adds deliveries for `target`."""
+        ...
+
+    async def recover(self) -> int:
+        """Release rows left `in_flight` by a crash back to pending; returns how many."""
+        ...
+
+    async def claim(self, target: str, now: float, limit: int, *, fifo: bool) -> list[Delivery]:
+        """Claim up to `limit` due pending deliveries of `target`, oldest first.
+
+        With `fifo`, only the oldest unfinished delivery is eligible, and only when
+        it is due: a failing head blocks the rest (strict FIFO).
+        """
+        ...
+
+    async def next_due_at(self, target: str, *, fifo: bool) -> float | None:
+        """When the next pending delivery of `target` becomes due (None if none)."""
+        ...
+
+    async def record_outcomes(self, outcomes: Sequence[Outcome], now: float) -> None:
+        """Record the result of attempts (batched: one transaction)."""
+        ...
+
+    async def get_target_state(self, target: str) -> TargetState:
+        """Pause / hold state of a target."""
+        ...
+
+    async def set_target_state(self, target: str, state: TargetState) -> None:
+        """Persist pause / hold state of a target."""
+        ...
+
+    # -- operations --------------------------------------------------------------
+
+    async def list_deliveries(
+        self,
+        *,
+        state: DeliveryState | None = None,
+        target: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> tuple[list[DeliveryRecord], str | None]:
+        """Deliveries newest first, with an opaque cursor for the next page."""
+        ...
+
+    async def retry_delivery(self, delivery_id: int, now: float) -> bool:
+        """Re-queue one dead delivery now; False if it is not dead or unknown."""
+        ...
+
+    async def replay(self, target: str, since: float, until: float, now: float) -> int:
+        """New pending deliveries to `target` for notifications created in [since, until]."""
+        ...
+
+    async def queue_counts(self) -> dict[str, dict[str, int]]:
+        """{target: {state: count}} for pending, in_flight and dead."""
+        ...
+
+    async def count_notifications(self, type_: str | None = None) -> int:
+        """How many notifications are stored (optionally of one type)."""
+        ...
+
+    async def prune(self, older_than: float) -> int:
+        """Delete notifications (and their deliveries) and tickets older than this."""
+        ...

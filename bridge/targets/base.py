@@ -1,0 +1,50 @@
+"""The `Target` protocol and the outcome of one send.
+
+A target only knows how to put one notification on its wire and how to classify
+the answer. Retries, backoff, rate limits, concurrency, pausing and metrics are
+the dispatcher's job (bridge/dispatch.py), composed around every target alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from bridge.store.base import Delivery
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """How one attempt ended, as the target classifies it."""
+
+    ok: bool
+    status: int | None = None  # HTTP status (or protocol code) when there was an answer
+    error: str | None = None  # short, secret-free description for logs and the API
+    retryable: bool = True  # False: permanent failure, the delivery goes dead now
+    retry_after: float | None = None  # seconds: hold the WHOLE target this long
+    pause: bool = False  # the receiver is gone (webhook 410): pause the target
+
+    @classmethod
+    def success(cls, status: int | None = None) -> SendResult:
+        return cls(ok=True, status=status)
+
+
+class Target(Protocol):
+    """One configured destination."""
+
+    name: str
+
+    async def start(self) -> None:
+        """Open connections (called once before the first send)."""
+        ...
+
+    async def send(self, delivery: Delivery, envelope: dict[str, Any], body: str) -> SendResult:
+        """Deliver one notification; never raises for delivery failures.
+
+        `envelope` is the (possibly redacted) envelope and `body` its compact JSON.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Release connections; called once at shutdown."""
+        ...

@@ -1,0 +1,114 @@
+"""The command line as a user meets it: real processes, exit codes, stderr lines."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from bridge import __version__
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "bridge", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=60,
+        check=False,
+    )
+
+
+def write_config(tmp_path: Path, cfg: dict[str, object]) -> Path:
+    p = tmp_path / "config.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+GOOD = {
+    "upstream": {
+        "base_url": "https://fleet.example.com",
+        "api_key": "${TEST_FLEET_KEY}",
+        "auth": {"token": "tok-SECRET-123"},
+    },
+    "targets": [
+        {
+            "name": "hook",
+            "type": "webhook",
+            "url": "https://hooks.example.com/x",
+            "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        },
+        {"name": "m", "type": "mqtt", "url": "mqtt://bridge:mqttPASS99@broker:1883"},
+    ],
+}
+
+
+def test_version() -> None:
+    out = run_cli("version")
+    assert out.returncode == 0
+    assert out.stdout.strip() == f"fleet-bridge {__version__}"
+
+
+def test_check_prints_effective_config_with_secrets_masked(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, GOOD)
+    out = run_cli("check", "--config", str(cfg), env={"TEST_FLEET_KEY": "key-SECRET-456"})
+    assert out.returncode == 0, out.stderr
+    shown = yaml.safe_load(out.stdout)
+    assert shown["upstream"]["api_key"] == "**********"
+    assert shown["upstream"]["auth"]["token"] == "**********"
+    assert shown["targets"][0]["secret"] == "**********"
+    assert shown["targets"][1]["url"] == "mqtt://bridge:**********@broker:1883"
+    for secret in ("key-SECRET-456", "tok-SECRET-123", "mqttPASS99", "MfKQ9r8GKYqrTwjU"):
+        assert secret not in out.stdout + out.stderr
+
+
+def test_config_from_bridge_config_env(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, GOOD)
+    out = run_cli("check", env={"BRIDGE_CONFIG": str(cfg), "TEST_FLEET_KEY": "k-123456"})
+    assert out.returncode == 0, out.stderr
+
+
+def test_invalid_config_exits_2_with_one_line_per_problem(tmp_path: Path) -> None:
+    bad = {
+        "upstream": {"base_url": "not-a-url", "api_key": "${UNSET_X}", "auth": {"token": "t"}},
+        "poll": {"events": {"interval_s": -1}},
+        "targets": [{"name": "a", "type": "console"}, {"name": "a", "type": "console"}],
+        "bogus": True,
+    }
+    out = run_cli("check", "--config", str(write_config(tmp_path, bad)))
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    paths = {line.split(":")[0] for line in lines}
+    assert paths == {
+        "upstream.base_url",
+        "upstream.api_key",
+        "poll.events.interval_s",
+        "targets[1].name",
+        "bogus",
+    }
+    assert "Traceback" not in out.stderr
+
+
+def test_missing_config_file_exits_2(tmp_path: Path) -> None:
+    out = run_cli("check", "--config", str(tmp_path / "nope.yaml"))
+    assert out.returncode == 2
+    assert "cannot read" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_no_config_given_exits_2() -> None:
+    out = run_cli("run")
+    assert out.returncode == 2
+    assert "--config: required" in out.stderr
+
+
+def test_bad_arguments_exit_2() -> None:
+    out = run_cli("simulate", "--port", "notanumber")
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr

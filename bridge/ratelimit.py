@@ -1,0 +1,48 @@
+"""A per-target send rate limit (SPEC §2 `rate_limit_per_s`).
+
+A token bucket with a burst of one, i.e. even spacing: consecutive sends start at
+least `1 / rate` seconds apart, and an idle period does not bank a burst (Slack's
+"1 message per second" is meant literally). Each caller reserves its slot before it
+waits, synchronously, so concurrent callers are served in call order (FIFO) without
+a lock. Time comes from the injected `Clock`, so tests drive it with `FakeClock`.
+"""
+
+from __future__ import annotations
+
+from bridge.clock import Clock
+
+
+class RateLimiter:
+    """Spaces `acquire()` returns `1 / rate_per_s` apart; `rate_per_s=None` means no limit."""
+
+    def __init__(self, rate_per_s: float | None, clock: Clock) -> None:
+        if rate_per_s is not None and not rate_per_s > 0:
+            raise ValueError("rate_per_s must be positive (or None for no limit)")
+        self._interval = 0.0 if rate_per_s is None else 1.0 / rate_per_s
+        self._clock = clock
+        self._next_free: float | None = None  # monotonic time of the next free slot
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two slots (0 when unlimited)."""
+        return self._interval
+
+    async def acquire(self) -> None:
+        """Wait for this caller's slot."""
+        if self._interval == 0.0:
+            return
+        now = self._clock.monotonic()
+        slot = now if self._next_free is None else max(now, self._next_free)
+        self._next_free = slot + self._interval
+        wait = slot - now
+        if wait <= 0:
+            return
+        try:
+            await self._clock.sleep(wait)
+        except BaseException:
+            # A cancelled waiter that holds the newest reservation hands it back, so
+            # an abandoned send does not delay the next caller. Older slots stay
+            # taken: later callers have already been scheduled after them.
+            if self._next_free == slot + self._interval:
+                self._next_free = slot
+            raise

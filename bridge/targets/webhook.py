@@ -1,0 +1,226 @@
+"""The webhook target (SPEC §6.1): a signed POST per the Standard Webhooks spec.
+
+Each attempt sends the stored body with `webhook-id` (the notification id, the
+receiver's idempotency key, the same on every attempt), `webhook-timestamp` (now,
+per attempt: receivers reject stale timestamps) and `webhook-signature`
+(`v1,<base64 HMAC-SHA256>` per secret, space-separated, so a receiver keeps
+verifying while secrets rotate). See https://www.standardwebhooks.com/.
+
+How the answer is classified (retrying is the dispatcher's job):
+
+    2xx                      ok
+    410 Gone                 pause the target (the receiver is gone until resumed)
+    408, 429, 5xx            retryable; 429/503 `Retry-After` holds the target
+    3xx                      retryable: redirects are not followed (a signed POST
+                             must not be replayed elsewhere), and a misrouted
+                             receiver may come back
+    other 4xx                permanent: the receiver rejected this notification
+    connection error/timeout retryable
+
+Error strings are for logs and the admin API, so they never carry the URL's query,
+header values, the signature or more than a short, scrubbed snippet of the answer.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
+
+from bridge import __version__
+from bridge.clock import Clock, SystemClock
+from bridge.retry import parse_retry_after
+from bridge.settings import WebhookTarget
+from bridge.store.base import Delivery
+from bridge.targets.base import SendResult
+
+USER_AGENT = f"fleet-bridge/{__version__}"
+SNIPPET_BYTES = 2048  # read at most this much of an answer: enough for an error message
+SNIPPET_CHARS = 200  # of which at most this much goes into the error string
+SECRET_PREFIX = "whsec_"  # noqa: S105 - the format prefix, not a secret
+
+# Headers the bridge owns: configured `headers` cannot replace them (a forged
+# signature or a wrong content-length would break every delivery).
+RESERVED_HEADERS = frozenset(
+    {
+        "content-type",
+        "content-length",
+        "transfer-encoding",
+        "user-agent",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+    }
+)
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
+_BAD_VALUE_CHARS = re.compile(r"[\r\n\x00]")
+_WHITESPACE = re.compile(r"\s+")
+
+
+def secret_key(secret: str) -> bytes:
+    """The HMAC key of a `whsec_<base64>` secret (padding optional, as in the reference lib)."""
+    encoded = secret.removeprefix(SECRET_PREFIX)
+    try:
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except binascii.Error:
+        raise ValueError("webhook secret must be whsec_ followed by base64") from None
+    if not key:
+        raise ValueError("webhook secret is empty")
+    return key
+
+
+def _signatures(keys: Iterable[bytes], msg_id: str, timestamp: int, body: str) -> str:
+    to_sign = f"{msg_id}.{timestamp}.{body}".encode()
+    return " ".join(
+        "v1," + base64.b64encode(hmac.new(key, to_sign, hashlib.sha256).digest()).decode("ascii")
+        for key in keys
+    )
+
+
+def sign(secrets: Sequence[str], msg_id: str, timestamp: int, body: str) -> str:
+    """The `webhook-signature` value: one `v1,<sig>` per secret, space-separated.
+
+    An empty string when there are no secrets.
+    """
+    return _signatures((secret_key(s) for s in secrets), msg_id, timestamp, body)
+
+
+def _custom_headers(headers: dict[str, str]) -> list[tuple[str, str]]:
+    """Configured headers minus the reserved ones; rejects header injection."""
+    out = []
+    for name, value in headers.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise ValueError(f"invalid header name {name!r}")
+        if _BAD_VALUE_CHARS.search(value):
+            raise ValueError(f"header {name}: value contains a line break or NUL")
+        if name.lower() not in RESERVED_HEADERS:
+            out.append((name, value))
+    return out
+
+
+class WebhookSender:
+    """Delivers notifications to one webhook URL over a shared `ClientSession`."""
+
+    def __init__(
+        self,
+        cfg: WebhookTarget,
+        session: aiohttp.ClientSession,
+        *,
+        clock: Clock | None = None,
+    ) -> None:
+        self.name = cfg.name
+        self._session = session
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        # pydantic has already normalized and percent-encoded the URL.
+        self._url = URL(str(cfg.url), encoded=True)
+        self._keys = [secret_key(s.get_secret_value()) for s in cfg.secrets]
+        self._headers = _custom_headers(cfg.headers)
+        self._timeout = aiohttp.ClientTimeout(total=cfg.timeout_s)
+        self._timeout_s = cfg.timeout_s
+        # Values that must never reach an error string even if a receiver echoes them.
+        self._scrub = [v for _, v in self._headers]
+        self._scrub += [v for v in self._url.query.values()]
+        self._scrub += [self._url.raw_query_string, self._url.query_string]
+        self._scrub += [self._url.password or ""]
+        self._scrub += [s.get_secret_value() for s in cfg.secrets]
+
+    async def start(self) -> None:
+        """Nothing to open: the session is shared and owned by the app."""
+
+    async def close(self) -> None:
+        """Nothing to close: the session is shared and owned by the app."""
+
+    async def send(self, delivery: Delivery, envelope: dict[str, Any], body: str) -> SendResult:
+        """POST one notification; classify the answer (never raises for delivery failures)."""
+        envelope_id = envelope.get("id")
+        msg_id = envelope_id if isinstance(envelope_id, str) else delivery.notification_id
+        timestamp = int(self._clock.now())
+        headers: CIMultiDict[str] = CIMultiDict(self._headers)
+        headers["content-type"] = "application/json"
+        headers["user-agent"] = USER_AGENT
+        headers["webhook-id"] = msg_id
+        headers["webhook-timestamp"] = str(timestamp)
+        signature = _signatures(self._keys, msg_id, timestamp, body)
+        if signature:
+            headers["webhook-signature"] = signature
+        try:
+            async with self._session.post(
+                self._url,
+                data=body.encode("utf-8"),
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+            ) as resp:
+                snippet = await _read_snippet(resp)
+                return self._classify(resp.status, resp.headers, snippet, signature)
+        except TimeoutError:
+            return SendResult(ok=False, error=f"timeout after {self._timeout_s:g}s")
+        except aiohttp.ClientError as err:
+            return SendResult(ok=False, error=_describe_client_error(err))
+
+    def _classify(
+        self, status: int, headers: Mapping[str, str], snippet: bytes, signature: str
+    ) -> SendResult:
+        if 200 <= status < 300:
+            return SendResult.success(status)
+        error = self._error_text(status, snippet, signature)
+        if status == 410:
+            return SendResult(ok=False, status=status, error=error, retryable=False, pause=True)
+        if status in (429, 503):
+            retry_after = parse_retry_after(headers.get("Retry-After"), self._clock.now())
+            return SendResult(ok=False, status=status, error=error, retry_after=retry_after)
+        if 300 <= status < 400:
+            return SendResult(ok=False, status=status, error=f"{error} (redirect not followed)")
+        permanent = 400 <= status < 500 and status != 408
+        return SendResult(ok=False, status=status, error=error, retryable=not permanent)
+
+    def _error_text(self, status: int, snippet: bytes, signature: str) -> str:
+        text = _WHITESPACE.sub(" ", snippet.decode("utf-8", errors="replace")).strip()
+        for value in [*self._scrub, *signature.split(" ")]:
+            if len(value) >= 4:
+                text = text.replace(value, "***")
+        text = text[:SNIPPET_CHARS]
+        return f"HTTP {status}: {text}" if text else f"HTTP {status}"
+
+
+async def _read_snippet(resp: aiohttp.ClientResponse) -> bytes:
+    """Up to SNIPPET_BYTES of the answer; a small body read to the end keeps the
+    connection reusable. The status is already known, so read errors are ignored."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while size < SNIPPET_BYTES:
+            chunk = await resp.content.read(SNIPPET_BYTES - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except (TimeoutError, aiohttp.ClientError):
+        pass
+    return b"".join(chunks)
+
+
+def _describe_client_error(err: aiohttp.ClientError) -> str:
+    """A short, secret-free description: aiohttp's own messages may carry the URL."""
+    if isinstance(err, aiohttp.ClientSSLError):
+        return f"TLS error: {type(err).__name__}"
+    if isinstance(err, aiohttp.ClientConnectorDNSError):
+        return "connection failed: host name not resolved"
+    if isinstance(err, aiohttp.ServerDisconnectedError):
+        return "connection failed: server disconnected"
+    if isinstance(err, aiohttp.ClientOSError):
+        # asyncio's strerror names the address ("Connect call failed (...)"); the
+        # errno alone says what went wrong.
+        errno = err.os_error.errno if isinstance(err, aiohttp.ClientConnectorError) else err.errno
+        reason = os.strerror(errno) if errno and errno > 0 else type(err).__name__
+        return f"connection failed: {reason}"
+    return f"request failed: {type(err).__name__}"

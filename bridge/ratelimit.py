@@ -21,6 +21,15 @@ class RateLimiter:
         self._interval = 0.0 if rate_per_s is None else 1.0 / rate_per_s
         self._clock = clock
         self._next_free: float | None = None  # monotonic time of the next free slot
+        self._hold_until = float("-inf")  # monotonic deadline set by a Retry-After
+
+    def hold(self, seconds: float) -> None:
+        """Hold back every caller for `seconds` from now (never shortens a hold)."""
+        self._hold_until = max(self._hold_until, self._clock.monotonic() + max(0.0, seconds))
+
+    def hold_remaining(self) -> float:
+        """Seconds left on the current hold (0 when none)."""
+        return max(0.0, self._hold_until - self._clock.monotonic())
 
     @property
     def interval(self) -> float:
@@ -28,21 +37,25 @@ class RateLimiter:
         return self._interval
 
     async def acquire(self) -> None:
-        """Wait for this caller's slot."""
+        """Wait for this caller's slot (and past any hold)."""
+        while (held := self.hold_remaining()) > 0:
+            await self._clock.sleep(held)
         if self._interval == 0.0:
             return
         now = self._clock.monotonic()
         slot = now if self._next_free is None else max(now, self._next_free)
         self._next_free = slot + self._interval
         wait = slot - now
-        if wait <= 0:
-            return
-        try:
-            await self._clock.sleep(wait)
-        except BaseException:
-            # A cancelled waiter that holds the newest reservation hands it back, so
-            # an abandoned send does not delay the next caller. Older slots stay
-            # taken: later callers have already been scheduled after them.
-            if self._next_free == slot + self._interval:
-                self._next_free = slot
-            raise
+        if wait > 0:
+            try:
+                await self._clock.sleep(wait)
+            except BaseException:
+                # A cancelled waiter that holds the newest reservation hands it back, so
+                # an abandoned send does not delay the next caller. Older slots stay
+                # taken: later callers have already been scheduled after them.
+                if self._next_free == slot + self._interval:
+                    self._next_free = slot
+                raise
+        # A Retry-After that arrived while we waited still applies to us.
+        while (held := self.hold_remaining()) > 0:
+            await self._clock.sleep(held)

@@ -33,7 +33,6 @@ from bridge.upstream import (
     UpstreamUnavailable,
 )
 from bridge.upstream.envelope import parse_reply
-from bridge.upstream.retry import backoff_delay, parse_retry_after
 
 BASE = 1_764_000_000
 DAY = 86_400
@@ -166,32 +165,6 @@ async def one_page(client: UpstreamClient) -> Page:
 
 
 # ------------------------------------------------------------------ pure parts
-
-
-def test_backoff_is_full_jitter_under_a_growing_cap() -> None:
-    rng = random.Random(1)
-    for attempt, cap in [(0, 0.5), (1, 1.0), (3, 4.0), (10, 30.0), (500, 30.0)]:
-        delays = [backoff_delay(attempt, base_s=0.5, max_s=30.0, rng=rng) for _ in range(200)]
-        assert all(0.0 <= d <= cap for d in delays)
-        assert max(delays) > cap * 0.8  # the jitter spans the whole range
-        assert min(delays) < cap * 0.2
-
-
-@pytest.mark.parametrize(
-    ("header", "expected"),
-    [
-        (None, None),
-        ("", None),
-        ("2", 2.0),
-        ("0.25", 0.25),
-        ("-5", 0.0),
-        ("soon", None),
-        ("inf", None),
-        ("Mon, 24 Nov 2025 16:00:30 GMT", 30.0),  # BASE is 16:00:00 UTC that day
-    ],
-)
-def test_parse_retry_after(header: str | None, expected: float | None) -> None:
-    assert parse_retry_after(header, BASE) == expected
 
 
 def test_envelope_success_needs_result_true_and_code_s00000() -> None:
@@ -608,11 +581,14 @@ async def test_rate_limiter_spaces_concurrent_requests(
             "max_requests_per_s": 10,
         }
     )
+    started = clock.monotonic()
     async with aiohttp.ClientSession(trace_configs=[trace]) as session:
         client = UpstreamClient(settings, session, clock=clock)
         await asyncio.gather(*(one_page(client) for _ in range(6)))
     assert len(sent) == 6
-    assert all(b - a >= 0.1 - 1e-9 for a, b in itertools.pairwise(sent))
+    # Six concurrent calls need five intervals of limiter time at least. (The exact
+    # spacing of concurrent callers is tested on bridge.ratelimit with a FakeClock.)
+    assert max(sent) - started >= 5 * 0.1 - 1e-9
 
 
 async def test_on_request_labels_are_templates(

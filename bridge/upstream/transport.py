@@ -29,11 +29,11 @@ import structlog
 from yarl import URL
 
 from bridge.clock import Clock
+from bridge.ratelimit import RateLimiter
+from bridge.retry import backoff_delay, parse_retry_after
 from bridge.settings import UpstreamSettings
 from bridge.upstream.envelope import Reply, parse_reply
 from bridge.upstream.errors import UpstreamRateLimited, UpstreamUnavailable
-from bridge.upstream.ratelimit import RateLimiter
-from bridge.upstream.retry import backoff_delay, parse_retry_after
 
 log = structlog.get_logger(__name__)
 
@@ -100,9 +100,7 @@ class Transport:
             except UpstreamUnavailable as err:
                 if attempt >= self._settings.max_retries or not _may_retry(err, policy):
                     raise
-                delay = backoff_delay(
-                    attempt, base_s=self._base_delay, max_s=self._max_delay, rng=self._rng
-                )
+                delay = backoff_delay(attempt + 1, self._base_delay, self._max_delay, self._rng)
                 if isinstance(err, UpstreamRateLimited) and err.retry_after is not None:
                     if err.retry_after > self._max_delay:
                         raise  # too long to wait inside one call: let the caller reschedule

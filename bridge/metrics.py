@@ -66,7 +66,10 @@ class Metrics:
             "bridge_target_paused", "1 while a target is paused", ["target"], registry=r
         )
         self.cursor_lag = Gauge(
-            "bridge_cursor_lag_seconds", "How far a poller's cursor is behind now", ["job"], registry=r
+            "bridge_cursor_lag_seconds",
+            "How far a poller's cursor is behind now",
+            ["job"],
+            registry=r,
         )
 
     def upstream_request(self, endpoint: str, status: str) -> None:

@@ -62,6 +62,7 @@ class Notification:
     source_base_url: str
     data: dict[str, Any]
     keys: RoutingKeys = field(default_factory=RoutingKeys)
+    event_at: float | None = None  # when the source event happened (latency metric)
 
     def envelope(self) -> dict[str, Any]:
         """The envelope as a dict (SPEC §3)."""
@@ -88,6 +89,7 @@ def build_notification(
     now: float,
     keys: RoutingKeys | None = None,
     notification_id: str | None = None,
+    event_at: float | None = None,
 ) -> Notification:
     """A new notification with a fresh id (or the given one)."""
     return Notification(
@@ -97,6 +99,7 @@ def build_notification(
         source_base_url=base_url,
         data=data,
         keys=keys or routing_keys(type_, data),
+        event_at=event_at,
     )
 
 

@@ -248,7 +248,7 @@ class IngestSettings(_Strict):
     vendor_webhook: VendorWebhookIngest = VendorWebhookIngest()
 
 
-# --------------------------------------------------------------------------- store / server / logging
+# ------------------------------------------------------------------ store / server / logging
 
 
 class StoreSettings(_Strict):

@@ -28,7 +28,12 @@ def settings() -> object:
                 "auth": {"token": SECRETS["token"]},
             },
             "targets": [
-                {"name": "w", "type": "webhook", "url": "https://x.example", "secret": SECRETS["whsec"]},
+                {
+                    "name": "w",
+                    "type": "webhook",
+                    "url": "https://x.example",
+                    "secret": SECRETS["whsec"],
+                },
                 {"name": "m", "type": "mqtt", "url": f"mqtt://u:{SECRETS['mqtt']}@b:1883"},
             ],
         },

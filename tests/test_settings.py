@@ -93,8 +93,12 @@ def test_env_override_beats_file_and_parses_decimals() -> None:
     ("patch", "expected"),
     [
         (
-            {"targets": [{"name": "a", "type": "console"}, {"name": "h", "type": "webhook",
-                                                            "url": "not a url"}]},
+            {
+                "targets": [
+                    {"name": "a", "type": "console"},
+                    {"name": "h", "type": "webhook", "url": "not a url"},
+                ]
+            },
             "targets[1].url: invalid URL",
         ),
         ({"poll": {"events": {"interval_s": -5}}}, "poll.events.interval_s: Input should be"),
@@ -106,8 +110,16 @@ def test_env_override_beats_file_and_parses_decimals() -> None:
         ),
         ({"targets": [{"name": "x", "type": "pager"}]}, "targets[0]: unknown target type"),
         (
-            {"targets": [{"name": "m", "type": "mqtt", "url": "mqtt://b:1883",
-                          "topic": "{prefix}/{nope}"}]},
+            {
+                "targets": [
+                    {
+                        "name": "m",
+                        "type": "mqtt",
+                        "url": "mqtt://b:1883",
+                        "topic": "{prefix}/{nope}",
+                    }
+                ]
+            },
             "targets[0].topic: unknown placeholder",
         ),
         (
@@ -115,8 +127,16 @@ def test_env_override_beats_file_and_parses_decimals() -> None:
             "targets[0]: bot_token needs a channel",
         ),
         (
-            {"targets": [{"name": "h", "type": "webhook", "url": "https://x.example",
-                          "secret": "whsec_***"}]},
+            {
+                "targets": [
+                    {
+                        "name": "h",
+                        "type": "webhook",
+                        "url": "https://x.example",
+                        "secret": "whsec_***",
+                    }
+                ]
+            },
             "targets[0].secret: webhook secret must be whsec_ followed by base64",
         ),
         ({"poll": {"safety_report": {"tz": "Mars/Base"}}}, "poll.safety_report.tz: unknown time"),
@@ -175,7 +195,12 @@ def test_masked_dump_hides_every_secret() -> None:
         "store": {"url": f"postgresql://bridge:{secrets['pgpw']}@db:5432/bridge"},
         "server": {"admin_token": secrets["admin"]},
         "targets": [
-            {"name": "w", "type": "webhook", "url": "https://r.example/x", "secret": [WHSEC, WHSEC]},
+            {
+                "name": "w",
+                "type": "webhook",
+                "url": "https://r.example/x",
+                "secret": [WHSEC, WHSEC],
+            },
             {"name": "s1", "type": "slack", "webhook_url": secrets["slack_url"]},
             {"name": "s2", "type": "slack", "bot_token": secrets["bot"], "channel": "#x"},
             {"name": "m", "type": "mqtt", "url": f"mqtt://u:{secrets['mqttpw']}@broker:1883"},

@@ -66,7 +66,7 @@ class Delivery:
     target: str
     body: str  # the envelope JSON as stored
     attempts: int  # attempts made before this one
-    created_at: float  # when the notification was created (for max_age_s)
+    created_at: float  # when this delivery was queued (max_age_s counts from here)
     event_at: float | None = None  # occurred_at of the source item, for latency metrics
 
 
@@ -237,7 +237,8 @@ class Store(Protocol):
         ...
 
     async def replay(self, target: str, since: float, until: float, now: float) -> int:
-        """New pending deliveries to `target` for notifications created in [since, until]."""
+        """New pending deliveries to `target` for notifications created in [since, until]
+        that were routed to it (its filter applied), with their original ids."""
         ...
 
     async def queue_counts(self) -> dict[str, dict[str, int]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+from collections.abc import Mapping
 from typing import Any, TextIO
 
 from bridge.settings import ConsoleTarget
@@ -32,7 +33,7 @@ class ConsoleSender:
         with contextlib.suppress(OSError, ValueError):
             self._out().flush()
 
-    async def send(self, delivery: Delivery, envelope: dict[str, Any], body: str) -> SendResult:
+    async def send(self, delivery: Delivery, envelope: Mapping[str, Any], body: str) -> SendResult:
         """Write one line; a broken stream is a retryable failure, never an exception."""
         # Compact JSON has no raw line breaks, and in any valid JSON they can only be
         # whitespace between tokens: replacing them keeps the value and one line.

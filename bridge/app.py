@@ -1,0 +1,192 @@
+"""Builds the aiohttp Application: every resource in a cleanup context, routes.
+
+Start-up order (shutdown is the reverse, which is what a graceful stop needs):
+store → HTTP sessions → upstream client → dispatchers → poll scheduler.
+So on SIGTERM polling stops first, then in-flight deliveries finish within the
+grace period, then sessions close, then the store is flushed and closed.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TextIO
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from bridge import __version__
+from bridge.clock import Clock, SystemClock
+from bridge.dispatch import Dispatcher, dispatch_options
+from bridge.ingest import EventIngestor
+from bridge.logs import SecretScrubber
+from bridge.metrics import Metrics
+from bridge.pollers import EventsPoller, PollScheduler
+from bridge.settings import (
+    ConsoleTarget,
+    MqttTarget,
+    Settings,
+    SlackTarget,
+    WebhookTarget,
+)
+from bridge.store import open_store
+from bridge.store.base import Store
+from bridge.targets.base import Target
+from bridge.targets.console import ConsoleSender
+from bridge.targets.webhook import WebhookSender
+from bridge.upstream.client import UpstreamClient
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Bridge:
+    """The running parts of one bridge, shared by the HTTP handlers."""
+
+    settings: Settings
+    clock: Clock
+    metrics: Metrics
+    stdout: TextIO
+    scrubber: SecretScrubber | None = None
+    store: Store | None = None
+    upstream_session: aiohttp.ClientSession | None = None
+    targets_session: aiohttp.ClientSession | None = None
+    client: UpstreamClient | None = None
+    ingestor: EventIngestor | None = None
+    dispatchers: dict[str, Dispatcher] = field(default_factory=dict)
+    scheduler: PollScheduler | None = None
+    events_poller: EventsPoller | None = None
+    started_at: float = 0.0
+    upstream_clock: Clock | None = None  # pacing/backoff of vendor calls (default: clock)
+
+
+BRIDGE = web.AppKey("bridge", Bridge)
+
+
+def make_target(
+    cfg: WebhookTarget | SlackTarget | MqttTarget | ConsoleTarget,
+    *,
+    session: aiohttp.ClientSession,
+    clock: Clock,
+    stdout: TextIO,
+    store: Store,
+) -> Target:
+    """The Target implementation for one target config."""
+    match cfg:
+        case WebhookTarget():
+            return WebhookSender(cfg, session, clock=clock)
+        case ConsoleTarget():
+            return ConsoleSender(cfg, stdout)
+        case SlackTarget():
+            from bridge.targets.slack import SlackSender
+
+            return SlackSender(cfg, session, store=store, clock=clock)
+        case MqttTarget():
+            from bridge.targets.mqtt import MqttSender
+
+            return MqttSender(cfg, clock=clock)
+    raise AssertionError(cfg)
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    b = app[BRIDGE]
+    b.store = open_store(b.settings.store, b.clock)
+    await b.store.open()
+    released = await b.store.recover()
+    if released:
+        log.info("released deliveries left in flight by the last run", count=released)
+    yield
+    await b.store.close()
+
+
+async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
+    b = app[BRIDGE]
+    headers = {"User-Agent": f"fleet-bridge/{__version__}"}
+    b.upstream_session = aiohttp.ClientSession(headers=headers)
+    # Targets get their own connection pool so a slow receiver cannot starve polling.
+    b.targets_session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=512), headers=headers
+    )
+    yield
+    await b.targets_session.close()
+    await b.upstream_session.close()
+
+
+async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
+    b = app[BRIDGE]
+    assert b.store is not None
+    assert b.upstream_session is not None
+    assert b.targets_session is not None
+    scrubber = b.scrubber
+    b.client = UpstreamClient(
+        b.settings.upstream,
+        b.upstream_session,
+        clock=b.upstream_clock or b.clock,
+        on_request=b.metrics.upstream_request,
+        on_token=(lambda token: scrubber.add([token])) if scrubber else None,
+    )
+    b.ingestor = EventIngestor(b.settings, b.store, b.clock, b.metrics)
+    for cfg in b.settings.targets:
+        target = make_target(
+            cfg, session=b.targets_session, clock=b.clock, stdout=b.stdout, store=b.store
+        )
+        b.dispatchers[cfg.name] = Dispatcher(
+            dispatch_options(cfg), target, b.store, b.clock, b.metrics
+        )
+    started: list[Dispatcher] = []
+    try:
+        for d in b.dispatchers.values():
+            await d.start()
+            started.append(d)
+        yield
+    finally:
+        grace = b.settings.server.shutdown_grace_s
+        for d in started:
+            await d.stop(grace)
+
+
+async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
+    b = app[BRIDGE]
+    assert b.client is not None
+    assert b.ingestor is not None
+    b.scheduler = PollScheduler()
+    b.events_poller = EventsPoller(b.settings.poll.events, b.client, b.ingestor, b.clock, b.metrics)
+    b.scheduler.add_interval("events", b.events_poller.run_once, b.settings.poll.events.interval_s)
+    b.scheduler.start()
+    yield
+    await b.scheduler.stop(b.settings.server.shutdown_grace_s)
+
+
+def build_app(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    stdout: TextIO | None = None,
+    scrubber: SecretScrubber | None = None,
+    metrics: Metrics | None = None,
+    poll: bool = True,
+    upstream_clock: Clock | None = None,
+) -> web.Application:
+    """The bridge as an aiohttp Application (served by `run`, the demo and tests)."""
+    from bridge.health import add_health_routes
+
+    app = web.Application(client_max_size=settings.server.max_body_bytes)
+    clock = clock or SystemClock()
+    app[BRIDGE] = Bridge(
+        settings=settings,
+        clock=clock,
+        metrics=metrics or Metrics(),
+        stdout=stdout or sys.stdout,
+        scrubber=scrubber,
+        started_at=clock.now(),
+        upstream_clock=upstream_clock,
+    )
+    app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_sessions_ctx)
+    app.cleanup_ctx.append(_pipeline_ctx)
+    if poll:
+        app.cleanup_ctx.append(_scheduler_ctx)
+    add_health_routes(app)
+    return app

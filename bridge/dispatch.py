@@ -1,0 +1,409 @@
+"""Per-target dispatcher: claim due deliveries, send, record the outcome.
+
+One `Dispatcher` per target drains that target's queue in the store, so a slow
+or dead target never delays another. Around the target's plain `send` it
+composes concurrency (`max_in_flight`), the rate limit, retries with full-jitter
+backoff, Retry-After holds of the whole target, pausing on 410 Gone, and metrics.
+
+Outcomes are written in small batches (one transaction per batch) rather than
+one per delivery: the rows stay `in_flight` until written, so a crash before a
+flush only means those notifications are sent again (at-least-once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from bridge.clock import Clock
+from bridge.metrics import Metrics
+from bridge.notifications import dumps
+from bridge.ratelimit import RateLimiter
+from bridge.retry import plan_after_failure
+from bridge.routing import redact
+from bridge.settings import RetrySettings
+from bridge.store.base import Delivery, DeliveryState, Outcome, Store, TargetState
+from bridge.targets.base import LazyEnvelope, SendResult, Target
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class DispatchOptions:
+    """The target settings the dispatcher acts on."""
+
+    name: str
+    retry: RetrySettings
+    max_in_flight: int = 8
+    rate_limit_per_s: float | None = None
+    redact: tuple[str, ...] = ()
+
+
+@dataclass
+class TargetHealth:
+    """What the status API shows of a target."""
+
+    failing: bool = False
+    last_error: str | None = None
+    last_status: int | None = None
+    last_success_at: float | None = None
+    delivered: int = 0
+
+
+class Dispatcher:
+    """Drains one target's queue until stopped.
+
+    A feeder claims due deliveries into a small local queue; `max_in_flight`
+    workers take them from there, each sending one at a time. A fixed pool of
+    workers (rather than a task per delivery) keeps the per-delivery overhead low.
+    """
+
+    # Flush outcomes at least this often, or when this many are waiting.
+    FLUSH_INTERVAL_S = 0.05
+    FLUSH_BATCH = 200
+    IDLE_RECHECK_S = 5.0
+
+    def __init__(
+        self,
+        options: DispatchOptions,
+        target: Target,
+        store: Store,
+        clock: Clock,
+        metrics: Metrics,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.options = options
+        self.name = options.name
+        self._target = target
+        self._store = store
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._limiter = RateLimiter(options.rate_limit_per_s, clock)
+        self._fifo = options.max_in_flight == 1
+        # Claimed rows wait here for a worker; small, so little is held in flight.
+        self._queue_size = 1 if self._fifo else min(128, max(32, options.max_in_flight * 4))
+        self._queue: asyncio.Queue[Delivery | None] = asyncio.Queue()
+        self._pending_work = 0  # queued + being sent
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._outcomes: list[Outcome] = []
+        self._flush_now = asyncio.Event()
+        self._state = TargetState()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._workers: list[asyncio.Task[None]] = []
+        self.health = TargetHealth()
+        # Metric children looked up once: labels() per delivery is measurable.
+        m = metrics
+        self._metrics = metrics
+        self._m_delivered = m.deliveries.labels(target=self.name, outcome="delivered")
+        self._m_retry = m.deliveries.labels(target=self.name, outcome="retry")
+        self._m_dead = m.deliveries.labels(target=self.name, outcome="dead")
+        self._m_paused_outcome = m.deliveries.labels(target=self.name, outcome="paused")
+        self._m_seconds = m.delivery_seconds.labels(target=self.name)
+        self._m_latency = m.event_to_delivery.labels(target=self.name)
+        self._m_paused = m.target_paused.labels(target=self.name)
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load persisted state, start the target, the feeder and the workers."""
+        self._state = await self._store.get_target_state(self.name)
+        self._m_paused.set(int(self._state.paused))
+        self._store.subscribe(self.name, self.wake)
+        await self._target.start()
+        self._tasks = [
+            asyncio.create_task(self._feed(), name=f"feed:{self.name}"),
+            asyncio.create_task(self._flush_loop(), name=f"flush:{self.name}"),
+        ]
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"send:{self.name}:{i}")
+            for i in range(self.options.max_in_flight)
+        ]
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop claiming, let in-flight sends finish within `grace_s`, write outcomes."""
+        self._stopping.set()
+        self._wake.set()
+        feeder, flusher = self._tasks
+        await feeder
+        # Rows claimed but not yet sent go back to pending without spending an attempt.
+        while not self._queue.empty():
+            queued = self._queue.get_nowait()
+            if queued is not None:
+                self._give_back(queued)
+        for _ in self._workers:
+            self._queue.put_nowait(None)  # one stop sentinel per worker
+        _, late = await asyncio.wait(self._workers, timeout=grace_s)
+        for task in late:
+            task.cancel()  # its row stays in_flight: recovered as pending on restart
+        await asyncio.gather(*late, return_exceptions=True)
+        # Never cancel the flusher mid-write: a cancelled batch would leave delivered
+        # rows in_flight, to be sent again after the restart. Let it finish and exit.
+        self._flush_now.set()
+        await flusher
+        await self._flush()
+        await self._target.close()
+
+    def wake(self) -> None:
+        """New work was stored for this target."""
+        self._wake.set()
+
+    @property
+    def paused(self) -> bool:
+        return self._state.paused
+
+    @property
+    def state(self) -> TargetState:
+        return self._state
+
+    async def resume(self) -> bool:
+        """Un-pause the target; returns False if it was not paused."""
+        if not self._state.paused:
+            return False
+        self._state = TargetState(paused=False, hold_until=self._state.hold_until)
+        await self._store.set_target_state(self.name, self._state)
+        self._m_paused.set(0)
+        log.info("target resumed", target=self.name)
+        self.wake()
+        return True
+
+    async def wait_idle(self) -> None:
+        """Wait until nothing is queued or in flight and every outcome is written."""
+        await self._idle.wait()
+        await self._flush()
+
+    # -- the feeder ----------------------------------------------------------------
+
+    async def _feed(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self._feed_once()
+            except Exception:  # the loop must survive a store hiccup
+                log.exception("dispatcher step failed; retrying", target=self.name)
+                await self._wait(1.0)
+
+    async def _feed_once(self) -> None:
+        now = self._clock.now()
+        if self._state.paused:
+            await self._wait(self.IDLE_RECHECK_S)
+            return
+        hold = self._state.hold_until
+        if hold is not None and hold > now:
+            await self._wait(hold - now)
+            return
+        room = self._queue_size - self._pending_work
+        if room <= 0:
+            # Workers are busy; they wake us when they take the last queued row.
+            await self._wait(self.IDLE_RECHECK_S)
+            return
+        self._wake.clear()
+        claimed = await self._store.claim(self.name, now, room, fifo=self._fifo)
+        if not claimed:
+            due = await self._store.next_due_at(self.name, fifo=self._fifo)
+            # Re-check now and then even when idle: another process (a replica, the
+            # replay command) may have queued work without waking us.
+            wait = self.IDLE_RECHECK_S if due is None else due - self._clock.now()
+            await self._wait(max(0.0, min(wait, self.IDLE_RECHECK_S)))
+            return
+        self._pending_work += len(claimed)
+        self._idle.clear()
+        for delivery in claimed:
+            self._queue.put_nowait(delivery)
+
+    async def _wait(self, seconds: float | None) -> None:
+        """Sleep until woken, stopped, or `seconds` of clock time pass."""
+        if self._wake.is_set() or self._stopping.is_set():
+            self._wake.clear()
+            return
+        waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._wake.wait())]
+        if seconds is not None:
+            waiters.append(asyncio.ensure_future(self._clock.sleep(seconds)))
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+        self._wake.clear()
+
+    # -- the workers ----------------------------------------------------------------
+
+    async def _work(self) -> None:
+        while True:
+            delivery = await self._queue.get()
+            if delivery is None:
+                return
+            try:
+                if self._stopping.is_set() or self._blocked():
+                    self._give_back(delivery)
+                    continue
+                await self._limiter.acquire()
+                if self._blocked():
+                    self._give_back(delivery)
+                    continue
+                await self._attempt(delivery)
+                if self._fifo:
+                    # The next head is decided only after this one's outcome is stored.
+                    await self._flush()
+            finally:
+                self._done_with_one()
+
+    def _done_with_one(self) -> None:
+        self._pending_work -= 1
+        if self._pending_work <= self._queue_size // 2:
+            self.wake()  # room for the feeder to claim more
+        if self._pending_work == 0:
+            self._idle.set()
+
+    def _blocked(self) -> bool:
+        hold = self._state.hold_until
+        return self._state.paused or (hold is not None and hold > self._clock.now())
+
+    def _give_back(self, delivery: Delivery) -> None:
+        """Return a claimed-but-unsent row to pending without spending an attempt."""
+        at = self._state.hold_until or self._clock.now()
+        self._queue_outcome(
+            Outcome(
+                delivery.id, DeliveryState.PENDING, attempts=delivery.attempts, next_attempt_at=at
+            )
+        )
+
+    async def _attempt(self, delivery: Delivery) -> None:
+        try:
+            envelope, body = self._payload(delivery)
+            started = time.perf_counter()
+            result = await self._target.send(delivery, envelope, body)
+            self._m_seconds.observe(time.perf_counter() - started)
+        except Exception as err:  # a target bug must not kill the worker; retry later
+            log.exception("target raised", target=self.name)
+            result = SendResult(ok=False, error=f"internal error: {type(err).__name__}")
+        await self._record(delivery, result)
+
+    def _payload(self, delivery: Delivery) -> tuple[Mapping[str, Any], str]:
+        if not self.options.redact:
+            return LazyEnvelope(delivery.body), delivery.body
+        envelope = redact(json.loads(delivery.body), self.options.redact)
+        return envelope, dumps(envelope)
+
+    async def _record(self, delivery: Delivery, result: SendResult) -> None:
+        now = self._clock.now()
+        attempts = delivery.attempts + 1
+        self.health.last_status = result.status
+        if result.ok:
+            self._queue_outcome(
+                Outcome(delivery.id, DeliveryState.DELIVERED, attempts, status=result.status)
+            )
+            self._m_delivered.inc()
+            if delivery.event_at is not None:
+                self._m_latency.observe(max(0.0, now - delivery.event_at))
+            self.health.delivered += 1
+            self.health.last_success_at = now
+            if self.health.failing:
+                self.health.failing = False
+                log.info("target recovered", target=self.name)
+            return
+        self.health.last_error = result.error
+        if not self.health.failing:
+            self.health.failing = True
+            log.warning(
+                "target failing", target=self.name, status=result.status, error=result.error
+            )
+        if result.pause:
+            await self._pause(f"receiver answered {result.status}: {result.error or 'gone'}")
+            # The delivery stays pending and flows after the resume.
+            self._queue_outcome(
+                Outcome(
+                    delivery.id,
+                    DeliveryState.PENDING,
+                    attempts,
+                    status=result.status,
+                    error=result.error,
+                    next_attempt_at=now,
+                )
+            )
+            self._m_paused_outcome.inc()
+            return
+        if result.retry_after is not None:
+            # Honour the receiver, but a broken Retry-After must not stall us for years.
+            await self._hold(now + min(result.retry_after, self.options.retry.max_delay_s))
+        outcome = plan_after_failure(
+            self.options.retry,
+            delivery_id=delivery.id,
+            attempts=attempts,
+            created_at=delivery.created_at,
+            now=now,
+            result=result,
+            rng=self._rng,
+        )
+        self._queue_outcome(outcome)
+        (self._m_dead if outcome.state is DeliveryState.DEAD else self._m_retry).inc()
+
+    async def _pause(self, reason: str) -> None:
+        if self._state.paused:
+            return
+        self._state = TargetState(paused=True, paused_reason=reason, hold_until=None)
+        await self._store.set_target_state(self.name, self._state)
+        self._m_paused.set(1)
+        log.error("target paused until resumed through the API", target=self.name, reason=reason)
+
+    async def _hold(self, until: float) -> None:
+        current = self._state.hold_until
+        if current is not None and current >= until:
+            return
+        self._state = TargetState(
+            paused=self._state.paused, paused_reason=self._state.paused_reason, hold_until=until
+        )
+        await self._store.set_target_state(self.name, self._state)
+
+    # -- outcome batching ------------------------------------------------------------
+
+    def _queue_outcome(self, outcome: Outcome) -> None:
+        self._outcomes.append(outcome)
+        if len(self._outcomes) >= self.FLUSH_BATCH:
+            self._flush_now.set()
+
+    async def _flush_loop(self) -> None:
+        while not (self._stopping.is_set() and self._flush_now.is_set()):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flush_now.wait(), self.FLUSH_INTERVAL_S)
+            if not self._stopping.is_set():
+                self._flush_now.clear()
+            try:
+                await self._flush()
+            except Exception:
+                log.exception("recording delivery outcomes failed; will retry", target=self.name)
+
+    async def _flush(self) -> None:
+        if not self._outcomes:
+            return
+        batch, self._outcomes = self._outcomes, []
+        try:
+            await self._store.record_outcomes(batch, self._clock.now())
+        except Exception:
+            self._outcomes[:0] = batch  # keep them for the next flush
+            raise
+        # A retry may now be due earlier than what the feeder sleeps for.
+        if any(o.state is DeliveryState.PENDING for o in batch):
+            self.wake()
+
+
+def dispatch_options(cfg: Any) -> DispatchOptions:
+    """DispatchOptions from a target's settings."""
+    return DispatchOptions(
+        name=cfg.name,
+        retry=cfg.retry,
+        max_in_flight=cfg.max_in_flight,
+        rate_limit_per_s=cfg.rate_limit_per_s,
+        redact=tuple(cfg.redact),
+    )

@@ -1,0 +1,191 @@
+"""From vendor event items to stored notifications: normalize → de-dup → route → store.
+
+Both ingest paths (the events poller and the vendor push endpoint) go through
+`EventIngestor.ingest`, so an event seen by both is notified once. The ticket's
+"seen" state is written in the SAME transaction as its notification and the
+moved cursor: marking a ticket seen anywhere else would void at-least-once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from bridge.clock import Clock
+from bridge.dedup import decide, event_data_with_revision
+from bridge.event_types import EventTypeTable
+from bridge.metrics import Metrics
+from bridge.normalize import MalformedItem, NormalizedEvent, normalize_event
+from bridge.notifications import Notification, build_notification
+from bridge.routing import route
+from bridge.settings import Settings
+from bridge.store.base import IngestTx, NewNotification, SeenTicket, Store
+
+log = structlog.get_logger(__name__)
+
+Normalizer = Callable[[Mapping[str, Any], EventTypeTable], NormalizedEvent]
+
+
+@dataclass
+class IngestStats:
+    """Counts for one batch (and, summed, for one poll run)."""
+
+    fetched: int = 0
+    created: int = 0
+    updated: int = 0
+    duplicates: int = 0
+    malformed: int = 0
+    notifications: list[Notification] = field(default_factory=list)
+
+    def add(self, other: IngestStats) -> None:
+        self.fetched += other.fetched
+        self.created += other.created
+        self.updated += other.updated
+        self.duplicates += other.duplicates
+        self.malformed += other.malformed
+
+
+class _SeenMalformed:
+    """Remembers malformed items already logged, so each is logged once."""
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self._keys: OrderedDict[str, None] = OrderedDict()
+        self._capacity = capacity
+
+    def first_time(self, item: object) -> bool:
+        try:
+            raw = json.dumps(item, sort_keys=True, default=str)
+        except (TypeError, ValueError):
+            raw = repr(item)
+        key = hashlib.sha256(raw.encode()).hexdigest()
+        if key in self._keys:
+            self._keys.move_to_end(key)
+            return False
+        self._keys[key] = None
+        if len(self._keys) > self._capacity:
+            self._keys.popitem(last=False)
+        return True
+
+
+class EventIngestor:
+    """Stores notifications for a batch of vendor event items, atomically."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        clock: Clock,
+        metrics: Metrics,
+        *,
+        on_stored: Callable[[list[Notification]], None] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._clock = clock
+        self._metrics = metrics
+        self._table = EventTypeTable(settings.upstream.event_types)
+        self._base_url = settings.upstream.base
+        self._notify_updates = settings.poll.events.notify_updates
+        self._malformed = _SeenMalformed()
+        self._on_stored = on_stored
+
+    @property
+    def table(self) -> EventTypeTable:
+        return self._table
+
+    def normalize(
+        self, items: Sequence[Any], *, job: str, normalizer: Normalizer = normalize_event
+    ) -> tuple[list[NormalizedEvent], int]:
+        """Normalize items; malformed ones are logged once, counted and skipped."""
+        out: list[NormalizedEvent] = []
+        malformed = 0
+        for item in items:
+            try:
+                out.append(normalizer(item, self._table))
+            except MalformedItem as err:
+                malformed += 1
+                self._metrics.items_malformed.labels(job=job).inc()
+                if self._malformed.first_time(item):
+                    ticket = item.get("ticket") if isinstance(item, Mapping) else None
+                    log.warning(
+                        "skipped malformed upstream item",
+                        job=job,
+                        reason=err.reason,
+                        ticket=ticket if isinstance(ticket, str) else None,
+                    )
+        return out, malformed
+
+    async def ingest(
+        self,
+        items: Sequence[Any],
+        *,
+        job: str,
+        cursor: float | None = None,
+        normalizer: Normalizer = normalize_event,
+    ) -> IngestStats:
+        """Normalize, de-dup and store `items`; move `job`'s cursor in the same transaction."""
+        events, malformed = self.normalize(items, job=job, normalizer=normalizer)
+        stats = IngestStats(fetched=len(items), malformed=malformed)
+        now = self._clock.now()
+
+        async def work(tx: IngestTx) -> None:
+            stats.created = stats.updated = stats.duplicates = 0
+            stats.notifications = []
+            known = await tx.seen_tickets(list({e.ticket for e in events}))
+            changed_tickets: dict[str, SeenTicket] = {}
+            new: list[NewNotification] = []
+            for ev in events:
+                decision = decide(known.get(ev.ticket), ev.ticket, ev.fingerprint, now)
+                if decision.kind == "duplicate":
+                    stats.duplicates += 1
+                    if decision.ticket_state != known.get(ev.ticket):
+                        changed_tickets[ev.ticket] = decision.ticket_state
+                    known[ev.ticket] = decision.ticket_state
+                    continue
+                known[ev.ticket] = decision.ticket_state
+                changed_tickets[ev.ticket] = decision.ticket_state
+                if decision.kind == "created":
+                    stats.created += 1
+                    type_ = "event.created"
+                else:
+                    stats.updated += 1
+                    if not self._notify_updates:
+                        continue
+                    type_ = "event.updated"
+                data = event_data_with_revision(ev.data, decision.revision, decision.changed)
+                n = build_notification(
+                    type_, data, base_url=self._base_url, now=now, event_at=ev.occurred_at
+                )
+                stats.notifications.append(n)
+                new.append(NewNotification(n, route(self._settings.targets, n)))
+            if changed_tickets:
+                await tx.put_tickets(list(changed_tickets.values()))
+            if new:
+                await tx.add_notifications(new)
+            if cursor is not None:
+                await tx.set_cursor(job, cursor)
+
+        await self._store.ingest(work)
+        for n in stats.notifications:
+            self._metrics.notifications.labels(type=n.type).inc()
+        if self._on_stored is not None and stats.notifications:
+            self._on_stored(stats.notifications)
+        return stats
+
+    async def get_cursor(self, job: str) -> float | None:
+        """A poller's persisted cursor."""
+        return await self._store.get_cursor(job)
+
+    async def move_cursor(self, job: str, value: float) -> None:
+        """Persist a cursor on its own (after a window with no items)."""
+
+        async def work(tx: IngestTx) -> None:
+            await tx.set_cursor(job, value)
+
+        await self._store.ingest(work)

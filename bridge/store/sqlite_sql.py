@@ -1,0 +1,172 @@
+"""The SQL of the SQLite store, kept apart so the store reads as behaviour.
+
+Partial indexes (see migrations/sqlite/0001_init.sql) serve a query only when its
+WHERE repeats the index condition verbatim, so queries meant to walk
+`deliveries_open` say `state IN ('pending', 'in_flight')` exactly as the index does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+# -- schema version (the migration runner's table) -----------------------------------
+
+CREATE_SCHEMA_VERSION = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    applied_at REAL NOT NULL
+)"""
+SCHEMA_VERSION = "SELECT coalesce(max(version), 0) FROM schema_version"
+RECORD_VERSION = "INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)"
+
+# -- ingest ---------------------------------------------------------------------------
+
+SEEN_TICKETS = """
+SELECT ticket, revision, fingerprint, first_seen_at, updated_at
+FROM seen_tickets WHERE ticket IN (SELECT value FROM json_each(?))"""
+# first_seen_at keeps the stored value: it is the first sighting, whatever the caller says.
+PUT_TICKET = """
+INSERT INTO seen_tickets (ticket, revision, fingerprint, first_seen_at, updated_at)
+VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (ticket) DO UPDATE SET
+    revision = excluded.revision,
+    fingerprint = excluded.fingerprint,
+    updated_at = excluded.updated_at"""
+INSERT_NOTIFICATION = """
+INSERT INTO notifications (id, type, created_at, event_at, ticket, device_cid, body)
+VALUES (?, ?, ?, ?, ?, ?, ?)"""
+INSERT_DELIVERY = """
+INSERT INTO deliveries (notification_id, target, state, attempts, next_attempt_at,
+                        created_at, updated_at)
+VALUES (?, ?, 'pending', 0, ?, ?, ?)"""
+SET_CURSOR = """
+INSERT INTO cursors (job, value, updated_at) VALUES (?, ?, ?)
+ON CONFLICT (job) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"""
+GET_CURSOR = "SELECT value FROM cursors WHERE job = ?"
+PUT_JSON = """
+INSERT INTO kv (kind, key, value, updated_at) VALUES (?, ?, ?, ?)
+ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"""
+GET_JSON = "SELECT value FROM kv WHERE kind = ? AND key = ?"
+LIST_JSON = "SELECT key, value FROM kv WHERE kind = ? ORDER BY key"
+
+# -- dispatch -------------------------------------------------------------------------
+
+# Due = pending and its next attempt has come, or in flight and its lease expired
+# (the sender crashed). Walks deliveries_open in id order, i.e. creation order,
+# reading only the index; the outer UPDATE touches just the rows it takes.
+CLAIM = """
+UPDATE deliveries
+SET state = 'in_flight', lease_until = :lease, updated_at = :now
+WHERE id IN (
+    SELECT id FROM deliveries
+    WHERE target = :target
+      AND state IN ('pending', 'in_flight')
+      AND CASE state WHEN 'pending' THEN next_attempt_at <= :now ELSE lease_until < :now END
+    ORDER BY id LIMIT :limit
+)
+RETURNING id"""
+# Strict FIFO: only the oldest unfinished row, and only when it is due itself.
+CLAIM_FIFO = """
+UPDATE deliveries
+SET state = 'in_flight', lease_until = :lease, updated_at = :now
+WHERE id = (
+    SELECT id FROM deliveries
+    WHERE target = :target AND state IN ('pending', 'in_flight')
+    ORDER BY id LIMIT 1
+) AND CASE state WHEN 'pending' THEN next_attempt_at <= :now ELSE lease_until < :now END
+RETURNING id"""
+# d.created_at is when this delivery was queued: a replay or an API retry of an old
+# notification gets its own max_age_s budget instead of dying at once.
+CLAIMED_DELIVERIES = """
+SELECT d.id, d.notification_id, n.type, d.target, n.body, d.attempts, d.created_at, n.event_at
+FROM deliveries AS d JOIN notifications AS n ON n.id = d.notification_id
+WHERE d.id IN (SELECT value FROM json_each(?))
+ORDER BY d.id"""
+FIFO_HEAD = """
+SELECT state, next_attempt_at, lease_until FROM deliveries
+WHERE target = ? AND state IN ('pending', 'in_flight') ORDER BY id LIMIT 1"""
+NEXT_DUE = """
+SELECT
+    (SELECT min(next_attempt_at) FROM deliveries WHERE target = ? AND state = 'pending'),
+    (SELECT min(lease_until) FROM deliveries WHERE target = ? AND state = 'in_flight')"""
+RECORD_OUTCOME = """
+UPDATE deliveries
+SET state = ?, attempts = ?, last_status = ?, last_error = ?, next_attempt_at = ?,
+    lease_until = NULL, updated_at = ?
+WHERE id = ? AND state IN ('pending', 'in_flight')"""
+RECOVER = """
+UPDATE deliveries SET state = 'pending', lease_until = NULL, updated_at = ?
+WHERE state = 'in_flight'
+RETURNING target"""
+GET_TARGET_STATE = "SELECT paused, paused_reason, hold_until FROM target_state WHERE target = ?"
+SET_TARGET_STATE = """
+INSERT INTO target_state (target, paused, paused_reason, hold_until, updated_at)
+VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (target) DO UPDATE SET
+    paused = excluded.paused,
+    paused_reason = excluded.paused_reason,
+    hold_until = excluded.hold_until,
+    updated_at = excluded.updated_at"""
+
+# -- operations -----------------------------------------------------------------------
+
+RETRY_DEAD = """
+UPDATE deliveries
+SET state = 'pending', attempts = 0, next_attempt_at = ?, lease_until = NULL, updated_at = ?,
+    created_at = ?  -- re-queued now: max_age_s counts afresh
+WHERE id = ? AND state = 'dead'
+RETURNING target"""
+REPLAY = """
+INSERT INTO deliveries (notification_id, target, state, attempts, next_attempt_at,
+                        created_at, updated_at)
+SELECT n.id, :target, 'pending', 0, :now, :now, :now
+FROM notifications AS n
+WHERE n.created_at BETWEEN :since AND :until
+  -- only what was routed to this target: its filter applied when it was created
+  AND EXISTS (SELECT 1 FROM deliveries AS o WHERE o.notification_id = n.id AND o.target = :target)
+  AND NOT EXISTS (
+      SELECT 1 FROM deliveries AS d
+      WHERE d.notification_id = n.id
+        AND d.target = :target
+        AND d.state IN ('pending', 'in_flight')
+  )
+ORDER BY n.created_at, n.id"""
+QUEUE_COUNTS = """
+SELECT target, state, count(*) FROM deliveries
+WHERE state IN ('pending', 'in_flight')
+GROUP BY target, state
+UNION ALL
+SELECT target, 'dead', count(*) FROM deliveries
+WHERE state = 'dead'
+GROUP BY target"""
+COUNT_NOTIFICATIONS = "SELECT count(*) FROM notifications"
+COUNT_NOTIFICATIONS_OF_TYPE = "SELECT count(*) FROM notifications WHERE type = ?"
+
+
+def list_deliveries(clauses: Sequence[str]) -> str:
+    """The list query with the given constant WHERE fragments (values stay parameters)."""
+    where = " AND ".join(clauses) or "1"
+    return f"""
+SELECT d.id, d.notification_id, n.type, d.target, d.state, d.attempts, d.last_status,
+       d.last_error, d.next_attempt_at, d.created_at
+FROM deliveries AS d JOIN notifications AS n ON n.id = d.notification_id
+WHERE {where}
+ORDER BY d.id DESC LIMIT ?"""  # noqa: S608 - clauses are constants from sqlite.py
+
+
+# -- retention ------------------------------------------------------------------------
+
+PRUNABLE_NOTIFICATIONS = """
+SELECT n.id FROM notifications AS n
+WHERE n.created_at < ?
+  AND NOT EXISTS (
+      SELECT 1 FROM deliveries AS d
+      WHERE d.notification_id = n.id AND d.state IN ('pending', 'in_flight')
+  )
+ORDER BY n.created_at LIMIT ?"""
+DELETE_DELIVERIES_OF = """
+DELETE FROM deliveries WHERE notification_id IN (SELECT value FROM json_each(?))"""
+DELETE_NOTIFICATIONS = "DELETE FROM notifications WHERE id IN (SELECT value FROM json_each(?))"
+PRUNE_TICKETS = "DELETE FROM seen_tickets WHERE updated_at < ?"
+PRUNE_KV = "DELETE FROM kv WHERE updated_at < ?"

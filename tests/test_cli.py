@@ -112,3 +112,32 @@ def test_bad_arguments_exit_2() -> None:
     out = run_cli("simulate", "--port", "notanumber")
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
+
+
+def test_unreachable_store_exits_1_with_one_sentence(tmp_path: Path) -> None:
+    cfg = {
+        "upstream": {
+            "base_url": "http://127.0.0.1:9",
+            "api_key": "k-1234",
+            "auth": {"token": "t-1234"},
+        },
+        "store": {"url": "sqlite:////proc/no-such-dir/bridge.db"},
+        "server": {"port": 0},
+        "logging": {"format": "json", "level": "warning"},
+    }
+    out = run_cli("run", "--config", str(write_config(tmp_path, cfg)))
+    assert out.returncode == 1
+    assert "fleet-bridge: the store cannot be opened" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_shipped_configs_are_valid() -> None:
+    root = Path(__file__).resolve().parent.parent
+    env = {
+        "FLEET_API_KEY": "k-123456",
+        "FLEET_TOKEN": "t-123456",
+        "WEBHOOK_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    }
+    for name in ("example.yaml", "demo.yaml"):
+        out = run_cli("check", "--config", str(root / "config" / name), env=env)
+        assert out.returncode == 0, (name, out.stderr)

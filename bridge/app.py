@@ -154,9 +154,23 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
     b.scheduler = PollScheduler()
     b.events_poller = EventsPoller(b.settings.poll.events, b.client, b.ingestor, b.clock, b.metrics)
     b.scheduler.add_interval("events", b.events_poller.run_once, b.settings.poll.events.interval_s)
+    b.scheduler.add_interval("prune", lambda: prune_store(b), PRUNE_INTERVAL_S)
     b.scheduler.start()
     yield
     await b.scheduler.stop(b.settings.server.shutdown_grace_s)
+
+
+PRUNE_INTERVAL_S = 3600.0
+
+
+async def prune_store(b: Bridge) -> int:
+    """Delete finished rows older than `store.retention_days` (never pending work)."""
+    assert b.store is not None
+    cutoff = b.clock.now() - b.settings.store.retention_days * 86400
+    removed = await b.store.prune(cutoff)
+    if removed:
+        log.info("pruned old rows", removed=removed, retention_days=b.settings.store.retention_days)
+    return removed
 
 
 def build_app(

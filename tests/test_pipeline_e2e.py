@@ -326,3 +326,18 @@ async def test_malformed_item_is_logged_once_counted_and_skipped(make_rig: Any) 
     assert len(skipped) == 1
     metric = rig.bridge.metrics.items_malformed.labels(job="events")._value.get()
     assert metric >= 2  # counted every time it is fetched, logged once
+
+
+async def test_prune_job_removes_finished_rows_past_retention(make_rig: Any) -> None:
+    rec = Receiver()
+    rig: Rig = await make_rig({"hook": rec}, backlog=20)
+    await wait_for(lambda: len(rec.envelopes) == 20)
+    await rig.settle()
+    store = rig.bridge.store
+    assert store is not None
+    assert rig.bridge.scheduler is not None
+    await rig.bridge.scheduler.run_now("prune")
+    assert await store.count_notifications() == 20  # still inside retention
+    rig.clock.advance(15 * 86400)  # past the default 14 days
+    await rig.bridge.scheduler.run_now("prune")
+    assert await store.count_notifications() == 0

@@ -94,6 +94,24 @@ class FakeClock:
 def utc_iso(unix_seconds: float, *, millis: bool = False) -> str:
     """RFC 3339 UTC with `Z`, e.g. `2026-11-24T09:59:50Z`."""
     dt = datetime.fromtimestamp(unix_seconds, tz=UTC)
+    # %-formatting the fields is twice as fast as strftime on an aware datetime
+    # (measured: 2.2 µs → 1.0 µs, three calls per event) and always pads the year to
+    # four digits, as RFC 3339 requires (glibc's %Y does not below year 1000).
     if millis:
-        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
-    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (  # noqa: UP031 - see above
+            dt.year,
+            dt.month,
+            dt.day,
+            dt.hour,
+            dt.minute,
+            dt.second,
+            dt.microsecond // 1000,
+        )
+    return "%04d-%02d-%02dT%02d:%02d:%02dZ" % (  # noqa: UP031 - see above
+        dt.year,
+        dt.month,
+        dt.day,
+        dt.hour,
+        dt.minute,
+        dt.second,
+    )

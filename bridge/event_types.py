@@ -9,6 +9,7 @@ overrides name and/or category per code and wins over both.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 
@@ -71,6 +72,8 @@ _NON_ALNUM = re.compile(r"[^a-z0-9]+")
 _WORDS = re.compile(r"[A-Za-z]+|[0-9]+")
 
 
+# Pure and called per event with a handful of distinct names (measured: 2.3 µs → 0.1 µs).
+@functools.lru_cache(maxsize=1024)
 def category_from_name(name: str) -> Category:
     """The category a type name suggests by keyword; `other` when none matches."""
     squashed = _NON_ALNUM.sub("", name.lower())

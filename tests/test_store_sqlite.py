@@ -15,7 +15,7 @@ import pytest
 from bridge.clock import FakeClock
 from bridge.notifications import Notification, build_notification
 from bridge.settings import StoreSettings
-from bridge.store import open_store
+from bridge.store import open_store, sqlite_sql
 from bridge.store.base import (
     DeliveryState,
     IngestTx,
@@ -352,6 +352,18 @@ async def test_concurrent_claims_never_hand_out_a_row_twice(store: SqliteStore) 
     )
     ids = [d.id for batch in batches for d in batch]
     assert len(ids) == len(set(ids)) == 100
+
+
+@pytest.mark.parametrize("fifo", [False, True])
+async def test_claim_uses_notification_key(store: SqliteStore, db_path: Path, fifo: bool) -> None:
+    # The claim reads each body through a subquery in RETURNING; without the CAST
+    # there SQLite scans the whole notifications table once per claimed row.
+    query = sqlite_sql.CLAIM_FIFO if fifo else sqlite_sql.CLAIM
+    params = {"target": "hook", "now": T0, "lease": T0 + 30, "limit": 10}
+    plan = [row[3] for row in raw(db_path, "EXPLAIN QUERY PLAN " + query, params)]
+    lookups = [step for step in plan if step.startswith(("SCAN n", "SEARCH n "))]
+    assert len(lookups) == 3
+    assert all("USING INDEX sqlite_autoindex_notifications_1 (id=?)" in s for s in lookups)
 
 
 async def test_fifo_head_of_line_blocks_the_rest(store: SqliteStore) -> None:

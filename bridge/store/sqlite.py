@@ -15,6 +15,7 @@ import json
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -211,11 +212,8 @@ class SqliteStore:
         async with self._session("claim") as db:
             # One UPDATE … RETURNING is atomic on its own, so even another process
             # claiming from the same file cannot take the same row.
-            claimed = await db.execute_fetchall(sql.CLAIM_FIFO if fifo else sql.CLAIM, params)
-            ids = [int(row[0]) for row in claimed]
-            if not ids:
-                return []
-            rows = await db.execute_fetchall(sql.CLAIMED_DELIVERIES, (json.dumps(ids),))
+            rows = await db.execute_fetchall(sql.CLAIM_FIFO if fifo else sql.CLAIM, params)
+        # RETURNING yields rows in no defined order; senders expect creation order.
         return [
             Delivery(
                 id=row[0],
@@ -227,7 +225,7 @@ class SqliteStore:
                 created_at=row[6],
                 event_at=row[7],
             )
-            for row in rows
+            for row in sorted(rows, key=itemgetter(0))
         ]
 
     async def next_due_at(self, target: str, *, fifo: bool) -> float | None:

@@ -166,7 +166,7 @@ class WebhookSender:
         except TimeoutError:
             return SendResult(ok=False, error=f"timeout after {self._timeout_s:g}s")
         except aiohttp.ClientError as err:
-            return SendResult(ok=False, error=_describe_client_error(err))
+            return SendResult(ok=False, error=describe_client_error(err))
 
     def _classify(
         self, status: int, headers: Mapping[str, str], snippet: bytes, signature: str
@@ -210,7 +210,7 @@ async def _read_snippet(resp: aiohttp.ClientResponse) -> bytes:
     return b"".join(chunks)
 
 
-def _describe_client_error(err: aiohttp.ClientError) -> str:
+def describe_client_error(err: aiohttp.ClientError) -> str:
     """A short, secret-free description: aiohttp's own messages may carry the URL."""
     if isinstance(err, aiohttp.ClientSSLError):
         return f"TLS error: {type(err).__name__}"

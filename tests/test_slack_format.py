@@ -1,0 +1,721 @@
+"""The pure Slack formatter: envelope → Block Kit message (no I/O, no event loop).
+
+Notifications are built the way the pipeline builds them (vendor item → normalize →
+build_notification) and validated against the envelope schema first, so the
+formatter is tested on real shapes. `block_problems` checks Slack's documented
+Block Kit limits; `injection_problems` checks that nothing in mrkdwn can mention or
+link anything but the bridge's own links.
+
+Run this file as a script to print the rendered example kept in docs/slack.md.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bridge.event_types import EventTypeTable
+from bridge.normalize import clip_data, normalize_event, report_data, upload_data
+from bridge.notifications import build_notification
+from bridge.schema import validate_envelope
+from bridge.slack_format import (
+    SEVERITY_MARKERS,
+    SlackMessage,
+    escape_mrkdwn,
+    fit,
+    fit_mrkdwn,
+    format_message,
+    link,
+    sparkline,
+)
+
+TABLE = EventTypeTable({})
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "slack.md"
+HOSTILE = "<!channel> <http://evil.example|click> <@U123ABC> <#C999> & co"
+
+EVENT_ITEM: dict[str, Any] = {
+    "asset_info": {"uploading": False, "has_video": True},
+    "car_id": 123,
+    "device_cid": "96732f17-b4d1-4b67-97de-3fae29237057",
+    "serial_number": "K245A0001234",
+    "driver_id": 7,
+    "driver_name": "Jane Doe",
+    "expired": False,
+    "expiry": 1_764_604_800,
+    "lat": 25.0471,
+    "lng": 121.3741,
+    "severity_level": 3,
+    "ticket": "4b2afd89-8123-4842-b430-c95fc143b14a",
+    "timestamp": 1_764_000_000,
+    "trip_id": 456,
+    "type": 22,
+    "type_name": "Harsh Braking",
+    "videos_count": 1,
+    "videos_total_count": 2,
+}
+
+TASK: dict[str, Any] = {
+    "task_id": "task-1",
+    "task_state": 2,
+    "last_ack_message": {
+        "code": None,
+        "progress_status": [
+            {"camId": "C_F", "state": "Success", "state_number": 2},
+            {"camId": "C_I", "state": "Success", "state_number": 2},
+        ],
+    },
+}
+CLIP_KW: dict[str, Any] = {
+    "serial_number": "K245A0001234",
+    "cam_id": "ALL",
+    "file_name": "clip-1",
+    "target_timestamp": 1_764_000_000,
+    "duration_s": 30,
+}
+VIDEOS = [
+    {
+        "cam_id": "C_F",
+        "url": "https://v.example.com/f.mp4?sig=a&exp=1",
+        "expires_at": 1_764_086_400,
+    },
+    {"cam_id": "C_I", "url": "https://v.example.com/i.mp4", "expires_at": 1_764_086_400},
+]
+REPORT = {
+    "summary": {
+        "event_category": [
+            {"category": "Sensor Event", "count": 12},
+            {"category": "AI(ADAS) Event", "count": 5},
+            {"category": "AI(DMS) Event", "count": 3},
+            {"category": "Traffic sign", "count": 2},
+        ],
+        "trip": {
+            "total_distance": 1234.5,
+            "total_idling": 600,
+            "total_time": 86400,
+            "total_trips": 9,
+        },
+    },
+    "trend": [
+        {
+            "trend_type": "Sensor Event",
+            "events": [
+                {
+                    "date": "2025-11-22",
+                    "types": [{"type": 22, "count": 4, "type_name": "Harsh Braking"}],
+                    "severity": {"lv_1": 2, "lv_2": 1, "lv_3": 1},
+                },
+                {
+                    "date": "2025-11-23",
+                    "types": [{"type": 22, "count": 8, "type_name": "Harsh Braking"}],
+                    "severity": {"lv_1": 5, "lv_2": 2, "lv_3": 1},
+                },
+            ],
+        },
+        {
+            "trend_type": "AI(DMS) Event",
+            "events": [
+                {
+                    "date": "2025-11-23",
+                    "types": [{"type": 27, "count": 3, "type_name": "Phoning"}],
+                    "severity": {"lv_1": 3, "lv_2": 0, "lv_3": 0},
+                }
+            ],
+        },
+    ],
+}
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def envelope(type_: str, data: dict[str, Any], **fixed: Any) -> dict[str, Any]:
+    """A schema-valid envelope, as the pipeline would store it."""
+    n = build_notification(
+        type_, data, base_url="https://fleet.example.com", now=1_764_000_003.12, **fixed
+    )
+    env = n.envelope()
+    validate_envelope(env)
+    return env
+
+
+def event_env(
+    type_: str = "event.created", revision: int = 1, changed: list[str] | None = None, **item: Any
+) -> dict[str, Any]:
+    data = normalize_event(EVENT_ITEM | item, TABLE).data | {
+        "revision": revision,
+        "changed": changed or [],
+    }
+    return envelope(type_, data)
+
+
+def clip_env(type_: str, task: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+    return envelope(type_, clip_data(task or TASK, **(CLIP_KW | kw)))
+
+
+# --------------------------------------------------------------------------- checkers
+
+
+def units(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+def block_problems(message: SlackMessage | dict[str, Any]) -> list[str]:
+    """Everything in `message` that breaks Slack's Block Kit rules or limits."""
+    problems = []
+    text = message.get("text")
+    if not isinstance(text, str) or not text or units(text) > 3000:
+        problems.append(f"text: {text!r:.80}")
+    blocks = message.get("blocks")
+    if not isinstance(blocks, list) or not 1 <= len(blocks) <= 50:
+        return [*problems, f"blocks: {len(blocks) if isinstance(blocks, list) else blocks!r}"]
+
+    def check_text(where: str, obj: Any, kind: str, limit: int) -> None:
+        if not isinstance(obj, dict) or obj.get("type") != kind:
+            problems.append(f"{where}: not {kind}")
+            return
+        value = obj.get("text")
+        if not isinstance(value, str) or not value.strip() or units(value) > limit:
+            problems.append(f"{where}: {units(value) if isinstance(value, str) else value!r} units")
+
+    for i, block in enumerate(blocks):
+        kind = block.get("type")
+        if kind == "header":
+            check_text(f"blocks[{i}].text", block.get("text"), "plain_text", 150)
+        elif kind == "section":
+            if "text" not in block and "fields" not in block:
+                problems.append(f"blocks[{i}]: section without text or fields")
+            if "text" in block:
+                check_text(f"blocks[{i}].text", block["text"], "mrkdwn", 3000)
+            fields = block.get("fields", [])
+            if len(fields) > 10:
+                problems.append(f"blocks[{i}]: {len(fields)} fields")
+            for j, f in enumerate(fields):
+                check_text(f"blocks[{i}].fields[{j}]", f, "mrkdwn", 2000)
+        elif kind == "context":
+            elements = block.get("elements", [])
+            if not 1 <= len(elements) <= 10:
+                problems.append(f"blocks[{i}]: {len(elements)} context elements")
+            for j, e in enumerate(elements):
+                check_text(f"blocks[{i}].elements[{j}]", e, "mrkdwn", 3000)
+        else:
+            problems.append(f"blocks[{i}]: unexpected type {kind!r}")
+    return problems
+
+
+def mrkdwn_texts(message: SlackMessage | dict[str, Any]) -> list[str]:
+    """Every string Slack parses as mrkdwn: the fallback text, sections, fields, contexts."""
+    texts = [message["text"]]
+    for block in message["blocks"]:
+        if "text" in block and block["text"]["type"] == "mrkdwn":
+            texts.append(block["text"]["text"])
+        texts += [f["text"] for f in block.get("fields", [])]
+        texts += [e["text"] for e in block.get("elements", [])]
+    return texts
+
+
+_ANGLE = re.compile(r"<([^<>]*)>?")
+
+
+def injection_problems(message: SlackMessage | dict[str, Any]) -> list[str]:
+    """Any `<…>` in mrkdwn that is not one of the bridge's own http(s) links."""
+    problems = []
+    for text in mrkdwn_texts(message):
+        for match in _ANGLE.finditer(text):
+            inner = match.group(1)
+            if not re.match(r"https?://[^|\s]+\|[^|]", inner) or not match.group(0).endswith(">"):
+                problems.append(match.group(0)[:80])
+    return problems
+
+
+def field(message: SlackMessage, label: str) -> str:
+    """The value of the field called `label` (first match)."""
+    for block in message["blocks"]:
+        for f in block.get("fields", []):
+            title, _, value = f["text"].partition("\n")
+            if title == f"*{label}*":
+                return str(value)
+    raise AssertionError(f"no field {label!r}")
+
+
+def header_text(message: SlackMessage) -> str:
+    first = message["blocks"][0]
+    assert first["type"] == "header"
+    return str(first["text"]["text"])
+
+
+def all_text(message: SlackMessage) -> str:
+    return json.dumps(message, ensure_ascii=False)
+
+
+# --------------------------------------------------------------------------- events
+
+
+@pytest.mark.parametrize(
+    ("level", "severity"), [(3, "severe"), (2, "moderate"), (1, "minor"), (None, "unknown")]
+)
+def test_header_has_the_severity_marker_and_event_name(level: int | None, severity: str) -> None:
+    msg = format_message(event_env(severity_level=level))
+    assert header_text(msg) == f"{SEVERITY_MARKERS[severity]} Harsh Braking"
+    assert field(msg, "Severity").startswith(SEVERITY_MARKERS[severity])
+    assert block_problems(msg) == []
+
+
+def test_event_fields_give_vehicle_driver_device_time_location_media() -> None:
+    msg = format_message(event_env(), tz="Asia/Taipei")
+    assert field(msg, "Vehicle") == "123"
+    assert field(msg, "Driver") == "Jane Doe (#7)"
+    assert field(msg, "Device") == "K245A0001234"
+    assert field(msg, "Time") == "2025-11-25 00:00:00 CST"
+    assert (
+        field(msg, "Location")
+        == "<https://www.google.com/maps?q=25.0471,121.3741|25.0471, 121.3741>"
+    )
+    assert (
+        field(msg, "Media") == "🎥 Video available (1 of 2 clips)\nexpires 2025-12-02 00:00:00 CST"
+    )
+    assert field(msg, "Trip") == "456"
+    context = [e["text"] for e in msg["blocks"][-1]["elements"]]
+    assert "Ticket 4b2afd89-8123-4842-b430-c95fc143b14a" in context
+    assert "event.created" in context
+    assert block_problems(msg) == []
+
+
+@pytest.mark.parametrize(
+    ("tz", "shown"),
+    [
+        ("UTC", "2025-11-24 16:00:00 UTC"),
+        ("America/New_York", "2025-11-24 11:00:00 EST"),
+        ("Europe/Berlin", "2025-11-24 17:00:00 CET"),
+        ("America/Sao_Paulo", "2025-11-24 13:00:00 UTC-03:00"),  # tzdata has no abbreviation
+        ("No/Such_Zone", "2025-11-24 16:00:00 UTC"),  # never fails
+    ],
+)
+def test_time_is_shown_in_the_target_zone(tz: str, shown: str) -> None:
+    assert field(format_message(event_env(), tz=tz), "Time") == shown
+
+
+def test_device_falls_back_to_the_cid() -> None:
+    msg = format_message(event_env(serial_number=None))
+    assert field(msg, "Device") == "96732f17-b4d1-4b67-97de-3fae29237057"
+
+
+@pytest.mark.parametrize(
+    ("item", "shown"),
+    [
+        ({}, "🎥 Video available (1 of 2 clips)"),
+        ({"asset_info": {"has_video": False, "uploading": True}}, "⏫ Uploading (1 of 2 clips)"),
+        (
+            {"asset_info": {"has_video": True, "uploading": True}},
+            "🎥 Video available, more uploading",
+        ),
+        (
+            {"asset_info": {"has_video": False, "uploading": False}, "videos_count": 0},
+            "No video (0 of 2 clips)",
+        ),
+        ({"expired": True}, "⌛ Video expired (1 of 2 clips)"),
+    ],
+)
+def test_media_state_in_words(item: dict[str, Any], shown: str) -> None:
+    assert field(format_message(event_env(**item)), "Media").startswith(shown)
+
+
+def test_missing_location_and_media_are_shown_as_such() -> None:
+    data = {"ticket": "t-1", "timestamp": 1_700_000_000}
+    env = envelope(
+        "event.created", normalize_event(data, TABLE).data | {"revision": 1, "changed": []}
+    )
+    msg = format_message(env)
+    assert header_text(msg) == "⚪ Unknown"
+    assert field(msg, "Location") == "—"
+    assert field(msg, "Media") == "Unknown"
+    assert field(msg, "Driver") == "—"
+    assert "location unknown" in msg["text"]
+    assert block_problems(msg) == []
+
+
+def test_fallback_text_carries_the_same_facts() -> None:
+    msg = format_message(event_env(), tz="Asia/Taipei")
+    text = msg["text"]
+    assert text.startswith("🔴 Severe: Harsh Braking")
+    for fact in (
+        "vehicle 123",
+        "driver Jane Doe",
+        "device K245A0001234",
+        "2025-11-25 00:00:00 CST",
+        "25.0471, 121.3741",
+    ):
+        assert fact in text
+
+
+def test_event_updated_says_what_changed() -> None:
+    env = event_env(
+        "event.updated",
+        revision=2,
+        changed=["media.has_video", "media.videos_count", "media.uploading"],
+        asset_info={"has_video": True, "uploading": False},
+        videos_count=2,
+    )
+    msg = format_message(env)
+    assert header_text(msg) == "🔴 Harsh Braking · update"
+    changed = msg["blocks"][1]["text"]["text"]
+    assert changed == "*What changed:* video now available; clips: 2 of 2 clips; upload finished"
+    assert "Update on Severe Harsh Braking: video now available" in msg["text"]
+    assert "revision 2" in [e["text"] for e in msg["blocks"][-1]["elements"]]
+    assert block_problems(msg) == []
+
+
+def test_redacted_fields_render_as_missing() -> None:
+    env = event_env()
+    del env["data"]["driver"]["name"]
+    del env["data"]["location"]
+    msg = format_message(env)
+    assert field(msg, "Driver") == "#7"
+    assert field(msg, "Location") == "—"
+    assert "Jane" not in all_text(msg)
+
+
+# --------------------------------------------------------------------------- clips, uploads
+
+
+def test_clip_completed_shows_task_state_cameras_and_video_links() -> None:
+    msg = format_message(clip_env("clip.completed", videos=VIDEOS, ticket="tk-1"))
+    assert header_text(msg) == "✅ Clip ready · K245A0001234"
+    assert field(msg, "Task") == "task-1"
+    assert field(msg, "State") == "success (2)"
+    assert field(msg, "Camera") == "ALL"
+    assert field(msg, "Ticket") == "tk-1"
+    texts = "\n".join(mrkdwn_texts(msg))
+    assert "• C_F: Success (state 2)" in texts
+    assert "<https://v.example.com/f.mp4?sig=a&amp;exp=1|Video C_F>" in texts
+    assert "<https://v.example.com/i.mp4|Video C_I>" in texts
+    assert (
+        msg["text"]
+        == "✅ Clip ready: task task-1, device K245A0001234, state success (2), 2 videos"
+    )
+    assert block_problems(msg) == []
+    assert injection_problems(msg) == []
+
+
+def test_clip_failed_shows_the_camera_error() -> None:
+    task = TASK | {"task_state": 3, "last_ack_message": {"code": "D_E20003"}}
+    msg = format_message(clip_env("clip.failed", task))
+    assert header_text(msg) == "❌ Clip failed · K245A0001234"
+    assert "*Error:* D_E20003 — Clip process is busy" in mrkdwn_texts(msg)
+    assert "error D_E20003 — Clip process is busy" in msg["text"]
+
+
+def test_clip_requested_and_partial_success() -> None:
+    requested = format_message(clip_env("clip.requested", {"task_id": "t-9"}))
+    assert header_text(requested) == "🎬 Clip requested · K245A0001234"
+    assert field(requested, "State") == "upcoming (0)"
+    partial = format_message(clip_env("clip.completed", TASK | {"task_state": 6}))
+    assert header_text(partial).startswith("⚠️ Clip partly ready")
+    assert field(partial, "State") == "partial success (6)"
+
+
+def test_upload_updated() -> None:
+    item = {
+        "task_id": "up-1",
+        "task_state": 5,
+        "device_cid": "cid-1",
+        "event_name": "Manual upload",
+        "left_days": 12,
+        "lat": 25.1,
+        "lng": 121.2,
+        "ticket": "tk-1",
+    }
+    msg = format_message(envelope("upload.updated", upload_data(item)))
+    assert header_text(msg) == "⏫ Upload: Manual upload"
+    assert field(msg, "State") == "uploading (5)"
+    assert field(msg, "Device") == "cid-1"
+    assert field(msg, "Kept") == "12 days left"
+    assert field(msg, "Location") == "<https://www.google.com/maps?q=25.1,121.2|25.1, 121.2>"
+    assert msg["text"].startswith("⏫ Upload of Manual upload: task up-1")
+    assert block_problems(msg) == []
+
+
+# --------------------------------------------------------------------------- report, test
+
+
+def test_report_is_a_readable_digest() -> None:
+    data = report_data(
+        REPORT, since=1_763_827_200, until=1_763_913_600, tz="Asia/Taipei", table=TABLE
+    )
+    msg = format_message(envelope("report.safety", data), tz="UTC")
+    assert header_text(msg) == "📊 Safety report"
+    texts = mrkdwn_texts(msg)
+    # The period is shown in the report's own zone: a Taipei day.
+    assert "*Period:* 2025-11-23 00:00:00 CST → 2025-11-24 00:00:00 CST" in texts
+    assert field(msg, "Total events") == "22"
+    assert field(msg, "Sensor") == "12"
+    assert field(msg, "ADAS") == "5"
+    assert field(msg, "Traffic sign") == "2"
+    assert field(msg, "Other") == "0"
+    assert field(msg, "Trips") == "9"
+    assert field(msg, "Distance") == "1,234.5"
+    assert "*By severity:* 🔴 Severe 2 · 🟠 Moderate 3 · 🟡 Minor 10" in texts
+    assert "*Most frequent:* Harsh Braking 12 · Phoning 3" in texts
+    trend = next(t for t in texts if t.startswith("*Trend"))
+    assert trend.splitlines() == [
+        "*Trend ▃█*",
+        "`2025-11-22` 4 — 🔴 Severe 1 · 🟠 Moderate 1 · 🟡 Minor 2",
+        "`2025-11-23` 11 — 🔴 Severe 1 · 🟠 Moderate 2 · 🟡 Minor 8",
+    ]
+    assert msg["text"].startswith(
+        "📊 Safety report 2025-11-23 00:00:00 CST → 2025-11-24 00:00:00 CST: 22 events"
+    )
+    assert "Sensor 12" in msg["text"]
+    assert block_problems(msg) == []
+
+
+def test_bridge_test_and_unknown_types() -> None:
+    msg = format_message(envelope("bridge.test", {"target": "alerts", "message": "hello"}))
+    assert header_text(msg) == "✅ fleet-bridge test"
+    assert msg["blocks"][1]["text"]["text"] == "Test message for target *alerts*: hello"
+    assert msg["text"] == "✅ fleet-bridge test message for target alerts"
+    other = format_message({"type": "<!here>", "data": None})
+    assert block_problems(other) == []
+    assert injection_problems(other) == []
+    assert block_problems(format_message({})) == []
+
+
+def test_sparkline() -> None:
+    assert sparkline([]) == ""
+    assert sparkline([0, 0]) == "▁▁"
+    assert sparkline([1, 4, 8]) == "▁▄█"
+
+
+# --------------------------------------------------------------------------- escaping
+
+
+def test_hostile_driver_name_is_inert_in_blocks_and_text() -> None:
+    msg = format_message(event_env(driver_name=HOSTILE, lat=None))
+    dumped = all_text(msg)
+    assert "<!channel>" not in dumped
+    assert "<http" not in dumped
+    assert "<@U" not in dumped
+    assert "<#C" not in dumped
+    escaped = (
+        "&lt;!channel&gt; &lt;http://evil.example|click&gt; &lt;@U123ABC&gt; &lt;#C999&gt; &amp; co"
+    )
+    assert field(msg, "Driver") == f"{escaped} (#7)"
+    assert f"driver {escaped}" in msg["text"]
+    assert injection_problems(msg) == []
+
+
+def test_hostile_strings_everywhere_stay_inert() -> None:
+    env = event_env(
+        "event.updated",
+        revision=2,
+        changed=["media.has_video"],
+        driver_name=HOSTILE,
+        type_name=HOSTILE,
+        device_cid=HOSTILE,
+        serial_number=HOSTILE,
+        ticket=HOSTILE,
+        ticket_linked=HOSTILE,
+    )
+    env["data"]["changed"].append(HOSTILE)  # not schema-valid, but a receiver may see it
+    msg = format_message(env)
+    assert injection_problems(msg) == []
+    # The header is plain_text: Slack never parses it, so it shows the name as sent.
+    assert header_text(msg).startswith("🔴 <!channel>")
+    clip = clip_data(
+        TASK
+        | {"task_id": HOSTILE, "last_ack_message": {"code": "D_E1<!channel>", "desc": HOSTILE}},
+        **(CLIP_KW | {"serial_number": HOSTILE, "file_name": HOSTILE, "cam_id": HOSTILE}),
+        videos=[{"cam_id": HOSTILE, "url": "https://v.example.com/x"}],
+        ticket=HOSTILE,
+    )
+    clip_msg = format_message({"type": "clip.failed", "data": clip})
+    assert injection_problems(clip_msg) == []
+    assert "&lt;!channel&gt;" in all_text(clip_msg)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://v.example.com/a.mp4?x=1&y=2", "<https://v.example.com/a.mp4?x=1&amp;y=2|Video>"),
+        ("https://v.example.com/a|<!channel>", "<https://v.example.com/a%7C%3C!channel%3E|Video>"),
+        ("https://v.example.com/a>b", "<https://v.example.com/a%3Eb|Video>"),
+        ("javascript:alert(1)", None),
+        ("ftp://v.example.com/a", None),
+        ("https://v.example.com/a b", None),
+        ("https://v.example.com/a\n<!channel>", None),
+        ("/relative/path", None),
+        ("https://" + "a" * 3000 + ".example", None),
+        (12, None),
+    ],
+)
+def test_links_are_http_only_and_cannot_be_broken_out_of(url: Any, expected: str | None) -> None:
+    assert link(url, "Video") == expected
+
+
+def test_escape_mrkdwn() -> None:
+    assert escape_mrkdwn("a & <b> &amp;") == "a &amp; &lt;b&gt; &amp;amp;"
+
+
+# --------------------------------------------------------------------------- limits
+
+
+def test_fit_counts_utf16_units_and_marks_the_cut() -> None:
+    assert fit("abc", 3) == "abc"
+    assert fit("abcd", 3) == "ab…"
+    emoji = "😀" * 100  # 200 UTF-16 units
+    assert units(fit(emoji, 150)) <= 150
+    assert fit(emoji, 150).endswith("…")
+
+
+def test_fit_mrkdwn_never_cuts_inside_a_link_or_an_entity() -> None:
+    text = "see <https://example.com/very/long/path|the video> now"
+    assert fit_mrkdwn(text, 20) == "see …"
+    assert fit_mrkdwn("a &amp; b", 5) == "a …"
+    assert fit_mrkdwn("a &amp; b", 8) == "a &amp;…"
+
+
+def test_absurd_vendor_strings_and_counts_respect_every_limit() -> None:
+    huge = "Ж" * 20_000
+    emoji = "🚚" * 5_000
+    env = event_env(type_name=emoji, driver_name=huge, serial_number=huge, ticket=huge)
+    msg = format_message(env)
+    assert block_problems(msg) == []
+    assert header_text(msg).endswith("…")
+    assert units(header_text(msg)) <= 150
+
+    videos = [{"cam_id": f"C{i}", "url": "https://v.example.com/" + "x" * 1900} for i in range(500)]
+    task = TASK | {
+        "last_ack_message": {
+            "code": "D_E20007",
+            "desc": huge,
+            "progress_status": [
+                {"camId": huge, "state": huge, "state_number": i} for i in range(1000)
+            ],
+        }
+    }
+    clip = format_message(clip_env("clip.completed", task, file_name=huge, videos=videos))
+    assert block_problems(clip) == []
+    assert injection_problems(clip) == []
+    assert any("more" in t for t in mrkdwn_texts(clip))  # what does not fit is counted
+
+    long_name = "Ж" * 500
+    days = [
+        {
+            "date": f"2025-{i:05d}",
+            "types": [{"type": i, "count": i, "type_name": long_name}],
+            "severity": {"lv_3": i},
+        }
+        for i in range(120)
+    ]
+    report = REPORT | {"trend": [{"trend_type": long_name, "events": days}] * 20}
+    data = report_data(report, since=0, until=86_400, tz="UTC", table=TABLE)
+    assert block_problems(format_message(envelope("report.safety", data))) == []
+
+
+# Any JSON-like value, including hostile and huge strings, in any field.
+_strings = st.one_of(
+    st.text(max_size=300), st.sampled_from([HOSTILE, "&", "<", ">", "|", "x" * 5000])
+)
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | _strings,
+    lambda children: (
+        st.lists(children, max_size=6) | st.dictionaries(_strings, children, max_size=6)
+    ),
+    max_leaves=40,
+)
+_data = st.fixed_dictionaries(
+    {},
+    optional={
+        key: _json
+        for key in (
+            "ticket",
+            "severity",
+            "event_type",
+            "driver",
+            "vehicle",
+            "device",
+            "location",
+            "media",
+            "changed",
+            "occurred_at",
+            "videos",
+            "cameras",
+            "error",
+            "state",
+            "state_code",
+            "task_id",
+            "trend",
+            "categories",
+            "trips",
+            "since",
+            "tz",
+            "target",
+        )
+    },
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    type_=st.sampled_from(
+        [
+            "event.created",
+            "event.updated",
+            "clip.completed",
+            "upload.updated",
+            "report.safety",
+            "bridge.test",
+            "x",
+        ]
+    ),
+    data=_data,
+    tz=st.sampled_from(["UTC", "Asia/Taipei", "bogus", None]),
+)
+def test_any_data_formats_within_limits_and_stays_inert(
+    type_: str, data: dict[str, Any], tz: str | None
+) -> None:
+    msg = format_message({"type": type_, "id": HOSTILE, "data": data}, tz=tz)
+    assert block_problems(msg) == []
+    assert injection_problems(msg) == []
+    json.dumps(msg)  # serializable as is
+
+
+# --------------------------------------------------------------------------- the docs example
+
+
+def doc_example() -> tuple[dict[str, Any], SlackMessage]:
+    """The event.created shown in docs/slack.md and its rendering (target tz Asia/Taipei)."""
+    data = normalize_event(EVENT_ITEM, TABLE).data | {"revision": 1, "changed": []}
+    env = envelope("event.created", data, notification_id="ntf_01KAVA2ZD8YV5T3Q9M0XW4R7NB")
+    return env, format_message(env, tz="Asia/Taipei")
+
+
+def render_doc_example() -> str:
+    """The markdown pasted into docs/slack.md under "Rendered example"."""
+    env, msg = doc_example()
+    return (
+        "Notification (`event.created`):\n\n```json\n"
+        + json.dumps(env, indent=2, ensure_ascii=False)
+        + "\n```\n\nFallback `text`:\n\n```text\n"
+        + msg["text"]
+        + "\n```\n\n`blocks`:\n\n```json\n"
+        + json.dumps(msg["blocks"], indent=2, ensure_ascii=False)
+        + "\n```\n"
+    )
+
+
+def test_docs_show_what_the_formatter_renders() -> None:
+    assert render_doc_example() in DOCS.read_text(encoding="utf-8"), (
+        "docs/slack.md is stale: paste the output of `python tests/test_slack_format.py`"
+    )
+    _, msg = doc_example()
+    assert block_problems(msg) == []
+
+
+if __name__ == "__main__":
+    print(render_doc_example(), end="")

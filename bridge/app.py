@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import aiohttp
 import structlog
@@ -38,6 +38,12 @@ from bridge.targets.console import ConsoleSender
 from bridge.targets.webhook import WebhookSender
 from bridge.upstream.client import UpstreamClient
 
+if TYPE_CHECKING:
+    from bridge.clips import ClipTracker
+    from bridge.push import PushIngest
+    from bridge.report import SafetyReporter
+    from bridge.uploads import UploadsPoller
+
 log = structlog.get_logger(__name__)
 
 
@@ -60,6 +66,10 @@ class Bridge:
     events_poller: EventsPoller | None = None
     started_at: float = 0.0
     upstream_clock: Clock | None = None  # pacing/backoff of vendor calls (default: clock)
+    clips: ClipTracker | None = None
+    push: PushIngest | None = None
+    uploads: UploadsPoller | None = None
+    reporter: SafetyReporter | None = None
 
 
 BRIDGE = web.AppKey("bridge", Bridge)
@@ -127,7 +137,14 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
         on_request=b.metrics.upstream_request,
         on_token=(lambda token: scrubber.add([token])) if scrubber else None,
     )
-    b.ingestor = EventIngestor(b.settings, b.store, b.clock, b.metrics)
+    # auto_request rules look at what ingest stored (poll and push alike); the tracker
+    # is created by the next context, so the callback looks it up when called.
+    on_stored = (
+        (lambda ns: b.clips.on_stored(ns) if b.clips is not None else None)
+        if b.settings.clips.auto_request
+        else None
+    )
+    b.ingestor = EventIngestor(b.settings, b.store, b.clock, b.metrics, on_stored=on_stored)
     for cfg in b.settings.targets:
         target = make_target(
             cfg, session=b.targets_session, clock=b.clock, stdout=b.stdout, store=b.store
@@ -147,13 +164,61 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
             await d.stop(grace)
 
 
+async def _clips_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The clip tracker (API requests, tracking, auto_request worker)."""
+    from bridge.clips import ClipTracker
+
+    b = app[BRIDGE]
+    assert b.store is not None
+    assert b.client is not None
+    b.clips = ClipTracker(b.settings, b.store, b.client, b.clock, b.metrics)
+    if b.clips.auto_enabled:
+        b.clips.start()
+    try:
+        yield
+    finally:
+        await b.clips.stop()
+
+
+async def _push_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The vendor push queue and its worker; drained on shutdown."""
+    from bridge.push import PushIngest
+
+    b = app[BRIDGE]
+    assert b.ingestor is not None
+    b.push = PushIngest(b.settings.ingest.vendor_webhook, b.ingestor, b.clips)
+    b.push.start()
+    try:
+        yield
+    finally:
+        await b.push.stop(b.settings.server.shutdown_grace_s)
+
+
 async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
     b = app[BRIDGE]
     assert b.client is not None
     assert b.ingestor is not None
+    assert b.store is not None
     b.scheduler = PollScheduler()
     b.events_poller = EventsPoller(b.settings.poll.events, b.client, b.ingestor, b.clock, b.metrics)
     b.scheduler.add_interval("events", b.events_poller.run_once, b.settings.poll.events.interval_s)
+    poll = b.settings.poll
+    if b.clips is not None:
+        b.scheduler.add_interval("clips", b.clips.run_once, poll.clips.interval_s)
+    if poll.manual_uploads.enabled:
+        from bridge.uploads import UploadsPoller
+
+        b.uploads = UploadsPoller(b.settings, b.store, b.client, b.clock, b.metrics)
+        b.scheduler.add_interval(
+            "manual_uploads", b.uploads.run_once, poll.manual_uploads.interval_s
+        )
+    if poll.safety_report.enabled:
+        from bridge.report import SafetyReporter, cron_trigger
+
+        b.reporter = SafetyReporter(
+            b.settings, b.store, b.client, b.clock, b.metrics, b.ingestor.table
+        )
+        b.scheduler.add_cron("safety_report", b.reporter.run_once, cron_trigger(poll.safety_report))
     b.scheduler.add_interval("prune", lambda: prune_store(b), PRUNE_INTERVAL_S)
     b.scheduler.start()
     yield
@@ -184,7 +249,9 @@ def build_app(
     upstream_clock: Clock | None = None,
 ) -> web.Application:
     """The bridge as an aiohttp Application (served by `run`, the demo and tests)."""
+    from bridge.api import add_api_routes
     from bridge.health import add_health_routes
+    from bridge.push import handle_push
 
     app = web.Application(client_max_size=settings.server.max_body_bytes)
     clock = clock or SystemClock()
@@ -200,7 +267,13 @@ def build_app(
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_sessions_ctx)
     app.cleanup_ctx.append(_pipeline_ctx)
+    app.cleanup_ctx.append(_clips_ctx)
+    vendor_webhook = settings.ingest.vendor_webhook
+    if vendor_webhook.enabled:
+        app.cleanup_ctx.append(_push_ctx)
+        app.router.add_post(vendor_webhook.path, handle_push)
     if poll:
         app.cleanup_ctx.append(_scheduler_ctx)
     add_health_routes(app)
+    add_api_routes(app)
     return app

@@ -1,0 +1,218 @@
+"""The vendor's own push webhooks (SPEC §5.5): `POST {ingest.vendor_webhook.path}`.
+
+The handler only checks (token, size, shape) and queues; it answers
+`200 {"status":"success"}` at once, so slow storage never delays the vendor. A
+worker task drains the queue into the same pipeline as polling:
+
+- `EVENT_TRIGGERED` / `ASSET_UPLOADED` → `EventIngestor.ingest(..., normalizer=
+  normalize_push_event)`: same de-dup by ticket, so push + poll notify once.
+  Messages queued together are ingested in one transaction.
+- `TASK_UPDATE` → the tracked clip is re-checked now, not at its next poll.
+- any other hook is acknowledged and ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+from typing import Any, Final
+
+import structlog
+from aiohttp import web
+from pydantic import ValidationError
+
+from bridge.app import BRIDGE
+from bridge.clips import ClipTracker
+from bridge.ingest import EventIngestor
+from bridge.normalize import MalformedItem, normalize_push_event
+from bridge.settings import VendorWebhookIngest
+from bridge.upstream.models import VendorPush
+
+log = structlog.get_logger(__name__)
+
+MAX_PUSH_BYTES: Final = 1024 * 1024
+QUEUE_SIZE: Final = 10_000
+BATCH: Final = 200
+EVENT_HOOKS: Final = frozenset({"EVENT_TRIGGERED", "ASSET_UPLOADED"})
+TASK_HOOK: Final = "TASK_UPDATE"
+_OK: Final = {"status": "success"}
+
+
+class PushRejected(Exception):
+    """A push body we refuse: status and reason."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def parse_push(raw: bytes) -> tuple[str, dict[str, Any]]:
+    """(hookName, decoded message) of a vendor push body; `PushRejected` when malformed."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise PushRejected(400, "invalid_json", "body: not valid JSON") from None
+    if not isinstance(body, dict):
+        raise PushRejected(400, "invalid_body", "body: expected a JSON object")
+    try:
+        push = VendorPush.model_validate(body)
+    except ValidationError as err:
+        raise PushRejected(400, "invalid_body", f"body: {err.errors()[0]['msg']}") from None
+    if not push.hookName:
+        raise PushRejected(400, "invalid_body", "hookName: required")
+    raw_message = body.get("message")
+    if isinstance(raw_message, dict):  # tolerate a vendor that stops double-encoding
+        message: Any = raw_message
+    elif isinstance(raw_message, str):
+        try:
+            message = json.loads(raw_message)
+        except ValueError:
+            raise PushRejected(400, "invalid_message", "message: not a JSON string") from None
+    elif push.hookName in EVENT_HOOKS or push.hookName == TASK_HOOK:
+        raise PushRejected(400, "invalid_message", "message: required (a JSON string)")
+    else:
+        message = {}
+    if not isinstance(message, dict):
+        raise PushRejected(400, "invalid_message", "message: expected a JSON object")
+    return push.hookName, message
+
+
+class PushIngest:
+    """The push queue and its worker; owned by the app's push cleanup context."""
+
+    def __init__(
+        self,
+        cfg: VendorWebhookIngest,
+        ingestor: EventIngestor,
+        clips: ClipTracker | None,
+    ) -> None:
+        self._cfg = cfg
+        self._ingestor = ingestor
+        self._clips = clips
+        self._queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(QUEUE_SIZE)
+        self._worker: asyncio.Task[None] | None = None
+        self._closing = False
+        self.processed = 0
+
+    # -- HTTP --------------------------------------------------------------------
+
+    def token_ok(self, request: web.Request) -> bool:
+        """No token configured, or `?token=` / `X-Bridge-Token` carries it (constant time)."""
+        if self._cfg.token is None:
+            return True
+        want = self._cfg.token.get_secret_value().encode()
+        given = request.headers.get("X-Bridge-Token") or request.query.get("token") or ""
+        return hmac.compare_digest(given.encode(), want)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        """Check, queue, answer `{"status":"success"}`; never raises."""
+        if not self.token_ok(request):
+            log.warning("vendor push refused: wrong token", remote=request.remote)
+            return _error(401, "unauthorized", "missing or wrong token")
+        if request.content_length is not None and request.content_length > MAX_PUSH_BYTES:
+            return _error(413, "body_too_large", f"body over {MAX_PUSH_BYTES} bytes")
+        # Read the stream ourselves: the 1 MiB limit holds whatever server.max_body_bytes is.
+        raw = await read_capped(request, MAX_PUSH_BYTES)
+        if raw is None:
+            return _error(413, "body_too_large", f"body over {MAX_PUSH_BYTES} bytes")
+        try:
+            hook, message = parse_push(raw)
+            if hook in EVENT_HOOKS:
+                normalize_push_event(message, self._ingestor.table)  # refuse what can't ingest
+        except PushRejected as err:
+            log.warning("vendor push refused", code=err.code, reason=err.message)
+            return _error(err.status, err.code, err.message)
+        except MalformedItem as err:
+            log.warning("vendor push refused", code="malformed_message", reason=err.reason)
+            return _error(400, "malformed_message", f"message: {err.reason}")
+        if hook not in EVENT_HOOKS and hook != TASK_HOOK:
+            return web.json_response(_OK)  # TRIP_*, GPS_UPDATE …: not ours
+        if self._closing:
+            return _error(503, "unavailable", "shutting down", retry_after="5")
+        try:
+            self._queue.put_nowait((hook, message))
+        except asyncio.QueueFull:
+            log.warning("vendor push queue full", size=QUEUE_SIZE)
+            return _error(503, "unavailable", "push queue full", retry_after="5")
+        return web.json_response(_OK)
+
+    # -- worker ------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._worker = asyncio.create_task(self._run(), name="vendor-push")
+
+    async def stop(self, grace_s: float) -> None:
+        """Refuse new pushes, drain the queue (bounded by `grace_s`), stop the worker."""
+        self._closing = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._queue.join(), grace_s)
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        left = self._queue.qsize()
+        if left:
+            log.warning("vendor pushes dropped at shutdown (polling will catch up)", count=left)
+
+    async def wait_idle(self) -> None:
+        """Wait until every queued push has been processed (tests)."""
+        await self._queue.join()
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._process(batch)
+            except Exception:  # a failed batch is logged; polling still covers events
+                log.exception("vendor push processing failed", count=len(batch))
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+                self.processed += len(batch)
+
+    async def _process(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
+        events = [m for hook, m in batch if hook in EVENT_HOOKS]
+        if events:
+            await self._ingestor.ingest(events, job="push", normalizer=normalize_push_event)
+        if self._clips is None:
+            return
+        for task_id in dict.fromkeys(
+            str(m.get("task_id") or "") for h, m in batch if h == TASK_HOOK
+        ):
+            if task_id:
+                await self._clips.check_now(task_id)
+
+
+async def read_capped(request: web.Request, limit: int) -> bytes | None:
+    """The body, or None as soon as it grows past `limit` (chunked bodies included)."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.read(65536)
+        if not chunk:
+            return b"".join(parts)
+        size += len(chunk)
+        if size > limit:
+            return None
+        parts.append(chunk)
+
+
+def _error(status: int, code: str, message: str, *, retry_after: str | None = None) -> web.Response:
+    headers = {"Retry-After": retry_after} if retry_after else None
+    return web.json_response(
+        {"error": {"code": code, "message": message}}, status=status, headers=headers
+    )
+
+
+async def handle_push(request: web.Request) -> web.Response:
+    """The route handler: delegates to the app's `PushIngest`."""
+    push = request.app[BRIDGE].push
+    if push is None:
+        return _error(503, "unavailable", "push ingest is not running")
+    return await push.handle(request)

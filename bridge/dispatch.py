@@ -99,6 +99,7 @@ class Dispatcher:
         self._stopping = asyncio.Event()
         self._outcomes: list[Outcome] = []
         self._flush_now = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
         self._state = TargetState()
         self._tasks: list[asyncio.Task[None]] = []
         self._workers: list[asyncio.Task[None]] = []
@@ -387,14 +388,17 @@ class Dispatcher:
                 log.exception("recording delivery outcomes failed; will retry", target=self.name)
 
     async def _flush(self) -> None:
-        if not self._outcomes:
-            return
-        batch, self._outcomes = self._outcomes, []
-        try:
-            await self._store.record_outcomes(batch, self._clock.now())
-        except Exception:
-            self._outcomes[:0] = batch  # keep them for the next flush
-            raise
+        # One flush at a time: a caller that finds the list empty must still wait for
+        # a batch another flush is writing (wait_idle promises outcomes are stored).
+        async with self._flush_lock:
+            if not self._outcomes:
+                return
+            batch, self._outcomes = self._outcomes, []
+            try:
+                await self._store.record_outcomes(batch, self._clock.now())
+            except Exception:
+                self._outcomes[:0] = batch  # keep them for the next flush
+                raise
         # A retry may now be due earlier than what the feeder sleeps for.
         if any(o.state is DeliveryState.PENDING for o in batch):
             self.wake()

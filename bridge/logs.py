@@ -106,4 +106,6 @@ def configure_logging(
     root.setLevel(max(numeric, logging.INFO) if numeric < logging.INFO else numeric)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # paho logs every lost socket at ERROR; the MQTT target logs the state change once.
+    logging.getLogger("mqtt").setLevel(logging.CRITICAL)
     return scrubber

@@ -11,17 +11,42 @@ add an endpoint, decorate a handler with `@routes.get/post(API_PREFIX + "/…")`
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
+import math
 from collections.abc import Awaitable, Callable
+from datetime import datetime
+from importlib import resources
 from typing import Any, Final, TypeVar
 
 import structlog
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    field_validator,
+)
 
 from bridge.app import BRIDGE, Bridge
 from bridge.clips import ClipRequest, ClipTracker, clip_view
+from bridge.clock import utc_iso
+from bridge.dispatch import Dispatcher
+from bridge.notifications import build_notification
+from bridge.pollers import PollerStatus
+from bridge.routing import TEST_TYPE
+from bridge.store.base import (
+    DeliveryRecord,
+    DeliveryState,
+    IngestTx,
+    NewNotification,
+    Store,
+    StoreUnavailable,
+)
 from bridge.upstream.errors import (
     UpstreamApiError,
     UpstreamAuthError,
@@ -249,6 +274,306 @@ async def poll_now(request: web.Request) -> web.Response:
             "malformed": stats.malformed,
         }
     )
+
+
+# --------------------------------------------------------------------------- status
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else utc_iso(ts)
+
+
+def _poller_view(status: PollerStatus, now: float) -> dict[str, Any]:
+    return {
+        "last_run_at": _iso(status.last_run_at),
+        "last_success_at": _iso(status.last_success_at),
+        "last_error": status.last_error,
+        "cursor": _iso(status.cursor),
+        "lag_s": None if status.cursor is None else round(max(0.0, now - status.cursor), 3),
+        "failing": status.failing,
+    }
+
+
+async def _queue_counts(b: Bridge) -> dict[str, dict[str, int]]:
+    try:
+        return await _store(b).queue_counts()
+    except StoreUnavailable as err:
+        raise ApiError(503, "unavailable", f"the store is not answering: {err}") from None
+
+
+@routes.get(API_PREFIX + "/status")
+async def status(request: web.Request) -> web.Response:
+    """Per poller: runs, cursor and lag; per target: queue counts, pause and health."""
+    b = _bridge(request)
+    now = b.clock.now()
+    pollers: dict[str, Any] = {}
+    if b.events_poller is not None:
+        pollers["events"] = _poller_view(b.events_poller.status, now)
+    counts = await _queue_counts(b)
+    targets: dict[str, Any] = {}
+    for name, d in b.dispatchers.items():
+        c = counts.get(name, {})
+        state, health = d.state, d.health
+        targets[name] = {
+            "pending": c.get("pending", 0),
+            "in_flight": c.get("in_flight", 0),
+            "dead": c.get("dead", 0),
+            "paused": state.paused,
+            "paused_reason": state.paused_reason,
+            "hold_until": _iso(state.hold_until),
+            "failing": health.failing,
+            "last_error": health.last_error,
+            "last_status": health.last_status,
+            "last_success_at": _iso(health.last_success_at),
+            "delivered": health.delivered,  # since this process started
+        }
+    return web.json_response({"pollers": pollers, "targets": targets})
+
+
+# --------------------------------------------------------------------------- deliveries
+
+MAX_LIST_LIMIT: Final = 1000
+DEFAULT_LIST_LIMIT: Final = 100
+# SQLite integers are signed 64-bit: a larger id cannot exist (and would overflow).
+_MAX_ID: Final = 2**63 - 1
+
+
+def _store(b: Bridge) -> Store:
+    if b.store is None:
+        raise ApiError(503, "unavailable", "the store is not open")
+    return b.store
+
+
+def _known_target(b: Bridge, name: str, *, field: str | None = None) -> Dispatcher:
+    d = b.dispatchers.get(name)
+    if d is None:
+        if field is not None:
+            raise ApiError(400, "invalid_field", f"{field}: no target named {name!r}", field=field)
+        raise ApiError(404, "not_found", f"no target named {name!r}")
+    return d
+
+
+def delivery_view(r: DeliveryRecord) -> dict[str, Any]:
+    """A delivery row as the API shows it."""
+    return {
+        "id": r.id,
+        "notification_id": r.notification_id,
+        "type": r.type,
+        "target": r.target,
+        "state": r.state.value,
+        "attempts": r.attempts,
+        "last_status": r.last_status,
+        "last_error": r.last_error,
+        "next_attempt_at": _iso(r.next_attempt_at),
+        "created_at": _iso(r.created_at),
+    }
+
+
+def _limit(raw: str | None) -> int:
+    if raw is None:
+        return DEFAULT_LIST_LIMIT
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_LIST_LIMIT:
+        raise ApiError(
+            400,
+            "invalid_field",
+            f"limit: expected an integer from 1 to {MAX_LIST_LIMIT}",
+            field="limit",
+        )
+    return value
+
+
+def _cursor(raw: str | None) -> str | None:
+    # Cursors are the last id of the previous page (opaque to callers).
+    if raw is None:
+        return None
+    if not raw.isdecimal() or not 1 <= int(raw) <= _MAX_ID:
+        raise ApiError(
+            400, "invalid_field", "cursor: not a cursor this API handed out", field="cursor"
+        )
+    return raw
+
+
+@routes.get(API_PREFIX + "/deliveries")
+async def list_deliveries(request: web.Request) -> web.Response:
+    """Deliveries newest first, filtered by state and target, one page at a time."""
+    b = _bridge(request)
+    q = request.query
+    state: DeliveryState | None = None
+    if "state" in q:
+        try:
+            state = DeliveryState(q["state"])
+        except ValueError:
+            allowed = ", ".join(s.value for s in DeliveryState)
+            raise ApiError(
+                400, "invalid_field", f"state: expected one of {allowed}", field="state"
+            ) from None
+    target = q.get("target")
+    if target is not None:
+        _known_target(b, target, field="target")
+    limit = _limit(q.get("limit"))
+    cursor = _cursor(q.get("cursor"))
+    try:
+        records, next_cursor = await _store(b).list_deliveries(
+            state=state, target=target, limit=limit, cursor=cursor
+        )
+    except StoreUnavailable as err:
+        raise ApiError(503, "unavailable", f"the store is not answering: {err}") from None
+    return web.json_response(
+        {"items": [delivery_view(r) for r in records], "next_cursor": next_cursor}
+    )
+
+
+async def _find_delivery(store: Store, delivery_id: int) -> DeliveryRecord | None:
+    # The listing is newest first from `cursor` (exclusive), so the first row after
+    # cursor id+1 is this id if it exists; no dedicated lookup needed in the Store.
+    records, _ = await store.list_deliveries(limit=1, cursor=str(delivery_id + 1))
+    return records[0] if records and records[0].id == delivery_id else None
+
+
+@routes.post(API_PREFIX + r"/deliveries/{id}/retry")
+async def retry_delivery(request: web.Request) -> web.Response:
+    """Re-queue one dead delivery (due now, attempts from 0): 200 with the row."""
+    b = _bridge(request)
+    raw = request.match_info["id"]
+    delivery_id = int(raw) if raw.isdecimal() and len(raw) <= 19 else 0
+    if not 1 <= delivery_id <= _MAX_ID - 1:
+        raise ApiError(404, "not_found", f"no delivery {raw}")
+    store = _store(b)
+    try:
+        requeued = await store.retry_delivery(delivery_id, b.clock.now())
+        record = await _find_delivery(store, delivery_id)
+    except StoreUnavailable as err:
+        raise ApiError(503, "unavailable", f"the store is not answering: {err}") from None
+    if record is None:
+        raise ApiError(404, "not_found", f"no delivery {delivery_id}")
+    if not requeued:
+        raise ApiError(409, "not_dead", f"delivery {delivery_id} is {record.state.value}, not dead")
+    d = b.dispatchers.get(record.target)
+    if d is not None:
+        d.wake()
+    log.info("dead delivery re-queued through the admin API", delivery=delivery_id)
+    return web.json_response(delivery_view(record))
+
+
+# --------------------------------------------------------------------------- targets
+
+
+@routes.post(API_PREFIX + "/targets/{name}/resume")
+async def resume_target(request: web.Request) -> web.Response:
+    """Un-pause a target: 200 `{"target", "paused": false}`; 409 when it was not paused.
+
+    409 rather than a quiet 200 so an operator (or a script) learns that the target
+    was not in the state they believed.
+    """
+    name = request.match_info["name"]
+    d = _known_target(_bridge(request), name)
+    try:
+        resumed = await d.resume()
+    except StoreUnavailable as err:
+        raise ApiError(503, "unavailable", f"the store is not answering: {err}") from None
+    if not resumed:
+        raise ApiError(409, "not_paused", f"target {name!r} is not paused")
+    return web.json_response({"target": name, "paused": False})
+
+
+@routes.post(API_PREFIX + "/targets/{name}/test")
+async def test_target(request: web.Request) -> web.Response:
+    """Store a `bridge.test` notification with one delivery, to this target only: 202."""
+    b = _bridge(request)
+    name = request.match_info["name"]
+    _known_target(b, name)
+    n = build_notification(
+        TEST_TYPE,
+        {"target": name, "message": f"fleet-bridge test notification for target {name}"},
+        base_url=str(b.settings.upstream.base_url),
+        now=b.clock.now(),
+    )
+
+    async def store_it(tx: IngestTx) -> None:
+        await tx.add_notifications([NewNotification(n, [name])])
+
+    try:
+        await _store(b).ingest(store_it)  # wakes the target's dispatcher after commit
+    except StoreUnavailable as err:
+        raise ApiError(503, "unavailable", f"the store is not answering: {err}") from None
+    b.metrics.notifications.labels(type=TEST_TYPE).inc()
+    log.info("test notification queued", target=name, notification_id=n.id)
+    return web.json_response({"target": name, "notification_id": n.id}, status=202)
+
+
+# --------------------------------------------------------------------------- replay
+
+
+def parse_time(value: int | float | str) -> float:
+    """Unix seconds, or an RFC 3339 string with a zone, → Unix seconds."""
+    if isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError("expected Unix seconds or an RFC 3339 time") from None
+        if dt.tzinfo is None:
+            raise ValueError("an RFC 3339 time needs a zone (e.g. Z)")
+        value = dt.timestamp()
+    if not math.isfinite(value) or not 0 <= value < 2**33:
+        raise ValueError("time out of range")
+    return float(value)
+
+
+class ReplayBody(BaseModel):
+    """`{target, since, until}`; `until` defaults to now."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: str
+    since: StrictInt | StrictFloat | str
+    until: StrictInt | StrictFloat | str | None = None
+
+    @field_validator("since", "until")
+    @classmethod
+    def _time(cls, v: int | float | str | None) -> float | None:
+        return None if v is None else parse_time(v)
+
+
+@routes.post(API_PREFIX + "/replay")
+async def replay(request: web.Request) -> web.Response:
+    """Queue the notifications of [since, until] once more to one target, original ids."""
+    b = _bridge(request)
+    body = await parse_body(request, ReplayBody)
+    d = _known_target(b, body.target, field="target")
+    now = b.clock.now()
+    since = float(body.since)
+    until = now if body.until is None else float(body.until)
+    if until < since:
+        raise ApiError(400, "invalid_field", "until: must not be before since", field="until")
+    try:
+        queued = await _store(b).replay(body.target, since, until, now)
+    except StoreUnavailable as err:
+        raise ApiError(503, "unavailable", f"the store is not answering: {err}") from None
+    d.wake()
+    log.info("replay queued through the admin API", target=body.target, queued=queued)
+    return web.json_response(
+        {"target": body.target, "since": utc_iso(since), "until": utc_iso(until), "queued": queued},
+        status=202,
+    )
+
+
+# --------------------------------------------------------------------------- OpenAPI
+
+
+@routes.get(API_PREFIX + "/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    """This API's OpenAPI 3.1 document (behind the same bearer token as the rest)."""
+    return web.Response(body=openapi_document(), content_type="application/json")
+
+
+@functools.cache
+def openapi_document() -> bytes:
+    """`bridge/openapi.json`, read once from the package."""
+    return resources.files("bridge").joinpath("openapi.json").read_bytes()
 
 
 def add_api_routes(app: web.Application) -> None:

@@ -23,6 +23,7 @@ from bridge.dispatch import Dispatcher, dispatch_options
 from bridge.ingest import EventIngestor
 from bridge.logs import SecretScrubber
 from bridge.metrics import Metrics
+from bridge.notifications import Notification
 from bridge.pollers import EventsPoller, PollScheduler
 from bridge.settings import (
     ConsoleTarget,
@@ -32,7 +33,7 @@ from bridge.settings import (
     WebhookTarget,
 )
 from bridge.store import open_store
-from bridge.store.base import Store
+from bridge.store.base import IngestTx, Store
 from bridge.targets.base import Target
 from bridge.targets.console import ConsoleSender
 from bridge.targets.webhook import WebhookSender
@@ -144,7 +145,19 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
         if b.settings.clips.auto_request
         else None
     )
-    b.ingestor = EventIngestor(b.settings, b.store, b.clock, b.metrics, on_stored=on_stored)
+
+    async def record_candidates(tx: IngestTx, notifications: list[Notification]) -> None:
+        if b.clips is not None:
+            await b.clips.record_candidates(tx, notifications)
+
+    b.ingestor = EventIngestor(
+        b.settings,
+        b.store,
+        b.clock,
+        b.metrics,
+        on_stored=on_stored,
+        in_tx=record_candidates if b.settings.clips.auto_request else None,
+    )
     for cfg in b.settings.targets:
         target = make_target(
             cfg, session=b.targets_session, clock=b.clock, stdout=b.stdout, store=b.store
@@ -174,6 +187,9 @@ async def _clips_ctx(app: web.Application) -> AsyncIterator[None]:
     b.clips = ClipTracker(b.settings, b.store, b.client, b.clock, b.metrics)
     if b.clips.auto_enabled:
         b.clips.start()
+        requeued = await b.clips.requeue_candidates()
+        if requeued:
+            log.info("re-queued auto clip candidates from the last run", count=requeued)
     try:
         yield
     finally:

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_
 from bridge.clock import Clock, utc_iso
 from bridge.metrics import Metrics
 from bridge.normalize import CLIP_TERMINAL_STATES, clip_data, clip_type
-from bridge.notifications import Notification, build_notification
+from bridge.notifications import Notification, build_notification, notification_from_envelope
 from bridge.routing import SEVERITY_ORDER, route
 from bridge.settings import CAMERA_IDS, ClipRule, Settings
 from bridge.store.base import IngestTx, NewNotification, Store
@@ -40,6 +40,8 @@ log = structlog.get_logger(__name__)
 
 CLIP_KIND: Final = "clip"
 AUTO_KIND: Final = "auto_clip"
+# Events matching an auto_request rule, stored in their ingest transaction.
+CANDIDATE_KIND: Final = "auto_clip_candidate"
 BAD_FILE_NAME_PARTS: Final = ("../", '"', "'", "&", "/", "\\", "?", "#", ":")
 """What the vendor refuses in a clip's `file_name` (seed: videoClip)."""
 
@@ -420,6 +422,23 @@ class ClipTracker:
         for n in notifications:
             if rule_for(self._rules, n) is not None:
                 self._auto.put_nowait(n)
+
+    async def record_candidates(self, tx: IngestTx, notifications: list[Notification]) -> None:
+        """`EventIngestor.in_tx`: keep matching events durably with their notification, so
+        a crash between storing an event and requesting its clip loses no auto clip."""
+        for n in notifications:
+            if n.keys.ticket and rule_for(self._rules, n) is not None:
+                await tx.put_json(CANDIDATE_KIND, n.keys.ticket, n.envelope())
+
+    async def requeue_candidates(self) -> int:
+        """At start-up: queue stored candidates whose clip was never requested."""
+        queued = 0
+        for ticket, envelope in await self._store.list_json(CANDIDATE_KIND):
+            if await self._store.get_json(AUTO_KIND, ticket) is not None:
+                continue
+            self._auto.put_nowait(notification_from_envelope(envelope))
+            queued += 1
+        return queued
 
     def start(self) -> None:
         """Start the auto-request worker (owned by the app's clips cleanup context)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +84,7 @@ class EventIngestor:
         metrics: Metrics,
         *,
         on_stored: Callable[[list[Notification]], None] | None = None,
+        in_tx: Callable[[IngestTx, list[Notification]], Awaitable[None]] | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -94,6 +95,9 @@ class EventIngestor:
         self._notify_updates = settings.poll.events.notify_updates
         self._malformed = _SeenMalformed()
         self._on_stored = on_stored
+        # Runs inside the ingest transaction: for state that must commit (or not) with
+        # the notifications, e.g. auto-request clip candidates.
+        self._in_tx = in_tx
 
     @property
     def table(self) -> EventTypeTable:
@@ -168,6 +172,8 @@ class EventIngestor:
                 await tx.put_tickets(list(changed_tickets.values()))
             if new:
                 await tx.add_notifications(new)
+                if self._in_tx is not None:
+                    await self._in_tx(tx, stats.notifications)
             if cursor is not None:
                 await tx.set_cursor(job, cursor)
 

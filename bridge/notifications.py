@@ -11,6 +11,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cached_property
 from typing import Any
 
@@ -117,4 +118,18 @@ def routing_keys(type_: str, data: dict[str, Any]) -> RoutingKeys:
         severity=data.get("severity"),
         device_cid=(device or {}).get("cid") or data.get("device_cid"),
         ticket=data.get("ticket"),
+    )
+
+
+def notification_from_envelope(envelope: dict[str, Any]) -> Notification:
+    """Rebuild a Notification from its envelope (e.g. one kept in the store)."""
+    created = datetime.fromisoformat(str(envelope["created_at"]).replace("Z", "+00:00"))
+    data = envelope.get("data") or {}
+    return Notification(
+        id=envelope["id"],
+        type=envelope["type"],
+        created_at=created.timestamp(),
+        source_base_url=(envelope.get("source") or {}).get("base_url", ""),
+        data=data,
+        keys=routing_keys(envelope["type"], data),
     )

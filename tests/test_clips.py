@@ -284,3 +284,31 @@ def test_a_camera_appearing_is_not_a_change_but_a_moving_one_is() -> None:
     assert not really_changed(base, seen)
     assert really_changed(seen, moved)
     assert really_changed(seen, {**seen, "state_code": 1})
+
+
+async def test_auto_request_candidate_survives_a_crash_before_the_request(
+    rig_factory: RigFactory,
+) -> None:
+    rule = {"match": {"min_severity": "severe"}, "duration_s": 20}
+    rig = await rig_factory(config={"clips": {"auto_request": [rule]}})
+    clips = rig.bridge.clips
+    assert clips is not None
+    # The worker dies before it gets to the candidate (as in a crash right after the
+    # ingest transaction): only the stored candidate remains.
+    await clips.stop()
+    hit = rig.sim.add_event(type=4, severity_level=3, timestamp=int(rig.clock.now()) - 30)
+    rig.clock.advance(1)
+    await rig.run("events")
+    assert rig.videoclip_calls() == 0
+
+    await rig.restart()  # a new bridge on the same database re-queues the candidate
+    clips = rig.bridge.clips
+    assert clips is not None
+    await clips.wait_auto_idle()
+    assert rig.videoclip_calls() == 1
+    marker = await rig.bridge.store.get_json(AUTO_KIND, hit["ticket"])  # type: ignore[union-attr]
+    assert marker is not None
+    # And a further restart does not request it again.
+    await rig.restart()
+    await rig.bridge.clips.wait_auto_idle()  # type: ignore[union-attr]
+    assert rig.videoclip_calls() == 1

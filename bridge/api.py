@@ -26,8 +26,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     StrictBool,
-    StrictFloat,
-    StrictInt,
+    StrictStr,
     ValidationError,
     field_validator,
 )
@@ -508,7 +507,7 @@ async def test_target(request: web.Request) -> web.Response:
 # --------------------------------------------------------------------------- replay
 
 
-def parse_time(value: int | float | str) -> float:
+def parse_time(value: object) -> float:
     """Unix seconds, or an RFC 3339 string with a zone, → Unix seconds."""
     if isinstance(value, str):
         try:
@@ -518,23 +517,27 @@ def parse_time(value: int | float | str) -> float:
         if dt.tzinfo is None:
             raise ValueError("an RFC 3339 time needs a zone (e.g. Z)")
         value = dt.timestamp()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("expected Unix seconds or an RFC 3339 time")
     if not math.isfinite(value) or not 0 <= value < 2**33:
         raise ValueError("time out of range")
     return float(value)
 
 
 class ReplayBody(BaseModel):
-    """`{target, since, until}`; `until` defaults to now."""
+    """`{target, since, until}`; times are Unix seconds or RFC 3339; `until` defaults to now."""
 
     model_config = ConfigDict(extra="forbid")
 
-    target: str
-    since: StrictInt | StrictFloat | str
-    until: StrictInt | StrictFloat | str | None = None
+    target: StrictStr
+    since: float
+    until: float | None = None
 
-    @field_validator("since", "until")
+    # "before": one message for every wrong type, and the field named without the
+    # union member pydantic would otherwise append to it (`since.int`).
+    @field_validator("since", "until", mode="before")
     @classmethod
-    def _time(cls, v: int | float | str | None) -> float | None:
+    def _time(cls, v: object) -> float | None:
         return None if v is None else parse_time(v)
 
 
@@ -545,8 +548,8 @@ async def replay(request: web.Request) -> web.Response:
     body = await parse_body(request, ReplayBody)
     d = _known_target(b, body.target, field="target")
     now = b.clock.now()
-    since = float(body.since)
-    until = now if body.until is None else float(body.until)
+    since = body.since
+    until = now if body.until is None else body.until
     if until < since:
         raise ApiError(400, "invalid_field", "until: must not be before since", field="until")
     try:

@@ -26,6 +26,7 @@ from bridge.metrics import Metrics
 from bridge.notifications import Notification
 from bridge.pollers import EventsPoller, PollScheduler
 from bridge.settings import (
+    NOTIFICATION_TYPES,
     ConsoleTarget,
     MqttTarget,
     Settings,
@@ -236,6 +237,12 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
         )
         b.scheduler.add_cron("safety_report", b.reporter.run_once, cron_trigger(poll.safety_report))
     b.scheduler.add_interval("prune", lambda: prune_store(b), PRUNE_INTERVAL_S)
+    polled = {
+        "events": True,
+        "manual_uploads": poll.manual_uploads.enabled,
+        "safety_report": poll.safety_report.enabled,
+    }
+    b.metrics.start_series(types=NOTIFICATION_TYPES, jobs=[j for j, on in polled.items() if on])
     b.scheduler.start()
     yield
     await b.scheduler.stop(b.settings.server.shutdown_grace_s)

@@ -6,6 +6,8 @@ notification types. Never a ticket, device or task id.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -71,6 +73,20 @@ class Metrics:
             ["job"],
             registry=r,
         )
+
+    def start_series(self, *, types: Iterable[str], jobs: Iterable[str]) -> None:
+        """Create the series whose labels are known up front, at 0.
+
+        A labelled metric has no series until first used, so `rate()` and alerts on
+        e.g. failed polls would see "no data" instead of 0 until the first failure.
+        """
+        for type_ in types:
+            self.notifications.labels(type=type_)
+        for job in jobs:
+            for outcome in ("success", "failure"):
+                self.poll_runs.labels(job=job, outcome=outcome)
+            self.poll_duration.labels(job=job)
+            self.items_fetched.labels(job=job)
 
     def upstream_request(self, endpoint: str, status: str) -> None:
         """Hook for the upstream client (`on_request`)."""

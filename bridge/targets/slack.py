@@ -55,7 +55,7 @@ from bridge.settings import SlackTarget
 from bridge.slack_format import SlackMessage, format_message, zone
 from bridge.store.base import Delivery, Store, StoreUnavailable
 from bridge.targets.base import SendResult
-from bridge.targets.webhook import describe_client_error
+from bridge.targets.webhook import describe_client_error, read_limited
 
 log = structlog.get_logger(__name__)
 
@@ -270,7 +270,7 @@ class SlackSender:
                 timeout=self._timeout,
                 allow_redirects=False,
             ) as resp:
-                answer = await _read(resp, MAX_ANSWER_BYTES)
+                answer = await read_limited(resp, MAX_ANSWER_BYTES)
                 return self._classify_api(resp.status, resp.headers, answer)
         except TimeoutError:
             return _Posted(SendResult(ok=False, error=f"timeout after {self._timeout_s:g}s"))
@@ -311,7 +311,7 @@ class SlackSender:
                 timeout=self._timeout,
                 allow_redirects=False,
             ) as resp:
-                answer = await _read(resp, 2048)
+                answer = await read_limited(resp, 2048)
                 status, resp_headers = resp.status, resp.headers
         except TimeoutError:
             return SendResult(ok=False, error=f"timeout after {self._timeout_s:g}s")
@@ -392,19 +392,3 @@ def _json_object(answer: bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
-
-
-async def _read(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    """Up to `limit` bytes of the answer; read errors after the status are ignored."""
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        while size < limit:
-            chunk = await resp.content.read(limit - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    except (TimeoutError, aiohttp.ClientError):
-        pass
-    return b"".join(chunks)

@@ -161,7 +161,7 @@ class WebhookSender:
                 timeout=self._timeout,
                 allow_redirects=False,
             ) as resp:
-                snippet = await _read_snippet(resp)
+                snippet = await read_limited(resp)
                 return self._classify(resp.status, resp.headers, snippet, signature)
         except TimeoutError:
             return SendResult(ok=False, error=f"timeout after {self._timeout_s:g}s")
@@ -193,14 +193,14 @@ class WebhookSender:
         return f"HTTP {status}: {text}" if text else f"HTTP {status}"
 
 
-async def _read_snippet(resp: aiohttp.ClientResponse) -> bytes:
-    """Up to SNIPPET_BYTES of the answer; a small body read to the end keeps the
+async def read_limited(resp: aiohttp.ClientResponse, limit: int = SNIPPET_BYTES) -> bytes:
+    """Up to `limit` bytes of the answer; a small body read to the end keeps the
     connection reusable. The status is already known, so read errors are ignored."""
     chunks: list[bytes] = []
     size = 0
     try:
-        while size < SNIPPET_BYTES:
-            chunk = await resp.content.read(SNIPPET_BYTES - size)
+        while size < limit:
+            chunk = await resp.content.read(limit - size)
             if not chunk:
                 break
             chunks.append(chunk)

@@ -13,7 +13,7 @@ import functools
 import re
 from collections.abc import Mapping
 
-from bridge.settings import Category, EventTypeOverride
+from bridge.settings import Category, EventTypeOverride, Severity
 
 BUILTIN_EVENT_TYPES: Mapping[int, tuple[str, Category]] = {
     1: ("Impact", "sensor"),
@@ -97,8 +97,16 @@ def _clean(value: str | None) -> str | None:
 class EventTypeTable:
     """Resolves `(code, type_name, name)` of a vendor item to a name and category."""
 
-    def __init__(self, overrides: Mapping[int, EventTypeOverride] | None = None) -> None:
+    def __init__(
+        self,
+        overrides: Mapping[int, EventTypeOverride] | None = None,
+        severity_levels: Mapping[str, Severity] | None = None,
+    ) -> None:
         self._overrides: dict[int, EventTypeOverride] = dict(overrides or {})
+        # Config overrides of the severity mapping (`upstream.severity_levels`).
+        self.severity_levels: dict[str, Severity] = {
+            k.strip().lower(): v for k, v in (severity_levels or {}).items()
+        }
 
     def classify(
         self, code: int | None, type_name: str | None, name: str | None

@@ -90,7 +90,9 @@ class EventIngestor:
         self._store = store
         self._clock = clock
         self._metrics = metrics
-        self._table = EventTypeTable(settings.upstream.event_types)
+        self._table = EventTypeTable(
+            settings.upstream.event_types, settings.upstream.severity_levels
+        )
         self._base_url = settings.upstream.base
         self._notify_updates = settings.poll.events.notify_updates
         self._malformed = _SeenMalformed()

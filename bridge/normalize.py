@@ -179,9 +179,16 @@ def _iso_time(value: str) -> str | None:
         return None
 
 
-def severity(value: Any) -> Severity:
-    """`severity_level` 1/2/3 (or "1") and Minor/Moderate/Severe → our word; else unknown."""
+def severity(value: Any, overrides: Mapping[str, Severity] | None = None) -> Severity:
+    """`severity_level` 1/2/3 (or "1") and Minor/Moderate/Severe → our word; else unknown.
+
+    `overrides` (lower-case vendor value → severity) win over the built-in mapping.
+    """
     level = as_int(value)
+    if overrides:
+        key = str(level) if level is not None else str(value).strip().lower()
+        if key in overrides:
+            return overrides[key]
     if level is not None:
         return _SEVERITY_BY_LEVEL.get(level, "unknown")
     if isinstance(value, str):
@@ -288,6 +295,7 @@ def _event(
     category: Category,
     serial_number: str | None,
     location: dict[str, float] | None,
+    severity_levels: Mapping[str, Severity],
 ) -> NormalizedEvent:
     media, fingerprint = _media(item)
     driver = {"id": as_int(item.get("driver_id")), "name": as_str(item.get("driver_name"))}
@@ -295,7 +303,7 @@ def _event(
         "ticket": ticket,
         "linked_ticket": as_str(item.get("ticket_linked")),
         "event_type": {"code": code, "name": name, "category": category},
-        "severity": severity(item.get("severity_level")),
+        "severity": severity(item.get("severity_level"), severity_levels),
         "occurred_at": utc_iso(ts),
         "device": {"cid": as_str(item.get("device_cid")), "serial_number": serial_number},
         "vehicle": {"id": as_int(item.get("car_id"))},
@@ -324,6 +332,7 @@ def normalize_event(item: Mapping[str, Any], table: EventTypeTable) -> Normalize
         category=category,
         serial_number=as_str(item.get("serial_number")),
         location=_location(item.get("lat"), item.get("lng")),
+        severity_levels=table.severity_levels,
     )
 
 
@@ -354,6 +363,7 @@ def normalize_push_event(message: Mapping[str, Any], table: EventTypeTable) -> N
         category=category,
         serial_number=as_str(message.get("device_sn")) or as_str(message.get("serial_number")),
         location=location,
+        severity_levels=table.severity_levels,
     )
 
 

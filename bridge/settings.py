@@ -119,6 +119,9 @@ class UpstreamSettings(_Strict):
     max_requests_per_s: PositiveSeconds = 5
     max_retries: int = Field(4, ge=0, le=20)
     event_types: dict[int, EventTypeOverride] = Field(default_factory=dict)
+    # Vendor severity values → ours, over the built-in 1/2/3 and Minor/Moderate/Severe
+    # (keys are matched case-insensitively; numbers as their digits, e.g. "4": severe).
+    severity_levels: dict[str, Severity] = Field(default_factory=dict)
 
     @property
     def base(self) -> str:

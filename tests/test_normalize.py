@@ -809,3 +809,21 @@ def test_task_models_tolerate_junk() -> None:
 def test_vendor_models_never_fail_on_content(item: dict[str, Any]) -> None:
     for model in (EventItem, PushMessage, TaskResult, StorageItem, VideoDetail):
         model.model_validate(item)
+
+
+def test_severity_mapping_is_configurable() -> None:
+    table = EventTypeTable({}, {"4": "severe", "Critical": "severe", "1": "moderate"})
+    assert table.severity_levels == {"4": "severe", "critical": "severe", "1": "moderate"}
+    assert severity(4, table.severity_levels) == "severe"
+    assert severity("CRITICAL", table.severity_levels) == "severe"
+    assert severity(1, table.severity_levels) == "moderate"  # overrides the built-in
+    assert severity(3, table.severity_levels) == "severe"  # built-in still applies
+    item = {"ticket": "t-1", "timestamp": 1_700_000_000, "type": 4, "severity_level": 4}
+    assert normalize_event(item, table).data["severity"] == "severe"
+    push = {
+        "ticket": "t-2",
+        "timestamp": 1_700_000_000,
+        "event_type": 4,
+        "severity_level": "Critical",
+    }
+    assert normalize_push_event(push, table).data["severity"] == "severe"

@@ -169,6 +169,24 @@ class TrackStats:
     errors: int = 0
 
 
+def tracked_clip_data(
+    record: Mapping[str, Any],
+    task: Mapping[str, Any],
+    *,
+    videos: Sequence[Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """`data` of `clip.*` from a tracked clip's record and its latest taskResult."""
+    return clip_data(
+        task,
+        serial_number=record["serial_number"],
+        cam_id=record["cam_id"],
+        file_name=record["file_name"],
+        target_timestamp=int(record["target_timestamp"]),
+        duration_s=int(record["duration_s"]),
+        videos=videos,
+    ) | {"task_id": record["task_id"]}
+
+
 def rule_for(rules: Sequence[ClipRule], n: Notification) -> ClipRule | None:
     """The first `auto_request` rule an `event.created` notification matches."""
     if n.type != "event.created":
@@ -245,7 +263,7 @@ class ClipTracker:
             "next_check_at": now + check_delay(0),
             "done": False,
         }
-        record["data"] = self._data(record, {"task_id": task_id})
+        record["data"] = tracked_clip_data(record, {"task_id": task_id})
         n = self._notification("clip.requested", record["data"], now)
 
         async def work(tx: IngestTx) -> None:
@@ -316,7 +334,7 @@ class ClipTracker:
                 await self._reschedule(task_id, now)
                 return
             task = {"task_id": task_id, "task_state": record["data"].get("state_code")}
-        data = self._data(record, task)
+        data = tracked_clip_data(record, task)
         state_code = data["state_code"]
         type_: str | None = None
         if state_code in CLIP_TERMINAL_STATES:
@@ -332,7 +350,7 @@ class ClipTracker:
                         await self._reschedule(task_id, now)
                         return
                     detail = {}
-                data = self._data(record, task, videos=detail.get("videos"))
+                data = tracked_clip_data(record, task, videos=detail.get("videos"))
         elif overdue:
             type_ = "clip.failed"
             data["error"] = {
@@ -390,23 +408,6 @@ class ClipTracker:
             await tx.put_json(CLIP_KIND, task_id, current)
 
         await self._store.ingest(work)
-
-    def _data(
-        self,
-        record: Mapping[str, Any],
-        task: Mapping[str, Any],
-        *,
-        videos: Sequence[Mapping[str, Any]] | None = None,
-    ) -> dict[str, Any]:
-        return clip_data(
-            task,
-            serial_number=record["serial_number"],
-            cam_id=record["cam_id"],
-            file_name=record["file_name"],
-            target_timestamp=int(record["target_timestamp"]),
-            duration_s=int(record["duration_s"]),
-            videos=videos,
-        ) | {"task_id": record["task_id"]}
 
     def _notification(self, type_: str, data: dict[str, Any], now: float) -> Notification:
         return build_notification(type_, data, base_url=self._base_url, now=now)

@@ -19,20 +19,21 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 from aiohttp.test_utils import make_mocked_request
 
+from bridge.clips import tracked_clip_data
 from bridge.clock import FakeClock
 from bridge.dedup import decide, event_data_with_revision
 from bridge.event_types import EventTypeTable
-from bridge.normalize import clip_data, clip_type, normalize_event, report_data, upload_data
+from bridge.normalize import clip_type, normalize_event, report_data, upload_data
 from bridge.notifications import Notification, build_notification
 from bridge.report import previous_period
 from bridge.routing import TEST_TYPE
+from bridge.settings import NOTIFICATION_TYPES
 from bridge.simulator.analytics import safety_report
 from bridge.simulator.app import _videos
 from bridge.simulator.config import SimulatorConfig
@@ -51,17 +52,7 @@ REPORT_CRON: Final = "0 7 * * *"
 REPORT_TZ: Final = "Europe/Amsterdam"
 TEST_TARGET: Final = "ops-webhook"
 
-TYPES: Final[tuple[str, ...]] = (
-    "event.created",
-    "event.updated",
-    "clip.requested",
-    "clip.updated",
-    "clip.completed",
-    "clip.failed",
-    "upload.updated",
-    "report.safety",
-    TEST_TYPE,
-)
+TYPES: Final[tuple[str, ...]] = NOTIFICATION_TYPES
 """Every notification type, in the order the examples are shown."""
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -96,23 +87,6 @@ def _clip_record(task: ClipTask) -> dict[str, Any]:
         "target_timestamp": task.target_timestamp,
         "duration_s": task.duration,
     }
-
-
-def _clip_data(
-    record: Mapping[str, Any],
-    result: Mapping[str, Any],
-    videos: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """As `ClipTracker._data`: a taskResult (and its videos) with the request's fields."""
-    return clip_data(
-        result,
-        serial_number=record["serial_number"],
-        cam_id=record["cam_id"],
-        file_name=record["file_name"],
-        target_timestamp=int(record["target_timestamp"]),
-        duration_s=int(record["duration_s"]),
-        videos=videos,
-    ) | {"task_id": record["task_id"]}
 
 
 def _video_detail(sim: Simulator, ticket: str) -> list[dict[str, Any]]:
@@ -180,19 +154,21 @@ def build_examples() -> list[Notification]:
     )
     record = _clip_record(task)
     out["clip.requested"] = _notify(
-        "clip.requested", _clip_data(record, {"task_id": task.task_id}), clock.now()
+        "clip.requested", tracked_clip_data(record, {"task_id": task.task_id}), clock.now()
     )
     clock.advance(6.5)
     result = task.result(sim.now())
     out["clip.updated"] = _notify(
-        clip_type(result["task_state"]), _clip_data(record, result), clock.now()
+        clip_type(result["task_state"]), tracked_clip_data(record, result), clock.now()
     )
     clock.advance(15.25)
     sim.refresh()  # the task finished: its upload became an event with a ticket
     result = task.result(sim.now())
     videos = _video_detail(sim, str(result["ticket"]))
     out["clip.completed"] = _notify(
-        clip_type(result["task_state"]), _clip_data(record, result, videos), clock.now()
+        clip_type(result["task_state"]),
+        tracked_clip_data(record, result, videos=videos),
+        clock.now(),
     )
 
     # clip.failed: the device's clip process is busy.
@@ -211,7 +187,9 @@ def build_examples() -> list[Notification]:
     sim.refresh()
     result = failing.result(sim.now())
     out["clip.failed"] = _notify(
-        clip_type(result["task_state"]), _clip_data(_clip_record(failing), result), clock.now()
+        clip_type(result["task_state"]),
+        tracked_clip_data(_clip_record(failing), result),
+        clock.now(),
     )
 
     # upload.updated: a manual upload in StorageList moved to "uploading".

@@ -306,7 +306,12 @@ async def status(request: web.Request) -> web.Response:
     b = _bridge(request)
     now = b.clock.now()
     pollers: dict[str, Any] = {}
+    if b.scheduler is not None:
+        for job, job_status in b.scheduler.status.items():
+            if job != "prune":  # housekeeping, not a poller
+                pollers[job] = _poller_view(job_status, now)
     if b.events_poller is not None:
+        # The events poller's own status also knows its cursor.
         pollers["events"] = _poller_view(b.events_poller.status, now)
     counts = await _queue_counts(b)
     targets: dict[str, Any] = {}

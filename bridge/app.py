@@ -216,7 +216,7 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
     assert b.client is not None
     assert b.ingestor is not None
     assert b.store is not None
-    b.scheduler = PollScheduler()
+    b.scheduler = PollScheduler(b.clock)
     b.events_poller = EventsPoller(b.settings.poll.events, b.client, b.ingestor, b.clock, b.metrics)
     b.scheduler.add_interval("events", b.events_poller.run_once, b.settings.poll.events.interval_s)
     poll = b.settings.poll

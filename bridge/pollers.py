@@ -18,7 +18,7 @@ import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from bridge.clock import Clock
+from bridge.clock import Clock, SystemClock
 from bridge.ingest import EventIngestor, IngestStats
 from bridge.metrics import Metrics
 from bridge.settings import EventsPoll, parse_start_from
@@ -157,11 +157,14 @@ class PollScheduler:
     await the running poll (bounded by the grace period), then shut it down.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock | None = None) -> None:
         self._scheduler = AsyncIOScheduler(timezone="UTC")
+        self._clock: Clock = clock or SystemClock()
         self._running: dict[str, asyncio.Task[Any]] = {}
         self._jobs: dict[str, Callable[[], Awaitable[Any]]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # Last run / success / error of every job, for the status API.
+        self.status: dict[str, PollerStatus] = {}
 
     @property
     def running(self) -> bool:
@@ -196,18 +199,25 @@ class PollScheduler:
         # One run of a job at a time, whoever starts it (scheduler or API).
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
+            status = self.status.setdefault(name, PollerStatus())
+            status.last_run_at = self._clock.now()
             task = asyncio.ensure_future(self._jobs[name]())
             self._running[name] = task
             try:
-                return await asyncio.shield(task)
-            except UpstreamError:
+                result = await asyncio.shield(task)
+            except UpstreamError as err:
+                status.last_error, status.failing = str(err), True
                 return None  # already logged by the poller (once per failing streak)
-            except Exception:
+            except Exception as err:
+                status.last_error, status.failing = f"{type(err).__name__}: {err}", True
                 log.exception("poll job crashed", job=name)
                 return None
             finally:
                 if task.done():
                     self._running.pop(name, None)
+            status.last_success_at = self._clock.now()
+            status.last_error, status.failing = None, False
+            return result
 
     def start(self) -> None:
         self._scheduler.start()

@@ -146,6 +146,13 @@ async def test_status_shape_and_values(rig_factory: RigFactory) -> None:
     assert isinstance(events["lag_s"], float | int)
     assert events["lag_s"] >= 0
     assert events["cursor"].endswith("Z")
+    # Every poll job is listed (housekeeping is not); clips has no cursor.
+    assert "prune" not in status["pollers"]
+    await rig.run("clips")
+    clips = (await get_json(rig, "/api/v1/status"))["pollers"]["clips"]
+    assert clips["last_success_at"] == utc_iso(rig.clock.now())
+    assert clips["cursor"] is None
+    assert clips["failing"] is False
     assert set(status["targets"]) == {"hook", "out"}
     hook = status["targets"]["hook"]
     assert hook == {

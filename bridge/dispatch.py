@@ -7,13 +7,20 @@ backoff, Retry-After holds of the whole target, pausing on 410 Gone, and metrics
 
 Outcomes are written in small batches (one transaction per batch) rather than
 one per delivery: the rows stay `in_flight` until written, so a crash before a
-flush only means those notifications are sent again (at-least-once).
+flush only means those notifications are sent again (at-least-once). Each outcome
+carries its claim's token; the store ignores it once the claim has expired.
+
+On a shared store (several replicas) the target's pause, Retry-After hold, rate
+budget and in-flight cap live in the store, so they hold for the target as a
+whole: claims are capped at `max_in_flight` live claims of all replicas, send
+slots are reserved in the store, and blocked state is re-read from the store.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import random
 import time
@@ -26,11 +33,18 @@ import structlog
 from bridge.clock import Clock
 from bridge.metrics import Metrics
 from bridge.notifications import dumps
-from bridge.ratelimit import RateLimiter
+from bridge.ratelimit import RateLimiter, StoreRateLimiter
 from bridge.retry import plan_after_failure
 from bridge.routing import redact
 from bridge.settings import RetrySettings
-from bridge.store.base import Delivery, DeliveryState, Outcome, Store, TargetState
+from bridge.store.base import (
+    Delivery,
+    DeliveryState,
+    Outcome,
+    Store,
+    StoreUnavailable,
+    TargetState,
+)
 from bridge.targets.base import LazyEnvelope, SendResult, Target
 
 log = structlog.get_logger(__name__)
@@ -69,7 +83,13 @@ class Dispatcher:
     # Flush outcomes at least this often, or when this many are waiting.
     FLUSH_INTERVAL_S = 0.05
     FLUSH_BATCH = 200
-    IDLE_RECHECK_S = 5.0
+    # Re-check the store at least this often even when nothing woke us: another
+    # replica or the replay command may have queued work (SPEC §9: every 2 s).
+    IDLE_RECHECK_S = 2.0
+    # A claimed row is sent only while its claim has this long left; otherwise it
+    # goes back (another claimer may take it once it expires).
+    CLAIM_MARGIN_S = 15.0
+    BUSY_RECHECK_S = 0.1
 
     def __init__(
         self,
@@ -87,10 +107,22 @@ class Dispatcher:
         self._store = store
         self._clock = clock
         self._rng = rng or random.Random()
-        self._limiter = RateLimiter(options.rate_limit_per_s, clock)
+        self._shared = bool(getattr(store, "shared", False))
+        self._limiter: RateLimiter | StoreRateLimiter
+        if self._shared and options.rate_limit_per_s is not None:
+            self._limiter = StoreRateLimiter(store, self.name, options.rate_limit_per_s, clock)
+        else:
+            self._limiter = RateLimiter(options.rate_limit_per_s, clock)
         self._fifo = options.max_in_flight == 1
         # Claimed rows wait here for a worker; small, so little is held in flight.
         self._queue_size = 1 if self._fifo else min(128, max(32, options.max_in_flight * 4))
+        if self._shared:
+            # All replicas' live claims count against max_in_flight.
+            self._queue_size = min(self._queue_size, options.max_in_flight)
+        if options.rate_limit_per_s is not None:
+            # Never claim more than can be sent well within the claim's life.
+            budget = int(options.rate_limit_per_s * self.CLAIM_MARGIN_S)
+            self._queue_size = max(1, min(self._queue_size, budget))
         self._queue: asyncio.Queue[Delivery | None] = asyncio.Queue()
         self._pending_work = 0  # queued + being sent
         self._idle = asyncio.Event()
@@ -169,15 +201,21 @@ class Dispatcher:
         return self._state
 
     async def resume(self) -> bool:
-        """Un-pause the target; returns False if it was not paused."""
-        if not self._state.paused:
-            return False
+        """Un-pause the target (on every replica); returns False if it was not paused."""
+        resumed = await self._store.resume_target(self.name)
         self._state = TargetState(paused=False, hold_until=self._state.hold_until)
-        await self._store.set_target_state(self.name, self._state)
         self._m_paused.set(0)
-        log.info("target resumed", target=self.name)
+        if resumed:
+            log.info("target resumed", target=self.name)
         self.wake()
-        return True
+        return resumed
+
+    async def _refresh_state(self) -> None:
+        """Re-read pause / hold from the store (another replica may have changed them)."""
+        state = await self._store.get_target_state(self.name)
+        if state != self._state:
+            self._state = state
+            self._m_paused.set(int(state.paused))
 
     async def wait_idle(self) -> None:
         """Wait until nothing is queued or in flight and every outcome is written."""
@@ -190,18 +228,24 @@ class Dispatcher:
         while not self._stopping.is_set():
             try:
                 await self._feed_once()
+            except StoreUnavailable:
+                # The store logs the outage once; we wait and look again.
+                await self._wait(1.0)
             except Exception:  # the loop must survive a store hiccup
                 log.exception("dispatcher step failed; retrying", target=self.name)
                 await self._wait(1.0)
 
     async def _feed_once(self) -> None:
         now = self._clock.now()
+        hold = self._state.hold_until
+        if self._shared and (self._state.paused or (hold is not None and hold > now)):
+            await self._refresh_state()  # resumed elsewhere, or the hold was lifted
+            hold = self._state.hold_until
         if self._state.paused:
             await self._wait(self.IDLE_RECHECK_S)
             return
-        hold = self._state.hold_until
         if hold is not None and hold > now:
-            await self._wait(hold - now)
+            await self._wait(min(hold - now, self.IDLE_RECHECK_S) if self._shared else hold - now)
             return
         if self._pending_work > self._queue_size // 2:
             # Workers are busy; they wake us when half the queue is free. Claiming
@@ -211,13 +255,25 @@ class Dispatcher:
             return
         room = self._queue_size - self._pending_work
         self._wake.clear()
-        claimed = await self._store.claim(self.name, now, room, fifo=self._fifo)
+        claimed = await self._store.claim(
+            self.name,
+            now,
+            room,
+            fifo=self._fifo,
+            max_in_flight=self.options.max_in_flight if self._shared else None,
+        )
         if not claimed:
+            if self._shared:
+                await self._refresh_state()  # paused or held by another replica?
             due = await self._store.next_due_at(self.name, fifo=self._fifo)
             # Re-check now and then even when idle: another process (a replica, the
             # replay command) may have queued work without waking us.
             wait = self.IDLE_RECHECK_S if due is None else due - self._clock.now()
-            await self._wait(max(0.0, min(wait, self.IDLE_RECHECK_S)))
+            if wait <= 0:
+                # Due, yet nothing to claim: other replicas hold the target's
+                # in-flight budget (or the FIFO head). Their outcomes free it soon.
+                wait = self.BUSY_RECHECK_S
+            await self._wait(min(wait, self.IDLE_RECHECK_S))
             return
         self._pending_work += len(claimed)
         self._idle.clear()
@@ -252,7 +308,7 @@ class Dispatcher:
                     self._give_back(delivery)
                     continue
                 await self._limiter.acquire()
-                if self._blocked():
+                if self._blocked() or self._claim_ending(delivery):
                     self._give_back(delivery)
                     continue
                 await self._attempt(delivery)
@@ -269,6 +325,9 @@ class Dispatcher:
         if self._pending_work == 0:
             self._idle.set()
 
+    def _claim_ending(self, delivery: Delivery) -> bool:
+        return self._clock.now() > delivery.claim_until - self.CLAIM_MARGIN_S
+
     def _blocked(self) -> bool:
         hold = self._state.hold_until
         return self._state.paused or (hold is not None and hold > self._clock.now())
@@ -279,7 +338,8 @@ class Dispatcher:
         self._queue_outcome(
             Outcome(
                 delivery.id, DeliveryState.PENDING, attempts=delivery.attempts, next_attempt_at=at
-            )
+            ),
+            delivery,
         )
 
     async def _attempt(self, delivery: Delivery) -> None:
@@ -305,7 +365,8 @@ class Dispatcher:
         self.health.last_status = result.status
         if result.ok:
             self._queue_outcome(
-                Outcome(delivery.id, DeliveryState.DELIVERED, attempts, status=result.status)
+                Outcome(delivery.id, DeliveryState.DELIVERED, attempts, status=result.status),
+                delivery,
             )
             self._m_delivered.inc()
             if delivery.event_at is not None:
@@ -333,7 +394,8 @@ class Dispatcher:
                     status=result.status,
                     error=result.error,
                     next_attempt_at=now,
-                )
+                ),
+                delivery,
             )
             self._m_paused_outcome.inc()
             return
@@ -349,31 +411,34 @@ class Dispatcher:
             result=result,
             rng=self._rng,
         )
-        self._queue_outcome(outcome)
+        self._queue_outcome(outcome, delivery)
         (self._m_dead if outcome.state is DeliveryState.DEAD else self._m_retry).inc()
 
     async def _pause(self, reason: str) -> None:
         if self._state.paused:
             return
         self._state = TargetState(paused=True, paused_reason=reason, hold_until=None)
-        await self._store.set_target_state(self.name, self._state)
         self._m_paused.set(1)
-        log.error("target paused until resumed through the API", target=self.name, reason=reason)
+        # Atomic in the store: of several replicas seeing the 410, one logs it.
+        if await self._store.pause_target(self.name, reason):
+            log.error(
+                "target paused until resumed through the API", target=self.name, reason=reason
+            )
 
     async def _hold(self, until: float) -> None:
         current = self._state.hold_until
         if current is not None and current >= until:
             return
-        self._state = TargetState(
-            paused=self._state.paused, paused_reason=self._state.paused_reason, hold_until=until
-        )
-        await self._store.set_target_state(self.name, self._state)
+        self._state = dataclasses.replace(self._state, hold_until=until)
+        await self._store.hold_target(self.name, until)
 
     # -- outcome batching ------------------------------------------------------------
 
-    def _queue_outcome(self, outcome: Outcome) -> None:
-        self._outcomes.append(outcome)
-        if len(self._outcomes) >= self.FLUSH_BATCH:
+    def _queue_outcome(self, outcome: Outcome, delivery: Delivery) -> None:
+        self._outcomes.append(dataclasses.replace(outcome, claim=delivery.claim or None))
+        # Shared: a row counts against every replica's max_in_flight until its
+        # outcome is stored, so store it now rather than with the next batch.
+        if len(self._outcomes) >= self.FLUSH_BATCH or self._shared:
             self._flush_now.set()
 
     async def _flush_loop(self) -> None:

@@ -25,9 +25,11 @@ from bridge.normalize import MalformedItem, NormalizedEvent, normalize_event
 from bridge.notifications import Notification, build_notification
 from bridge.routing import route
 from bridge.settings import Settings
-from bridge.store.base import IngestTx, NewNotification, SeenTicket, Store
+from bridge.store.base import IngestTx, NewNotification, SeenTicket, Store, TicketWrite
 
 log = structlog.get_logger(__name__)
+
+POLL_SUCCESS = "poll_success"  # kv kind: {"at": unix s} per poll job, shared by replicas
 
 Normalizer = Callable[[Mapping[str, Any], EventTypeTable], NormalizedEvent]
 
@@ -134,8 +136,12 @@ class EventIngestor:
         job: str,
         cursor: float | None = None,
         normalizer: Normalizer = normalize_event,
+        also: Callable[[IngestTx], Awaitable[None]] | None = None,
     ) -> IngestStats:
-        """Normalize, de-dup and store `items`; move `job`'s cursor in the same transaction."""
+        """Normalize, de-dup and store `items`; move `job`'s cursor in the same transaction.
+
+        `also` runs in the transaction too (e.g. forgetting the stored pushes ingested).
+        """
         events, malformed = self.normalize(items, job=job, normalizer=normalizer)
         stats = IngestStats(fetched=len(items), malformed=malformed)
         now = self._clock.now()
@@ -144,6 +150,11 @@ class EventIngestor:
             stats.created = stats.updated = stats.duplicates = 0
             stats.notifications = []
             known = await tx.seen_tickets(list({e.ticket for e in events}))
+            # What the decisions are based on: the store writes a ticket only if it
+            # still holds this (insert-if-absent / revision compare-and-set), else the
+            # store re-runs `work` with fresh state. So another replica (or the push
+            # path) racing on a ticket never causes a second created/updated.
+            read = dict(known)
             changed_tickets: dict[str, SeenTicket] = {}
             new: list[NewNotification] = []
             for ev in events:
@@ -171,13 +182,17 @@ class EventIngestor:
                 stats.notifications.append(n)
                 new.append(NewNotification(n, route(self._settings.targets, n)))
             if changed_tickets:
-                await tx.put_tickets(list(changed_tickets.values()))
+                await tx.put_tickets(
+                    [TicketWrite(t, read.get(ticket)) for ticket, t in changed_tickets.items()]
+                )
             if new:
                 await tx.add_notifications(new)
                 if self._in_tx is not None:
                     await self._in_tx(tx, stats.notifications)
             if cursor is not None:
                 await tx.set_cursor(job, cursor)
+            if also is not None:
+                await also(tx)
 
         await self._store.ingest(work)
         # One labels() lookup per type, not per notification (measured: ~1.5 µs each).
@@ -190,6 +205,20 @@ class EventIngestor:
     async def get_cursor(self, job: str) -> float | None:
         """A poller's persisted cursor."""
         return await self._store.get_cursor(job)
+
+    async def last_success(self, job: str) -> float | None:
+        """When a poll `job` last succeeded on any replica."""
+        value = await self._store.get_json(POLL_SUCCESS, job)
+        at = None if value is None else value.get("at")
+        return float(at) if isinstance(at, int | float) else None
+
+    async def note_success(self, job: str, at: float) -> None:
+        """Record a successful poll run for every replica's status API."""
+
+        async def work(tx: IngestTx) -> None:
+            await tx.put_json(POLL_SUCCESS, job, {"at": at})
+
+        await self._store.ingest(work)
 
     async def move_cursor(self, job: str, value: float) -> None:
         """Persist a cursor on its own (after a window with no items)."""

@@ -67,6 +67,9 @@ class Metrics:
         self.target_paused = Gauge(
             "bridge_target_paused", "1 while a target is paused", ["target"], registry=r
         )
+        self.poll_leader = Gauge(
+            "bridge_poll_leader", "1 on the replica holding the poll lease, else 0", registry=r
+        )
         self.cursor_lag = Gauge(
             "bridge_cursor_lag_seconds",
             "How far a poller's cursor is behind now",

@@ -109,6 +109,8 @@ class EventsPoller:
         self._metrics.cursor_lag.labels(job=self.job).set(max(0.0, self._clock.now() - cursor))
         self.status.last_success_at = self._clock.now()
         self.status.last_error = None
+        # Shared with every replica: the status API shows the last success of any.
+        await self._ingestor.note_success(self.job, self.status.last_success_at)
         if self.status.failing:
             self.status.failing = False
             log.info("poll recovered", job=self.job)
@@ -157,9 +159,13 @@ class PollScheduler:
     await the running poll (bounded by the grace period), then shut it down.
     """
 
-    def __init__(self, clock: Clock | None = None) -> None:
+    def __init__(
+        self, clock: Clock | None = None, *, gate: Callable[[], Awaitable[bool]] | None = None
+    ) -> None:
         self._scheduler = AsyncIOScheduler(timezone="UTC")
         self._clock: Clock = clock or SystemClock()
+        # Leader jobs run only while `gate()` is true (the poll lease, SPEC §9).
+        self._gate = gate
         self._running: dict[str, asyncio.Task[Any]] = {}
         self._jobs: dict[str, Callable[[], Awaitable[Any]]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -195,16 +201,31 @@ class PollScheduler:
         """Run a job now (API trigger); waits for a run already under way first."""
         return await self._run_job(name)
 
+    async def may_run(self) -> bool:
+        """True when this replica may run leader jobs now."""
+        return self._gate is None or await self._gate()
+
+    def cancel_running(self) -> None:
+        """Cancel running jobs at once (the poll lease was lost: another replica leads)."""
+        for task in self._running.values():
+            task.cancel()
+
     async def _run_job(self, name: str) -> Any:
         # One run of a job at a time, whoever starts it (scheduler or API).
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
+            if not await self.may_run():
+                return None  # another replica holds the poll lease
             status = self.status.setdefault(name, PollerStatus())
             status.last_run_at = self._clock.now()
             task = asyncio.ensure_future(self._jobs[name]())
             self._running[name] = task
             try:
                 result = await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if task.cancelled() and not self._cancelling():
+                    return None  # cancelled by `cancel_running`: leadership ended
+                raise
             except UpstreamError as err:
                 status.last_error, status.failing = str(err), True
                 return None  # already logged by the poller (once per failing streak)
@@ -218,6 +239,11 @@ class PollScheduler:
             status.last_success_at = self._clock.now()
             status.last_error, status.failing = None, False
             return result
+
+    @staticmethod
+    def _cancelling() -> bool:
+        current = asyncio.current_task()
+        return current is not None and current.cancelling() > 0
 
     def start(self) -> None:
         self._scheduler.start()

@@ -1,8 +1,11 @@
 """The vendor's own push webhooks (SPEC §5.5): `POST {ingest.vendor_webhook.path}`.
 
-The handler only checks (token, size, shape) and queues; it answers
-`200 {"status":"success"}` at once, so slow storage never delays the vendor. A
-worker task drains the queue into the same pipeline as polling:
+The handler checks (token, size, shape), stores the push in the store (kv kind
+`push`) and only then answers `200 {"status":"success"}`: a push answered 200 is
+never lost, even if the process dies right after answering. A worker task
+drains the queue into the same pipeline as polling, deleting each stored push in
+the transaction that ingests it; pushes left by a process that died are picked up
+at start-up and by a periodic sweep (any replica's):
 
 - `EVENT_TRIGGERED` / `ASSET_UPLOADED` → `EventIngestor.ingest(..., normalizer=
   normalize_push_event)`: same de-dup by ticket, so push + poll notify once.
@@ -17,6 +20,8 @@ import asyncio
 import contextlib
 import hmac
 import json
+import time
+import uuid
 from typing import Any, Final
 
 import structlog
@@ -28,6 +33,7 @@ from bridge.clips import ClipTracker
 from bridge.ingest import EventIngestor
 from bridge.normalize import MalformedItem, normalize_push_event
 from bridge.settings import VendorWebhookIngest
+from bridge.store.base import IngestTx, Store, StoreUnavailable
 from bridge.upstream.models import VendorPush
 
 log = structlog.get_logger(__name__)
@@ -38,6 +44,11 @@ BATCH: Final = 200
 EVENT_HOOKS: Final = frozenset({"EVENT_TRIGGERED", "ASSET_UPLOADED"})
 TASK_HOOK: Final = "TASK_UPDATE"
 _OK: Final = {"status": "success"}
+PUSH_KIND: Final = "push"  # stored pushes not yet ingested
+SWEEP_INTERVAL_S: Final = 30.0  # look for pushes another process stored and never ingested
+SWEEP_AGE_S: Final = 30.0  # … once they are this old (their own worker had its chance)
+
+Queued = tuple[str, str, dict[str, Any]]  # (stored key, hookName, message)
 
 
 class PushRejected(Exception):
@@ -89,12 +100,16 @@ class PushIngest:
         cfg: VendorWebhookIngest,
         ingestor: EventIngestor,
         clips: ClipTracker | None,
+        store: Store,
     ) -> None:
         self._cfg = cfg
         self._ingestor = ingestor
         self._clips = clips
-        self._queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(QUEUE_SIZE)
+        self._store = store
+        self._queue: asyncio.Queue[Queued] = asyncio.Queue(QUEUE_SIZE)
+        self._queued: set[str] = set()  # keys queued or being ingested here
         self._worker: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
         self.processed = 0
 
@@ -133,21 +148,70 @@ class PushIngest:
             return web.json_response(_OK)  # TRIP_*, GPS_UPDATE …: not ours
         if self._closing:
             return _error(503, "unavailable", "shutting down", retry_after="5")
-        try:
-            self._queue.put_nowait((hook, message))
-        except asyncio.QueueFull:
+        if self._queue.full():
             log.warning("vendor push queue full", size=QUEUE_SIZE)
             return _error(503, "unavailable", "push queue full", retry_after="5")
+        key = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"  # sorts by arrival
+        try:
+            await self._store_push(key, hook, message)
+        except StoreUnavailable:
+            # Not stored, so not accepted: the vendor retries later.
+            return _error(503, "unavailable", "the store is not answering", retry_after="5")
+        self._enqueue(key, hook, message)
         return web.json_response(_OK)
+
+    async def _store_push(self, key: str, hook: str, message: dict[str, Any]) -> None:
+        async def work(tx: IngestTx) -> None:
+            await tx.put_json(PUSH_KIND, key, {"hook": hook, "message": message})
+
+        await self._store.ingest(work)
+
+    def _enqueue(self, key: str, hook: str, message: dict[str, Any]) -> bool:
+        if key in self._queued:
+            return False
+        try:
+            self._queue.put_nowait((key, hook, message))
+        except asyncio.QueueFull:
+            return False  # stored: the sweep brings it back
+        self._queued.add(key)
+        return True
+
+    async def recover(self, min_age_s: float = 0.0) -> int:
+        """Queue stored pushes not yet ingested (older than `min_age_s`); returns how many."""
+        cutoff = time.time_ns() - int(min_age_s * 1e9)
+        queued = 0
+        for key, value in await self._store.list_json(PUSH_KIND):
+            born = key.split("-", 1)[0]
+            if born.isdigit() and int(born) > cutoff:
+                continue
+            hook, message = value.get("hook"), value.get("message")
+            if isinstance(hook, str) and isinstance(message, dict):
+                queued += self._enqueue(key, hook, message)
+        return queued
 
     # -- worker ------------------------------------------------------------------
 
     def start(self) -> None:
         self._worker = asyncio.create_task(self._run(), name="vendor-push")
+        self._sweeper = asyncio.create_task(self._sweep(), name="vendor-push-sweep")
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            try:
+                found = await self.recover(min_age_s=SWEEP_AGE_S)
+            except StoreUnavailable:
+                continue  # the store logs the outage
+            if found:
+                log.info("queued vendor pushes stored but not ingested", count=found)
 
     async def stop(self, grace_s: float) -> None:
         """Refuse new pushes, drain the queue (bounded by `grace_s`), stop the worker."""
         self._closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._queue.join(), grace_s)
         if self._worker is not None:
@@ -156,7 +220,7 @@ class PushIngest:
                 await self._worker
         left = self._queue.qsize()
         if left:
-            log.warning("vendor pushes dropped at shutdown (polling will catch up)", count=left)
+            log.warning("vendor pushes left stored for the next start", count=left)
 
     async def wait_idle(self) -> None:
         """Wait until every queued push has been processed (tests)."""
@@ -169,21 +233,32 @@ class PushIngest:
                 batch.append(self._queue.get_nowait())
             try:
                 await self._process(batch)
-            except Exception:  # a failed batch is logged; polling still covers events
+            except StoreUnavailable:
+                pass  # still stored: the sweep queues the batch again
+            except Exception:  # a failed batch is logged; it stays stored for the sweep
                 log.exception("vendor push processing failed", count=len(batch))
             finally:
-                for _ in batch:
+                for key, _, _ in batch:
                     self._queue.task_done()
+                    self._queued.discard(key)
                 self.processed += len(batch)
 
-    async def _process(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
-        events = [m for hook, m in batch if hook in EVENT_HOOKS]
-        if events:
-            await self._ingestor.ingest(events, job="push", normalizer=normalize_push_event)
+    async def _process(self, batch: list[Queued]) -> None:
+        events = [m for _, hook, m in batch if hook in EVENT_HOOKS]
+        keys = [key for key, _, _ in batch]
+
+        async def forget(tx: IngestTx) -> None:
+            for key in keys:
+                await tx.delete_json(PUSH_KIND, key)
+
+        # The stored pushes go in the transaction that stores their notifications.
+        await self._ingestor.ingest(
+            events, job="push", normalizer=normalize_push_event, also=forget
+        )
         if self._clips is None:
             return
         for task_id in dict.fromkeys(
-            str(m.get("task_id") or "") for h, m in batch if h == TASK_HOOK
+            str(m.get("task_id") or "") for _, h, m in batch if h == TASK_HOOK
         ):
             if task_id:
                 await self._clips.check_now(task_id)

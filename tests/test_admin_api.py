@@ -15,6 +15,7 @@ from bridge_rig import ADMIN_TOKEN, Rig, make_rig
 from conftest import wait_for
 from webhook_receiver import Behaviour
 
+from bridge.app import BRIDGE
 from bridge.clock import utc_iso
 from bridge.schema import validate_envelope
 
@@ -130,7 +131,12 @@ async def test_status_shape_and_values(rig_factory: RigFactory) -> None:
     await wait_for(lambda: len(rig.receiver.envelopes) == 2, message="2 delivered")
     await rig.settle()
     status = await get_json(rig, "/api/v1/status")
-    assert set(status) == {"pollers", "targets"}
+    assert set(status) == {"pollers", "targets", "replica", "leader"}
+    # One process on SQLite: it holds the poll lease itself.
+    assert status["replica"] == rig.client.app[BRIDGE].replica
+    assert status["leader"]["replica"] == status["replica"]
+    assert status["leader"]["epoch"] == 1
+    assert status["leader"]["expires_at"].endswith("Z")
     events = status["pollers"]["events"]
     assert set(events) == {
         "last_run_at",

@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from bridge_rig import PUSH_PATH, PUSH_TOKEN, Rig, make_rig
 from conftest import wait_for
 from structlog.testing import capture_logs
 
 from bridge.clock import utc_iso
-from bridge.push import MAX_PUSH_BYTES
+from bridge.push import MAX_PUSH_BYTES, PUSH_KIND, PushIngest
 from bridge.simulator import push as sim_push
 
 RigFactory = Callable[..., Awaitable[Rig]]
@@ -188,3 +189,34 @@ async def test_task_update_push_advances_a_tracked_clip_before_the_next_poll(
     assert resp.status == 200
     await drained(rig)
     rig.assert_all_valid()
+
+
+async def test_a_push_answered_200_is_stored_before_the_answer(
+    rig_factory: RigFactory, aiohttp_client: Any
+) -> None:
+    rig = await rig_factory()
+    store, ingestor = rig.bridge.store, rig.bridge.ingestor
+    assert store is not None
+    assert ingestor is not None
+    cfg = rig.settings.ingest.vendor_webhook
+    # A process whose worker never runs: it dies right after answering.
+    dying = PushIngest(cfg, ingestor, None, store)
+    app = web.Application()
+    app.router.add_post("/push", dying.handle)
+    client = await aiohttp_client(app)
+    ticket, body = event_push(rig)
+    resp = await client.post("/push", json=body, headers={"X-Bridge-Token": PUSH_TOKEN})
+    assert resp.status == 200
+    assert [key for key, _ in await store.list_json(PUSH_KIND)] != []
+    assert await store.count_notifications() == 0
+
+    # The next process finds it, ingests it and forgets it in the same transaction.
+    after = PushIngest(cfg, ingestor, None, store)
+    assert await after.recover() == 1
+    after.start()
+    try:
+        await after.wait_idle()
+    finally:
+        await after.stop(1.0)
+    assert await store.list_json(PUSH_KIND) == []
+    await wait_for(lambda: ticket in rig.receiver.tickets(), message="the pushed event delivered")

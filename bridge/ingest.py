@@ -25,7 +25,14 @@ from bridge.normalize import MalformedItem, NormalizedEvent, normalize_event
 from bridge.notifications import Notification, build_notification
 from bridge.routing import route
 from bridge.settings import Settings
-from bridge.store.base import IngestTx, NewNotification, SeenTicket, Store
+from bridge.store.base import (
+    IngestTx,
+    NewNotification,
+    SeenTicket,
+    Store,
+    StoreRejected,
+    StoreUnavailable,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -116,16 +123,22 @@ class EventIngestor:
                 out.append(normalizer(item, self._table))
             except MalformedItem as err:
                 malformed += 1
-                self._metrics.items_malformed.labels(job=job).inc()
-                if self._malformed.first_time(item):
-                    ticket = item.get("ticket") if isinstance(item, Mapping) else None
-                    log.warning(
-                        "skipped malformed upstream item",
-                        job=job,
-                        reason=err.reason,
-                        ticket=ticket if isinstance(ticket, str) else None,
-                    )
+                self._skipped(job, item, err.reason)
+            except Exception as err:  # a reader's blind spot costs one item, not the page
+                malformed += 1
+                self._skipped(job, item, f"unreadable ({type(err).__name__})")
         return out, malformed
+
+    def _skipped(self, job: str, item: object, reason: str) -> None:
+        self._metrics.items_malformed.labels(job=job).inc()
+        if self._malformed.first_time(item):
+            ticket = item.get("ticket") if isinstance(item, Mapping) else None
+            log.warning(
+                "skipped malformed upstream item",
+                job=job,
+                reason=reason,
+                ticket=ticket if isinstance(ticket, str) else None,
+            )
 
     async def ingest(
         self,
@@ -135,9 +148,47 @@ class EventIngestor:
         cursor: float | None = None,
         normalizer: Normalizer = normalize_event,
     ) -> IngestStats:
-        """Normalize, de-dup and store `items`; move `job`'s cursor in the same transaction."""
+        """Normalize, de-dup and store `items`; move `job`'s cursor in the same transaction.
+
+        One transaction for the batch; if the store rejects it (or building it fails)
+        for anything but being unavailable, the items go in one by one so only the
+        culprit is skipped (logged once, counted as malformed) and the rest is stored.
+        """
         events, malformed = self.normalize(items, job=job, normalizer=normalizer)
         stats = IngestStats(fetched=len(items), malformed=malformed)
+        try:
+            stored = await self._store_events(events, job=job, cursor=cursor)
+        except Exception as err:
+            if _unavailable(err):
+                raise
+            stored = await self._store_each(events, job=job, cursor=cursor)
+        stats.add(stored)
+        stats.notifications = stored.notifications
+        return stats
+
+    async def _store_each(
+        self, events: Sequence[NormalizedEvent], *, job: str, cursor: float | None
+    ) -> IngestStats:
+        total = IngestStats()
+        for ev in events:
+            try:
+                one = await self._store_events([ev], job=job, cursor=None)
+            except Exception as err:
+                if _unavailable(err):
+                    raise
+                total.malformed += 1
+                self._skipped(job, ev.data, f"not storable ({type(err).__name__})")
+                continue
+            total.add(one)
+            total.notifications += one.notifications
+        if cursor is not None:
+            await self.move_cursor(job, cursor)
+        return total
+
+    async def _store_events(
+        self, events: Sequence[NormalizedEvent], *, job: str, cursor: float | None
+    ) -> IngestStats:
+        stats = IngestStats()
         now = self._clock.now()
 
         async def work(tx: IngestTx) -> None:
@@ -198,3 +249,8 @@ class EventIngestor:
             await tx.set_cursor(job, value)
 
         await self._store.ingest(work)
+
+
+def _unavailable(err: Exception) -> bool:
+    """The store is down (retry the whole batch later), not refusing this data."""
+    return isinstance(err, StoreUnavailable) and not isinstance(err, StoreRejected)

@@ -92,8 +92,11 @@ class PushIngest:
         cfg: VendorWebhookIngest,
         ingestor: EventIngestor,
         clips: ClipTracker | None,
+        *,
+        max_queued_bytes: int = MAX_QUEUED_BYTES,
     ) -> None:
         self._cfg = cfg
+        self._max_queued_bytes = max_queued_bytes
         self._ingestor = ingestor
         self._clips = clips
         # Raw bodies, bounded by their total size (`_queued_bytes`), not their count.
@@ -139,10 +142,10 @@ class PushIngest:
             return web.json_response(_OK)  # TRIP_*, GPS_UPDATE …: not ours
         if self._closing:
             return _error(503, "unavailable", "shutting down", retry_after="5")
-        if self._queued_bytes + len(raw) > MAX_QUEUED_BYTES:
+        if self._queued_bytes + len(raw) > self._max_queued_bytes:
             if not self._full:
                 self._full = True
-                log.warning("vendor push queue full", max_bytes=MAX_QUEUED_BYTES)
+                log.warning("vendor push queue full", max_bytes=self._max_queued_bytes)
             return _error(503, "unavailable", "push queue full", retry_after="5")
         if self._full:
             self._full = False

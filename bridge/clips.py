@@ -34,12 +34,20 @@ from pydantic import (
 )
 
 from bridge.clock import Clock, parse_rfc3339, utc_iso
+from bridge.ingest import SeenOnce
 from bridge.metrics import Metrics
 from bridge.normalize import CLIP_TERMINAL_STATES, clip_data, clip_type
 from bridge.notifications import Notification, build_notification, notification_from_envelope
 from bridge.routing import SEVERITY_ORDER, route
 from bridge.settings import CAMERA_IDS, ClipRule, Settings
-from bridge.store.base import IngestTx, NewNotification, Store, StoreRejected, StoreUnavailable
+from bridge.store.base import (
+    IngestTx,
+    NewNotification,
+    Store,
+    StoreRejected,
+    StoreUnavailable,
+    is_outage,
+)
 from bridge.upstream.client import UpstreamClient
 from bridge.upstream.errors import UpstreamApiError, UpstreamError
 from bridge.vendor_ids import is_file_name, is_serial
@@ -242,7 +250,7 @@ class ClipTracker:
         self._locks: dict[str, _TaskLock] = {}
         self._auto: asyncio.Queue[Notification] = asyncio.Queue(AUTO_QUEUE_MAX)
         self._auto_overflow = False  # candidates left in the store: re-read when drained
-        self._failed_tasks: set[str] = set()  # tasks whose check crashed: logged once
+        self._failed_tasks = SeenOnce()  # tasks whose check failed: logged once
         self._auto_worker: asyncio.Task[None] | None = None
 
     # -- requests --------------------------------------------------------------------
@@ -330,17 +338,15 @@ class ClipTracker:
         try:
             await self._check(task_id, stats)
         except Exception as err:
-            if isinstance(err, StoreUnavailable) and not isinstance(err, StoreRejected):
+            if is_outage(err):
                 raise  # the store is down: the whole run fails and is retried
             stats.errors += 1
             self._metrics.items_malformed.labels(job=CLIP_JOB).inc()
-            if task_id not in self._failed_tasks:
-                self._failed_tasks.add(task_id)
+            if self._failed_tasks.first_time(task_id):
                 log.warning("clip task skipped", task_id=task_id, error=type(err).__name__)
             with contextlib.suppress(StoreRejected):
                 await self._reschedule(task_id, self._clock.now())
             return
-        self._failed_tasks.discard(task_id)
 
     async def _check(self, task_id: str, stats: TrackStats) -> None:
         entry = self._locks.get(task_id)

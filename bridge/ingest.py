@@ -30,8 +30,7 @@ from bridge.store.base import (
     NewNotification,
     SeenTicket,
     Store,
-    StoreRejected,
-    StoreUnavailable,
+    is_outage,
 )
 
 log = structlog.get_logger(__name__)
@@ -58,8 +57,8 @@ class IngestStats:
         self.malformed += other.malformed
 
 
-class _SeenMalformed:
-    """Remembers malformed items already logged, so each is logged once."""
+class SeenOnce:
+    """Remembers (a bounded number of) items already logged, so each is logged once."""
 
     def __init__(self, capacity: int = 10_000) -> None:
         self._keys: OrderedDict[str, None] = OrderedDict()
@@ -102,7 +101,7 @@ class EventIngestor:
         )
         self._base_url = settings.upstream.base
         self._notify_updates = settings.poll.events.notify_updates
-        self._malformed = _SeenMalformed()
+        self._malformed = SeenOnce()
         self._on_stored = on_stored
         # Runs inside the ingest transaction: for state that must commit (or not) with
         # the notifications, e.g. auto-request clip candidates.
@@ -159,7 +158,7 @@ class EventIngestor:
         try:
             stored = await self._store_events(events, job=job, cursor=cursor)
         except Exception as err:
-            if _unavailable(err):
+            if is_outage(err):
                 raise
             stored = await self._store_each(events, job=job, cursor=cursor)
         stats.add(stored)
@@ -174,7 +173,7 @@ class EventIngestor:
             try:
                 one = await self._store_events([ev], job=job, cursor=None)
             except Exception as err:
-                if _unavailable(err):
+                if is_outage(err):
                     raise
                 total.malformed += 1
                 self._skipped(job, ev.data, f"not storable ({type(err).__name__})")
@@ -249,8 +248,3 @@ class EventIngestor:
             await tx.set_cursor(job, value)
 
         await self._store.ingest(work)
-
-
-def _unavailable(err: Exception) -> bool:
-    """The store is down (retry the whole batch later), not refusing this data."""
-    return isinstance(err, StoreUnavailable) and not isinstance(err, StoreRejected)

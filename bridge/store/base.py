@@ -46,6 +46,11 @@ class StoreRejected(StoreUnavailable):
     """
 
 
+def is_outage(err: BaseException) -> bool:
+    """The store is down (retry the whole batch later), not refusing this data."""
+    return isinstance(err, StoreUnavailable) and not isinstance(err, StoreRejected)
+
+
 @dataclass(frozen=True)
 class SeenTicket:
     """What de-dup remembers of a ticket: its last revision and media fingerprint."""

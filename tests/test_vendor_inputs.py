@@ -39,7 +39,7 @@ from bridge.vendor_ids import (
     is_file_name,
     is_serial,
 )
-from bridge.vendor_text import MAX_DEPTH, MAX_STRING_CHARS, clean_json, clean_text
+from bridge.vendor_text import MAX_DEPTH, MAX_STRING_CHARS, clean_json, clean_text, loads_clean
 
 RigFactory = Callable[..., Awaitable[Rig]]
 TICKET = "4b2afd89-8123-4842-b430-c95fc143b14a"
@@ -173,6 +173,24 @@ def test_clean_text_always_encodes(text: str) -> None:
     out.encode("utf-8")
     assert len(out) <= MAX_STRING_CHARS
     assert not re.search("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", out)
+
+
+_chars = st.one_of(
+    st.characters(), st.characters(categories=["Cs"]), st.sampled_from("\x00\x7f\x85\u202e\\")
+)
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(_chars, max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(_chars, max_size=4), inner),
+    max_leaves=10,
+)
+
+
+@given(value=_json, ascii_only=st.booleans())
+def test_the_quick_path_cleans_exactly_like_the_full_walk(value: Any, ascii_only: bool) -> None:
+    text = json.dumps(value, ensure_ascii=ascii_only)
+    assert loads_clean(text) == clean_json(json.loads(text))
+    if ascii_only:  # as bytes off the wire
+        assert loads_clean(text.encode()) == clean_json(json.loads(text))
 
 
 def test_one_rfc3339_parser() -> None:

@@ -62,8 +62,8 @@ def loads_clean(raw: bytes | str) -> Any:
     `ValueError` (also for undecodable bytes) and `RecursionError` (absurd nesting)
     pass through, as from `json.loads`. One scan of the whole text first: when no
     character of it (raw or escaped) can need cleaning, the fresh document is only
-    checked, in place, for lengths, numbers and depth (measured on a 100-item events
-    page: 1.5 ms of cleaning → 0.5 ms).
+    checked, in place, for lengths, numbers and depth (measured on a 100-item ASCII events
+    page: about 1.3 ms of cleaning beyond parsing → 0.4 ms).
     """
     text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     value = json.loads(text)
@@ -108,35 +108,22 @@ def _walk(value: Any, depth: int, suspect: bool) -> Any:
 def _bound(value: Any, depth: int) -> Any:
     """`_walk` for text with no character to clean, editing the fresh document in place."""
     kind = type(value)
+    if kind is not dict and kind is not list:
+        return _walk(value, depth, False)  # a scalar document
+    if depth >= MAX_DEPTH:
+        return None
+    # Same-key assignments only: safe while iterating a dict's keys.
+    for key in value.keys() if kind is dict else range(len(value)):
+        item = value[key]
+        item_kind = type(item)
+        if item_kind is str:
+            if len(item) > MAX_STRING_CHARS:
+                value[key] = clean_text(item)
+        elif item_kind is dict or item_kind is list:
+            value[key] = _bound(item, depth + 1)
+        elif item_kind is float and not math.isfinite(item):
+            value[key] = None
     if kind is dict:
-        if depth >= MAX_DEPTH:
-            return None
-        long_keys = []
-        for key, item in value.items():
-            kind = type(item)
-            if kind is str:
-                if len(item) > MAX_STRING_CHARS:
-                    value[key] = clean_text(item)
-            elif kind is dict or kind is list:
-                value[key] = _bound(item, depth + 1)
-            elif kind is float and not math.isfinite(item):
-                value[key] = None
-            if len(key) > MAX_STRING_CHARS:
-                long_keys.append(key)
-        for key in long_keys:
+        for key in [k for k in value if len(k) > MAX_STRING_CHARS]:
             value[clean_text(key)] = value.pop(key)
-        return value
-    if kind is list:
-        if depth >= MAX_DEPTH:
-            return None
-        for i, item in enumerate(value):
-            kind = type(item)
-            if kind is str:
-                if len(item) > MAX_STRING_CHARS:
-                    value[i] = clean_text(item)
-            elif kind is dict or kind is list:
-                value[i] = _bound(item, depth + 1)
-            elif kind is float and not math.isfinite(item):
-                value[i] = None
-        return value
-    return _walk(value, depth, False)  # a scalar document
+    return value

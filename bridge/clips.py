@@ -237,6 +237,8 @@ class ClipTracker:
         client: UpstreamClient,
         clock: Clock,
         metrics: Metrics,
+        *,
+        auto_queue_max: int = AUTO_QUEUE_MAX,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -248,7 +250,7 @@ class ClipTracker:
         self._rules = settings.clips.auto_request
         # One lock per task being checked, dropped when its last user leaves.
         self._locks: dict[str, _TaskLock] = {}
-        self._auto: asyncio.Queue[Notification] = asyncio.Queue(AUTO_QUEUE_MAX)
+        self._auto: asyncio.Queue[Notification] = asyncio.Queue(auto_queue_max)
         self._auto_overflow = False  # candidates left in the store: re-read when drained
         self._failed_tasks = SeenOnce()  # tasks whose check failed: logged once
         self._auto_worker: asyncio.Task[None] | None = None
@@ -476,7 +478,7 @@ class ClipTracker:
         except asyncio.QueueFull:
             if not self._auto_overflow:
                 log.warning(
-                    "auto clip queue full; candidates wait in the store", size=AUTO_QUEUE_MAX
+                    "auto clip queue full; candidates wait in the store", max=self._auto.maxsize
                 )
             self._auto_overflow = True
             return False

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 from typing import Any, Final
 
 import structlog
@@ -28,7 +29,7 @@ from bridge.ingest import EventIngestor
 from bridge.normalize import MalformedItem, normalize_push_event
 from bridge.settings import VendorWebhookIngest
 from bridge.upstream.models import VendorPush
-from bridge.vendor_text import loads_clean
+from bridge.vendor_text import clean_json, loads_clean
 
 log = structlog.get_logger(__name__)
 
@@ -55,20 +56,23 @@ class PushRejected(Exception):
 def parse_push(raw: bytes) -> tuple[str, dict[str, Any]]:
     """(hookName, decoded message) of a vendor push body; `PushRejected` when malformed."""
     try:
-        body = loads_clean(raw)
+        body = json.loads(raw)
     except (ValueError, RecursionError):  # includes UnicodeDecodeError; nesting too deep
         raise PushRejected(400, "invalid_json", "body: not valid JSON") from None
     if not isinstance(body, dict):
         raise PushRejected(400, "invalid_body", "body: expected a JSON object")
+    raw_message = body.get("message")
+    # Vendor text is cleaned once: the envelope's fields here, `message` (JSON in a
+    # string, often longer than one vendor string may be) once it is decoded.
+    body = clean_json({k: v for k, v in body.items() if k != "message"})
     try:
         push = VendorPush.model_validate(body)
     except ValidationError as err:
         raise PushRejected(400, "invalid_body", f"body: {err.errors()[0]['msg']}") from None
     if not push.hookName:
         raise PushRejected(400, "invalid_body", "hookName: required")
-    raw_message = body.get("message")
     if isinstance(raw_message, dict):  # tolerate a vendor that stops double-encoding
-        message: Any = raw_message
+        message: Any = clean_json(raw_message)
     elif isinstance(raw_message, str):
         try:
             message = loads_clean(raw_message)

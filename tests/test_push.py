@@ -238,3 +238,23 @@ async def test_deeply_nested_push_is_400_not_500(rig_factory: RigFactory) -> Non
     inner = json.dumps({"hookName": "EVENT_TRIGGERED", "message": "[" * 100_000 + "]" * 100_000})
     resp = await push(rig, inner)
     assert resp.status == 400
+
+
+async def test_a_push_message_longer_than_one_vendor_string_is_ingested(
+    rig_factory: RigFactory,
+) -> None:
+    """`message` is JSON in a string: the 4 KiB bound applies to the strings inside it
+    once decoded, never to the encoded message itself."""
+    rig = await rig_factory()
+    ticket, body = event_push(rig, video=False)
+    message = json.loads(body["message"])
+    message["detail"] = "https://fleet.example.com/detail?" + "q" * 6000
+    message["driver_name"] = f"Jo{chr(0xD800)}e"
+    body = {**body, "message": json.dumps(message)}
+    assert len(body["message"]) > 6000
+    rig.clock.advance(1)
+    resp = await push(rig, body)
+    assert resp.status == 200, await resp.text()
+    await drained(rig)
+    await wait_for(lambda: rig.receiver.tickets()[ticket] == 1, message="the long push")
+    rig.assert_all_valid()

@@ -265,6 +265,10 @@ async def test_upstream_answer_over_the_size_limit_is_an_error(aiohttp_server: A
                 "max_retries": 0,
             }
         )
-        client = UpstreamClient(settings, session, clock=FakeClock())
+        seen: list[tuple[str, str]] = []
+        client = UpstreamClient(
+            settings, session, clock=FakeClock(), on_request=lambda e, s: seen.append((e, s))
+        )
         with pytest.raises(UpstreamUnavailable, match="over"):
             await client.list_events(since=0, until=1)
+        assert seen == [("/V2/events", "too_large")]

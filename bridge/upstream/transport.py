@@ -163,7 +163,11 @@ class Transport:
                 allow_redirects=False,
             ) as resp:
                 status = resp.status
-                raw = await _read_capped(resp, endpoint)
+                try:
+                    raw = await _read_capped(resp, endpoint)
+                except UpstreamUnavailable:
+                    self._record(endpoint, "too_large")
+                    raise
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"), self._clock.now())
         except TimeoutError as err:  # also aiohttp's ServerTimeoutError family
             self._record(endpoint, "timeout")

@@ -335,7 +335,8 @@ def _check_whsec(secret: SecretStr) -> SecretStr:
     return secret
 
 
-WEBHOOK_PRESETS = ("pagerduty", "teams", "discord")
+_TCHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # RFC 9110
+_MEDIA_TYPE = rf"^{_TCHARS}/{_TCHARS}(\s*;[^\r\n\x00]*)?$"  # type/subtype; parameters
 
 
 class WebhookTarget(_TargetBase):
@@ -351,7 +352,7 @@ class WebhookTarget(_TargetBase):
     template_file: Path | None = None
     preset: Literal["pagerduty", "teams", "discord"] | None = None
     vars: dict[str, SecretStr] = Field(default_factory=dict)
-    content_type: str = Field("application/json", pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+/\S+$")
+    content_type: str = Field("application/json", pattern=_MEDIA_TYPE, max_length=200)
 
     @field_validator("template", "template_file", "preset")
     @classmethod

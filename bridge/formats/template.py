@@ -71,6 +71,7 @@ def _environment() -> ImmutableSandboxedEnvironment:
         autoescape=False,
         trim_blocks=True,
         lstrip_blocks=True,
+        keep_trailing_newline=True,
         auto_reload=False,
     )
     env.filters["tojson"] = _tojson

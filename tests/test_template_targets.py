@@ -99,6 +99,23 @@ def test_check_renders_every_type_the_filter_lets_through() -> None:
     assert severe == ["bridge.test"]  # min_severity keeps clip, upload and report types out
 
 
+def test_check_renders_the_redacted_notification() -> None:
+    """A template that reads a path the target redacts would fail on every delivery."""
+    names_driver = '{"driver": {{ data.driver.name | tojson }}}'
+    target = hook(
+        "d", format="template", template=names_driver, filter={"types": ["event.created"]}
+    )
+    clean = settings_from_dict(config(target), {"TEST_FLEET_KEY": "k"})
+    redacted = settings_from_dict(
+        config({**target, "redact": ["driver.name"]}), {"TEST_FLEET_KEY": "k"}
+    )
+    assert [p.split(": ")[1] for p in template_problems(clean)] == ["bridge.test"]
+    assert [p.split(": ")[1] for p in template_problems(redacted)] == [
+        "event.created",
+        "bridge.test",
+    ]
+
+
 def test_check_cli_exits_2_naming_the_template_and_type(tmp_path: Path) -> None:
     bad = write_config(
         tmp_path,

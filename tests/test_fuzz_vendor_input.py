@@ -1,7 +1,8 @@
 """Whatever valid JSON the vendor sends, nothing escapes: every item and push body goes
 from the wire through the boundary (`parse_reply`, `parse_push`), normalize and a real
-SQLite store to every target's formatter — webhook body and signature, Slack Block
-Kit, MQTT topic and payload, console line — without an exception.
+SQLite store to every target's formatter — webhook body and signature (standard,
+CloudEvents structured and binary, each template preset), Slack Block Kit, MQTT topic
+and payload, console line — without an exception.
 
 Strings are drawn from all of Unicode *including lone surrogates*, control, bidi and
 noncharacters, and some are longer than the 4 KiB bound.
@@ -22,6 +23,9 @@ from hypothesis import strategies as st
 
 from bridge.clock import FakeClock
 from bridge.event_types import EventTypeTable
+from bridge.formats import BodyFormat
+from bridge.formats.cloudevents import CloudEventsFormat
+from bridge.formats.template import TemplateFormat, preset_source
 from bridge.ingest import EventIngestor
 from bridge.metrics import Metrics
 from bridge.mqtt_topics import payload_bytes, topic_problem
@@ -174,6 +178,14 @@ class Pipeline:
             )
         )
         self.console = ConsoleSender(ConsoleTarget(name="out", type="console"), io.StringIO())
+        self.formats: list[BodyFormat] = [
+            CloudEventsFormat(mode="structured", type_prefix="com.example."),
+            CloudEventsFormat(mode="binary", type_prefix="com.example."),
+        ]
+        self.formats += [
+            TemplateFormat(preset_source(name), target="t", variables={"routing_key": "r" * 32})
+            for name in ("pagerduty", "teams", "discord")
+        ]
 
     def close(self) -> None:
         self.runner.run(self.store.close())
@@ -186,6 +198,11 @@ class Pipeline:
         assert envelope["data"] == json.loads(json.dumps(n.data))
         body.encode("utf-8")  # the webhook's bytes
         sign(["whsec_" + "A" * 32], n.id, 1_764_000_000, body)
+        for fmt in self.formats:  # CloudEvents (both modes) and every template preset
+            rendered = fmt.render(envelope, body)
+            rendered.body.encode("utf-8")
+            for name, value in rendered.headers:
+                (name + value).encode("latin-1")  # a valid HTTP header
         message = format_message(envelope, tz="Asia/Taipei")
         json.dumps(message).encode("utf-8")  # what goes to Slack
         delivery = Delivery(1, n.id, n.type, "mq", body, 0, 0.0)

@@ -193,6 +193,14 @@ def test_the_quick_path_cleans_exactly_like_the_full_walk(value: Any, ascii_only
         assert loads_clean(text.encode()) == clean_json(json.loads(text))
 
 
+def test_bytes_are_decoded_as_json_loads_decodes_them() -> None:
+    assert loads_clean(b'\xef\xbb\xbf{"a": "x"}') == {"a": "x"}  # a UTF-8 BOM
+    assert loads_clean('{"a": "\u00e9"}'.encode("utf-16")) == {"a": "\u00e9"}
+    assert loads_clean(b'["\xed\xa0\x80"]') == ["\ufffd"]  # a surrogate sent raw
+    with pytest.raises(UnicodeDecodeError):
+        loads_clean(b"\xff\xfe\xfd")
+
+
 def test_one_rfc3339_parser() -> None:
     assert parse_rfc3339("2026-11-24T10:00:00Z").timestamp() == 1_795_514_400
     assert parse_rfc3339(" 2026-11-24T18:00:00+08:00 ").timestamp() == 1_795_514_400

@@ -102,7 +102,9 @@ def make_target(
         case MqttTarget():
             from bridge.targets.mqtt import MqttSender
 
-            return MqttSender(cfg, clock=clock)
+            # Several replicas share the availability topic (SPEC §6.3).
+            replica = replica_id() if getattr(store, "shared", False) else None
+            return MqttSender(cfg, clock=clock, replica=replica)
     raise AssertionError(cfg)
 
 

@@ -449,6 +449,8 @@ class Dispatcher:
                 self._flush_now.clear()
             try:
                 await self._flush()
+            except StoreUnavailable:
+                pass  # kept for the next flush; the store logs the outage once
             except Exception:
                 log.exception("recording delivery outcomes failed; will retry", target=self.name)
 

@@ -22,6 +22,7 @@ from bridge.clock import Clock, SystemClock
 from bridge.ingest import EventIngestor, IngestStats
 from bridge.metrics import Metrics
 from bridge.settings import EventsPoll, parse_start_from
+from bridge.store.base import StoreUnavailable
 from bridge.upstream.client import UpstreamClient
 from bridge.upstream.errors import UpstreamError
 
@@ -229,6 +230,9 @@ class PollScheduler:
             except UpstreamError as err:
                 status.last_error, status.failing = str(err), True
                 return None  # already logged by the poller (once per failing streak)
+            except StoreUnavailable as err:
+                status.last_error, status.failing = str(err), True
+                return None  # the store logs the outage once, not every run
             except Exception as err:
                 status.last_error, status.failing = f"{type(err).__name__}: {err}", True
                 log.exception("poll job crashed", job=name)

@@ -1,11 +1,11 @@
 """The vendor's own push webhooks (SPEC §5.5): `POST {ingest.vendor_webhook.path}`.
 
-The handler checks (token, size, shape), stores the push in the store (kv kind
-`push`) and only then answers `200 {"status":"success"}`: a push answered 200 is
-never lost, even if the process dies right after answering. A worker task
-drains the queue into the same pipeline as polling, deleting each stored push in
-the transaction that ingests it; pushes left by a process that died are picked up
-at start-up and by a periodic sweep (any replica's):
+The handler checks (token, size, shape), stores the raw push in the store (kv
+kind `push`) and only then answers `200 {"status":"success"}`: a push answered 200
+is never lost, even if the process dies right after answering. A worker task
+drains the queue into the same pipeline as polling, forgetting each stored push in
+the transaction that ingests it; pushes left by a process that died are queued
+again at start-up and by a periodic sweep (on any replica):
 
 - `EVENT_TRIGGERED` / `ASSET_UPLOADED` → `EventIngestor.ingest(..., normalizer=
   normalize_push_event)`: same de-dup by ticket, so push + poll notify once.
@@ -17,6 +17,7 @@ at start-up and by a periodic sweep (any replica's):
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hmac
 import json
@@ -35,20 +36,23 @@ from bridge.normalize import MalformedItem, normalize_push_event
 from bridge.settings import VendorWebhookIngest
 from bridge.store.base import IngestTx, Store, StoreUnavailable
 from bridge.upstream.models import VendorPush
+from bridge.vendor_text import clean_json, loads_clean
 
 log = structlog.get_logger(__name__)
 
 MAX_PUSH_BYTES: Final = 1024 * 1024
-QUEUE_SIZE: Final = 10_000
+MAX_QUEUED_BYTES: Final = 32 * 1024 * 1024
+"""Push bodies waiting for the worker, by their size on the wire; past it: 503 + Retry-After.
+Queued as the raw bytes (parsed again by the worker), so this is what they hold in memory."""
 BATCH: Final = 200
 EVENT_HOOKS: Final = frozenset({"EVENT_TRIGGERED", "ASSET_UPLOADED"})
 TASK_HOOK: Final = "TASK_UPDATE"
 _OK: Final = {"status": "success"}
-PUSH_KIND: Final = "push"  # stored pushes not yet ingested
+PUSH_KIND: Final = "push"  # stored pushes not yet ingested: {"raw": base64 of the body}
 SWEEP_INTERVAL_S: Final = 30.0  # look for pushes another process stored and never ingested
 SWEEP_AGE_S: Final = 30.0  # … once they are this old (their own worker had its chance)
 
-Queued = tuple[str, str, dict[str, Any]]  # (stored key, hookName, message)
+Queued = tuple[str, bytes]  # (stored key, raw body)
 
 
 class PushRejected(Exception):
@@ -65,23 +69,26 @@ def parse_push(raw: bytes) -> tuple[str, dict[str, Any]]:
     """(hookName, decoded message) of a vendor push body; `PushRejected` when malformed."""
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # includes UnicodeDecodeError; nesting too deep
         raise PushRejected(400, "invalid_json", "body: not valid JSON") from None
     if not isinstance(body, dict):
         raise PushRejected(400, "invalid_body", "body: expected a JSON object")
+    raw_message = body.get("message")
+    # Vendor text is cleaned once: the envelope's fields here, `message` (JSON in a
+    # string, often longer than one vendor string may be) once it is decoded.
+    body = clean_json({k: v for k, v in body.items() if k != "message"})
     try:
         push = VendorPush.model_validate(body)
     except ValidationError as err:
         raise PushRejected(400, "invalid_body", f"body: {err.errors()[0]['msg']}") from None
     if not push.hookName:
         raise PushRejected(400, "invalid_body", "hookName: required")
-    raw_message = body.get("message")
     if isinstance(raw_message, dict):  # tolerate a vendor that stops double-encoding
-        message: Any = raw_message
+        message: Any = clean_json(raw_message)
     elif isinstance(raw_message, str):
         try:
-            message = json.loads(raw_message)
-        except ValueError:
+            message = loads_clean(raw_message)
+        except (ValueError, RecursionError):
             raise PushRejected(400, "invalid_message", "message: not a JSON string") from None
     elif push.hookName in EVENT_HOOKS or push.hookName == TASK_HOOK:
         raise PushRejected(400, "invalid_message", "message: required (a JSON string)")
@@ -101,13 +108,19 @@ class PushIngest:
         ingestor: EventIngestor,
         clips: ClipTracker | None,
         store: Store,
+        *,
+        max_queued_bytes: int = MAX_QUEUED_BYTES,
     ) -> None:
         self._cfg = cfg
+        self._max_queued_bytes = max_queued_bytes
         self._ingestor = ingestor
         self._clips = clips
         self._store = store
-        self._queue: asyncio.Queue[Queued] = asyncio.Queue(QUEUE_SIZE)
+        # Raw bodies, bounded by their total size (`_queued_bytes`), not their count.
+        self._queue: asyncio.Queue[Queued] = asyncio.Queue()
         self._queued: set[str] = set()  # keys queued or being ingested here
+        self._queued_bytes = 0
+        self._full = False  # logged once per full streak
         self._worker: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
@@ -148,32 +161,35 @@ class PushIngest:
             return web.json_response(_OK)  # TRIP_*, GPS_UPDATE …: not ours
         if self._closing:
             return _error(503, "unavailable", "shutting down", retry_after="5")
-        if self._queue.full():
-            log.warning("vendor push queue full", size=QUEUE_SIZE)
+        if self._queued_bytes + len(raw) > self._max_queued_bytes:
+            if not self._full:
+                self._full = True
+                log.warning("vendor push queue full", max_bytes=self._max_queued_bytes)
             return _error(503, "unavailable", "push queue full", retry_after="5")
+        if self._full:
+            self._full = False
+            log.info("vendor push queue accepting again")
         key = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"  # sorts by arrival
         try:
-            await self._store_push(key, hook, message)
+            await self._store_push(key, raw)
         except StoreUnavailable:
             # Not stored, so not accepted: the vendor retries later.
             return _error(503, "unavailable", "the store is not answering", retry_after="5")
-        self._enqueue(key, hook, message)
+        self._enqueue(key, raw)
         return web.json_response(_OK)
 
-    async def _store_push(self, key: str, hook: str, message: dict[str, Any]) -> None:
+    async def _store_push(self, key: str, raw: bytes) -> None:
         async def work(tx: IngestTx) -> None:
-            await tx.put_json(PUSH_KIND, key, {"hook": hook, "message": message})
+            await tx.put_json(PUSH_KIND, key, {"raw": base64.b64encode(raw).decode("ascii")})
 
         await self._store.ingest(work)
 
-    def _enqueue(self, key: str, hook: str, message: dict[str, Any]) -> bool:
+    def _enqueue(self, key: str, raw: bytes) -> bool:
         if key in self._queued:
             return False
-        try:
-            self._queue.put_nowait((key, hook, message))
-        except asyncio.QueueFull:
-            return False  # stored: the sweep brings it back
         self._queued.add(key)
+        self._queued_bytes += len(raw)
+        self._queue.put_nowait((key, raw))
         return True
 
     async def recover(self, min_age_s: float = 0.0) -> int:
@@ -184,10 +200,19 @@ class PushIngest:
             born = key.split("-", 1)[0]
             if born.isdigit() and int(born) > cutoff:
                 continue
-            hook, message = value.get("hook"), value.get("message")
-            if isinstance(hook, str) and isinstance(message, dict):
-                queued += self._enqueue(key, hook, message)
+            if self._queued_bytes >= self._max_queued_bytes:
+                break  # the next sweep takes the rest
+            try:
+                raw = base64.b64decode(str(value.get("raw", "")), validate=True)
+            except ValueError:
+                continue
+            queued += self._enqueue(key, raw)
         return queued
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of push bodies waiting for the worker."""
+        return self._queued_bytes
 
     # -- worker ------------------------------------------------------------------
 
@@ -234,31 +259,37 @@ class PushIngest:
             try:
                 await self._process(batch)
             except StoreUnavailable:
-                pass  # still stored: the sweep queues the batch again
-            except Exception:  # a failed batch is logged; it stays stored for the sweep
+                pass  # still stored: the sweep queues the batch again (the store logs it)
+            except Exception:  # logged; the pushes stay stored for the sweep
                 log.exception("vendor push processing failed", count=len(batch))
             finally:
-                for key, _, _ in batch:
-                    self._queue.task_done()
+                for key, raw in batch:
+                    self._queued_bytes -= len(raw)
                     self._queued.discard(key)
+                    self._queue.task_done()
                 self.processed += len(batch)
 
     async def _process(self, batch: list[Queued]) -> None:
-        events = [m for _, hook, m in batch if hook in EVENT_HOOKS]
-        keys = [key for key, _, _ in batch]
+        pushes = []
+        for _, raw in batch:
+            with contextlib.suppress(PushRejected):  # checked by the handler already
+                pushes.append(parse_push(raw))
+        events = [m for hook, m in pushes if hook in EVENT_HOOKS]
+        keys = [key for key, _ in batch]
 
         async def forget(tx: IngestTx) -> None:
             for key in keys:
                 await tx.delete_json(PUSH_KIND, key)
 
-        # The stored pushes go in the transaction that stores their notifications.
+        # Per message: one the store rejects is skipped (logged, counted), not the batch.
+        # The stored pushes are forgotten in the transaction that stores the rest.
         await self._ingestor.ingest(
             events, job="push", normalizer=normalize_push_event, also=forget
         )
         if self._clips is None:
             return
         for task_id in dict.fromkeys(
-            str(m.get("task_id") or "") for _, h, m in batch if h == TASK_HOOK
+            str(m.get("task_id") or "") for h, m in pushes if h == TASK_HOOK
         ):
             if task_id:
                 await self._clips.check_now(task_id)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import socket
 import sys
@@ -35,7 +36,8 @@ from bridge.clock import SystemClock
 from bridge.settings import StoreSettings
 from bridge.simulator import Simulator, SimulatorConfig
 from bridge.store import open_store
-from bridge.store.base import Lease, Store
+from bridge.store.base import IngestTx, Lease, Store, StoreUnavailable
+from bridge.store.postgres import PostgresStore
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 LEASE_S = 2.0
@@ -345,3 +347,120 @@ async def test_max_in_flight_1_never_sends_two_at_once_across_replicas(
     rows, _ = await store.list_deliveries(limit=1000)
     queued = [r.notification_id for r in sorted(rows, key=lambda r: r.id)]
     assert [e["id"] for e in rec.envelopes] == queued
+
+
+class TcpProxy:
+    """A loopback TCP proxy to PostgreSQL that can be cut (connections dropped, new ones
+    refused) and restored: the database 'going away' without touching the shared server."""
+
+    def __init__(self, upstream_port: int = 5432) -> None:
+        self.upstream_port = upstream_port
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
+
+    async def cut(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for w in list(self._writers):
+            w.close()
+        self._writers.clear()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._writers -= {writer, up_writer}
+
+
+async def test_postgresql_lost_while_running_waits_logs_once_and_loses_nothing(
+    cluster_factory: Callable[..., Awaitable[tuple[Cluster, Simulator]]], pg_url: str
+) -> None:
+    proxy = TcpProxy()
+    await proxy.start()
+    rec = Receiver()
+    cluster, sim = await cluster_factory(rec.app(), backlog=20)
+    parts = pg_url.split("@", 1)
+    cluster.config["store"]["url"] = (
+        parts[0] + "@" + parts[1].replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    )
+    [replica] = await cluster.start(1)
+    expected = {e.item["ticket"] for e in sim.events}
+    await wait_for(lambda: set(rec.tickets()) >= expected, timeout=30, message="first backlog")
+
+    async with aiohttp.ClientSession() as http:
+
+        async def ready(want: int) -> bool:
+            async with http.get(replica.url + "/readyz") as resp:
+                return resp.status == want
+
+        await wait_for(lambda: ready(200), timeout=10, message="ready")
+        await proxy.cut()
+        await wait_for(lambda: ready(503), timeout=20, message="/readyz 503 while it is gone")
+        # Work arriving meanwhile waits (the vendor still answers; the store does not).
+        late = {sim.add_event(timestamp=int(time.time()) - 5)["ticket"] for _ in range(5)}
+        await wait_for(lambda: ready(503), timeout=5, message="still 503")
+        await proxy.start()
+        await wait_for(lambda: ready(200), timeout=30, message="ready again")
+    await wait_for(
+        lambda: set(rec.tickets()) >= expected | late, timeout=60, message="nothing lost"
+    )
+    assert_each_ticket_once(rec, expected | late)
+    lines = [json.loads(ln) for ln in replica.log.read_text().splitlines() if ln.startswith("{")]
+    events = [ln["event"] for ln in lines]
+    assert events.count("store unavailable") == 1, events
+    assert events.count("store available again") == 1, events
+    await proxy.cut()
+
+
+async def test_a_leader_frozen_inside_a_transaction_does_not_block_the_takeover(
+    pg_url: str,
+) -> None:
+    clock = SystemClock()
+    frozen, taker = (PostgresStore(pg_url, clock, lease_s=1.0) for _ in range(2))
+    await frozen.open()
+    await taker.open()
+    try:
+        lease = await frozen.acquire_lease("frozen", 1.0)
+        assert lease is not None
+        frozen.set_fence("frozen", lease.epoch)
+        inside, thaw = asyncio.Event(), asyncio.Event()
+
+        async def stuck(tx: IngestTx) -> None:
+            await tx.set_cursor("events", 1.0)  # locks the lease row (the fence)
+            inside.set()
+            await thaw.wait()  # SIGSTOP: the transaction stays open, idle
+
+        ingest = asyncio.create_task(frozen.ingest(stuck))
+        await inside.wait()
+        started = time.monotonic()
+
+        async def taken() -> bool:
+            return await taker.acquire_lease("taker", 30) is not None
+
+        await wait_for(taken, timeout=10, interval=0.1, message="the takeover")
+        assert time.monotonic() - started <= 2 * 1.0 + 0.5
+        thaw.set()  # SIGCONT: the frozen work was rolled back by the server
+        with pytest.raises(StoreUnavailable):
+            await ingest
+        assert await taker.get_cursor("events") is None
+    finally:
+        await frozen.close()
+        await taker.close()

@@ -29,6 +29,7 @@ from bridge.store.base import (
     Outcome,
     SeenTicket,
     Store,
+    StoreRejected,
     TargetState,
     TicketConflict,
     TicketWrite,
@@ -702,3 +703,13 @@ async def test_prune_deletes_in_batches_until_done(store: Store) -> None:
     assert await store.count_notifications() == 2100
     assert await store.prune(older_than=T0 + 100) == 2100
     assert await store.count_notifications() == 0
+
+
+async def test_a_value_the_store_cannot_take_is_rejected_not_an_outage(store: Store) -> None:
+    async def bad(tx: IngestTx) -> None:
+        await tx.put_json("clip", "task", {"note": f"Jo{chr(0xD800)}e"})  # a lone surrogate
+
+    with pytest.raises(StoreRejected):
+        await store.ingest(bad)
+    assert await store.get_json("clip", "task") is None
+    await store.ping()  # still answering: the data was refused, not the store down

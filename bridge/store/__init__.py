@@ -27,7 +27,9 @@ def open_store(settings: StoreSettings, clock: Clock, *, exclusive: bool = False
         case "postgresql":
             from bridge.store.postgres import PostgresStore
 
-            return PostgresStore(settings.url, clock, pool_size=settings.pool_size)
+            return PostgresStore(
+                settings.url, clock, pool_size=settings.pool_size, lease_s=settings.lease_s
+            )
 
 
 __all__ = ["open_store"]

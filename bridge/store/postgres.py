@@ -40,6 +40,7 @@ from bridge.store.base import (
     NewNotification,
     Outcome,
     SeenTicket,
+    StoreRejected,
     StoreUnavailable,
     TargetState,
     TicketConflict,
@@ -96,12 +97,18 @@ class PostgresStore:
         *,
         pool_size: int = 8,
         claim_s: float = CLAIM_S,
+        lease_s: float = 15.0,
     ) -> None:
         self._url = url
         self._where = describe_url(url)
         self._clock = clock
         self._pool_size = pool_size
         self._claim_s = claim_s
+        # A frozen replica (SIGSTOP, a stalled VM) must not hold row locks forever: its
+        # open transaction would block the lease takeover (the fence locks the lease
+        # row) and claims. The server ends a session idle inside a transaction after
+        # this, rolling the frozen work back, well before the lease could pass on.
+        self._idle_tx_ms = int(max(500.0, lease_s * 750))
         self._pool: asyncpg.Pool | None = None
         self._lease_conn: asyncpg.Connection | None = None
         self._lease_lock = asyncio.Lock()
@@ -139,6 +146,7 @@ class PostgresStore:
                 max_size=self._pool_size,
                 timeout=CONNECT_TIMEOUT_S,
                 command_timeout=COMMAND_TIMEOUT_S,
+                server_settings={"idle_in_transaction_session_timeout": str(self._idle_tx_ms)},
             )
         except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as err:
             raise StoreUnavailable(
@@ -195,6 +203,10 @@ class PostgresStore:
         try:
             async with pool.acquire(timeout=CONNECT_TIMEOUT_S) as conn:
                 yield conn
+        except (UnicodeError, OverflowError, asyncpg.DataError) as err:
+            # A value PostgreSQL cannot take (unencodable text, NUL, out of range):
+            # the same data fails the same way, so callers skip it (`StoreRejected`).
+            raise StoreRejected(f"PostgreSQL {what} refused a value: {_reason(err)}") from err
         except _CONNECTION_ERRORS as err:
             raise self._went_down(what, err) from err
         except asyncpg.PostgresError as err:

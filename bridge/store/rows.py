@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
+from bridge.clock import parse_rfc3339
 from bridge.notifications import Notification, dumps
 from bridge.store.base import Delivery, DeliveryRecord, DeliveryState, Outcome, SeenTicket
 
@@ -26,10 +26,9 @@ def event_at(n: Notification) -> float | None:
     if not isinstance(occurred, str):
         return None
     try:
-        at = datetime.fromisoformat(occurred)
+        return parse_rfc3339(occurred).timestamp()
     except ValueError:
         return None
-    return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()  # SPEC §3: times are UTC
 
 
 def delivery_from_row(row: Sequence[Any], claim: str, claim_until: float) -> Delivery:

@@ -117,6 +117,7 @@ class PostgresStore:
         self._subscribers: dict[str, list[Callable[[], None]]] = {}
         self._fence: tuple[str, int] | None = None
         self._available = True
+        self._known_targets: set[str] = set()  # target_state rows known to exist
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -335,8 +336,10 @@ class PostgresStore:
         lease = now + self._claim_s
         serialize = fifo or max_in_flight is not None
         async with self._conn("claim") as conn, conn.transaction():
-            if serialize:
+            if serialize and target not in self._known_targets:
+                # The row the claims of this target lock; made once per process.
                 await conn.execute(sql.ENSURE_TARGET_STATE, target, self._clock.now())
+                self._known_targets.add(target)
             state = await conn.fetchrow(
                 sql.TARGET_STATE_LOCKED if serialize else sql.TARGET_STATE_FOR_CLAIM, target
             )

@@ -218,6 +218,10 @@ async def test_leader_sigkill_and_sigstop_lose_nothing_and_duplicate_nothing(
     # SIGKILL of the leader mid-backlog: another replica takes over within 2 x TTL.
     first = await leader_of(store, cluster)
     assert first is not None
+    async with aiohttp.ClientSession() as http:  # only the leader has asked the vendor
+        runs = {r.port: await _upstream_requests(http, r) for r in cluster.replicas}
+    assert runs[first.port] > 0
+    assert [n for port, n in runs.items() if port != first.port] == [0, 0]
     first.proc.send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
 
@@ -256,6 +260,16 @@ async def test_leader_sigkill_and_sigstop_lose_nothing_and_duplicate_nothing(
             return sorted(gauges) == [0, 1]
 
         await wait_for(one_leader, timeout=4 * LEASE_S, message="exactly one leader")
+
+
+async def _upstream_requests(http: aiohttp.ClientSession, r: Replica) -> float:
+    async with http.get(r.url + "/metrics") as resp:
+        text = await resp.text()
+    return sum(
+        float(ln.rsplit(" ", 1)[1])
+        for ln in text.splitlines()
+        if ln.startswith("bridge_upstream_requests_total{")
+    )
 
 
 async def _leader_gauge(http: aiohttp.ClientSession, r: Replica) -> int:

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import math
 import random
 import time
 from collections.abc import Mapping
@@ -45,6 +46,7 @@ from bridge.store.base import (
     StoreUnavailable,
     TargetState,
 )
+from bridge.storm_gate import StormGate, StormSettings
 from bridge.targets.base import LazyEnvelope, SendResult, Target
 
 log = structlog.get_logger(__name__)
@@ -59,6 +61,7 @@ class DispatchOptions:
     max_in_flight: int = 8
     rate_limit_per_s: float | None = None
     redact: tuple[str, ...] = ()
+    storm: StormSettings | None = None  # grouping, inhibition, quiet hours (SPEC §6.5)
 
 
 @dataclass
@@ -136,6 +139,11 @@ class Dispatcher:
         self._tasks: list[asyncio.Task[None]] = []
         self._workers: list[asyncio.Task[None]] = []
         self.health = TargetHealth()
+        self._storm = (
+            StormGate(self.name, options.storm, store, clock, metrics)
+            if options.storm is not None and options.storm.enabled
+            else None
+        )
         # Metric children looked up once: labels() per delivery is measurable.
         m = metrics
         self._metrics = metrics
@@ -253,6 +261,9 @@ class Dispatcher:
             # handful (measured: claims of 1-7 rows were a third of all claims).
             await self._wait(self.IDLE_RECHECK_S)
             return
+        storm_due = math.inf
+        if self._storm is not None:
+            storm_due = await self._storm.flush_if_due()
         room = self._queue_size - self._pending_work
         self._wake.clear()
         claimed = await self._store.claim(
@@ -262,6 +273,10 @@ class Dispatcher:
             fifo=self._fifo,
             max_in_flight=self.options.max_in_flight if self._shared else None,
         )
+        if claimed and self._storm is not None:
+            claimed = await self._storm.admit(claimed)
+            if not claimed:
+                return  # all parked: look for more at once
         if not claimed:
             if self._shared:
                 await self._refresh_state()  # paused or held by another replica?
@@ -273,7 +288,8 @@ class Dispatcher:
                 # Due, yet nothing to claim: other replicas hold the target's
                 # in-flight budget (or the FIFO head). Their outcomes free it soon.
                 wait = self.BUSY_RECHECK_S
-            await self._wait(min(wait, self.IDLE_RECHECK_S))
+            wait = min(wait, storm_due - self._clock.now())
+            await self._wait(max(0.0, min(wait, self.IDLE_RECHECK_S)))
             return
         self._pending_work += len(claimed)
         self._idle.clear()
@@ -479,4 +495,5 @@ def dispatch_options(cfg: Any) -> DispatchOptions:
         max_in_flight=cfg.max_in_flight,
         rate_limit_per_s=cfg.rate_limit_per_s,
         redact=tuple(cfg.redact),
+        storm=StormSettings(group=cfg.group, inhibit=tuple(cfg.inhibit), mute=tuple(cfg.mute)),
     )

@@ -304,6 +304,100 @@ class TargetFilter(_Strict):
     device_cids: list[str] = Field(default_factory=list)
 
 
+class StormFilter(TargetFilter):
+    """A `filter` for inhibition rules; `max_severity` is a key here too (SPEC §6.5)."""
+
+    max_severity: Severity | None = None
+
+
+# Dotted paths of event `data` (SPEC §3) that grouping and inhibition may compare.
+EVENT_DATA_PATHS = frozenset(
+    {
+        "ticket",
+        "linked_ticket",
+        "event_type.code",
+        "event_type.name",
+        "event_type.category",
+        "severity",
+        "device.cid",
+        "device.serial_number",
+        "vehicle.id",
+        "driver.id",
+        "driver.name",
+        "trip_id",
+    }
+)
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_HHMM = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+
+
+def _types(*names: NotificationType) -> list[NotificationType]:
+    return list(names)
+
+
+def _check_paths(paths: list[str]) -> list[str]:
+    unknown = [p for p in paths if p not in EVENT_DATA_PATHS]
+    if unknown:
+        known = ", ".join(sorted(EVENT_DATA_PATHS))
+        raise ValueError(f"unknown path {unknown[0]!r} in data; use one of {known}")
+    return paths
+
+
+class GroupSettings(_Strict):
+    by: list[str] = Field(min_length=1)
+    types: list[NotificationType] = Field(default_factory=lambda: _types("event.created"))
+    wait_s: NonNegativeSeconds = 0
+    interval_s: PositiveSeconds = 300
+    max_items: int = Field(20, ge=1, le=1000)
+
+    @field_validator("by")
+    @classmethod
+    def _by(cls, v: list[str]) -> list[str]:
+        return _check_paths(v)
+
+
+class InhibitRule(_Strict):
+    when: StormFilter
+    suppress: StormFilter
+    equal: list[str] = Field(default_factory=list)
+    window_s: PositiveSeconds = 120
+
+    @field_validator("equal")
+    @classmethod
+    def _equal(cls, v: list[str]) -> list[str]:
+        return _check_paths(v)
+
+
+class MuteWindow(_Strict):
+    tz: str = "UTC"
+    days: list[str] = Field(default_factory=lambda: list(WEEKDAYS))
+    from_: str = Field(alias="from")
+    to: str
+    types: list[NotificationType] = Field(
+        default_factory=lambda: _types("event.created", "event.updated")
+    )
+
+    @field_validator("tz")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        return _check_tz(v)
+
+    @field_validator("days")
+    @classmethod
+    def _days(cls, v: list[str]) -> list[str]:
+        for day in v:
+            if day not in WEEKDAYS:
+                raise ValueError(f"unknown weekday {day!r}; use {', '.join(WEEKDAYS)}")
+        return v
+
+    @field_validator("from_", "to")
+    @classmethod
+    def _hhmm(cls, v: str) -> str:
+        if not _HHMM.match(v):
+            raise ValueError(f"{v!r} is not a time of day as HH:MM")
+        return v
+
+
 class RetrySettings(_Strict):
     max_attempts: int = Field(15, ge=1)
     max_age_s: PositiveSeconds = 86400
@@ -319,6 +413,10 @@ class _TargetBase(_Strict):
     max_in_flight: int = Field(8, ge=1, le=256)
     rate_limit_per_s: PositiveSeconds | None = None
     timeout_s: PositiveSeconds = 10
+    # Storm control (SPEC §6.5), all optional.
+    group: GroupSettings | None = None
+    inhibit: list[InhibitRule] = Field(default_factory=list)
+    mute: list[MuteWindow] = Field(default_factory=list)
 
 
 def _check_whsec(secret: SecretStr) -> SecretStr:

@@ -15,7 +15,9 @@ import asyncpg
 
 ADMIN_URL = os.environ.get("BRIDGE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
-TABLES = "notifications, deliveries, seen_tickets, cursors, kv, target_state, poll_lease"
+TABLES = (
+    "notifications, deliveries, seen_tickets, cursors, kv, target_state, poll_lease, storm_groups"
+)
 
 
 def database_url(name: str) -> str:

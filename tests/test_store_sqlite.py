@@ -73,6 +73,7 @@ async def test_open_creates_directory_wal_file_and_records_schema_version(
     assert raw(db_path, "SELECT version, name FROM schema_version") == [
         (1, "init"),
         (2, "claims_lease"),
+        (3, "storm_control"),
     ]
     tables = {r[0] for r in raw(db_path, "SELECT name FROM sqlite_master WHERE type='table'")}
     assert {
@@ -95,7 +96,7 @@ async def test_reopen_applies_nothing_twice_and_keeps_data(
     second = SqliteStore(db_path, fake_clock)
     await second.open()
     try:
-        assert raw(db_path, "SELECT count(*) FROM schema_version") == [(2,)]
+        assert raw(db_path, "SELECT count(*) FROM schema_version") == [(3,)]
         assert await second.count_notifications() == 1
     finally:
         await second.close()
@@ -107,7 +108,7 @@ async def test_two_processes_opening_at_once_migrate_once(
     a, b = SqliteStore(db_path, fake_clock), SqliteStore(db_path, fake_clock)
     await asyncio.gather(a.open(), b.open())
     try:
-        assert raw(db_path, "SELECT version FROM schema_version") == [(1,), (2,)]
+        assert raw(db_path, "SELECT version FROM schema_version") == [(1,), (2,), (3,)]
         await add(a, [note()], ["hook"])
         assert await b.count_notifications() == 1
     finally:

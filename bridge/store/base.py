@@ -13,6 +13,10 @@ Delivery states::
        └──── retry ◀──────┤
                           └──▶ dead ──(API retry / replay)──▶ pending
 
+Storm control (SPEC §6.5) parks a claimed row as `grouped`, `suppressed` or
+`held` instead (`Store.storm`); parked rows that an `event.group` carried keep
+that notification's id, and a suppressed row can be re-queued like a dead one.
+
 Each claim carries the claimer's token and an expiry. A crash leaves rows
 `in_flight`; whoever sees the claim expired takes the row again (at-least-once),
 and an outcome written later under the expired (or a foreign) claim is ignored.
@@ -30,9 +34,11 @@ import base64
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from bridge.notifications import Notification
+
+T = TypeVar("T")
 
 
 class DeliveryState(StrEnum):
@@ -40,6 +46,10 @@ class DeliveryState(StrEnum):
     IN_FLIGHT = "in_flight"
     DELIVERED = "delivered"
     DEAD = "dead"
+    # Storm control (SPEC §6.5): parked instead of sent.
+    GROUPED = "grouped"  # waits for (or was carried by) an `event.group`
+    SUPPRESSED = "suppressed"  # inhibited by a more severe notification; replayable
+    HELD = "held"  # muted; goes out in an `event.group` when the quiet hours end
 
 
 class StoreUnavailable(Exception):
@@ -329,6 +339,15 @@ class Store(Protocol):
         for the target as a whole (the shared `rate_limit_per_s` budget)."""
         ...
 
+    async def storm(self, target: str, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """Run `fn(tx)` (a `storm_tx.StormTx`) in one transaction for `target`.
+
+        Storm transactions of one target never run at the same time, on any replica,
+        so a group is decided and flushed once. Wakes the target after commit when a
+        delivery became pending.
+        """
+        ...
+
     # -- the poll lease (SPEC §9) ---------------------------------------------------
 
     async def acquire_lease(self, holder: str, ttl_s: float) -> Lease | None:
@@ -361,7 +380,8 @@ class Store(Protocol):
         ...
 
     async def retry_delivery(self, delivery_id: int, now: float) -> bool:
-        """Re-queue one dead delivery now; False if it is not dead or unknown."""
+        """Re-queue one dead or suppressed delivery now (storm control lets it through);
+        False if it is neither or unknown."""
         ...
 
     async def replay(self, target: str, since: float, until: float, now: float) -> int:

@@ -19,9 +19,9 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -30,6 +30,7 @@ import structlog
 from bridge.clock import Clock
 from bridge.notifications import dumps
 from bridge.store import postgres_sql as sql
+from bridge.store import storm_sql
 from bridge.store.base import (
     Delivery,
     DeliveryRecord,
@@ -57,8 +58,10 @@ from bridge.store.rows import (
     ticket_row,
     zero_counts,
 )
+from bridge.store.storm_tx import StormTx
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 CHANNEL = "fleet_bridge_work"  # NOTIFY payload: a JSON list of target names
 CLAIM_S = 30.0  # SPEC §9: a dead replica's deliveries are taken over within 60 s
@@ -439,6 +442,29 @@ class PostgresStore:
             slot = await conn.fetchval(sql.RESERVE_SLOT, target, now, interval_s)
         return float(slot)
 
+    async def storm(self, target: str, fn: Callable[[StormTx], Awaitable[T]]) -> T:
+        """Run `fn(tx)` in one transaction under the target's storm lock (all replicas)."""
+        async with self._conn("storm") as conn, conn.transaction():
+            await conn.execute(storm_sql.POSTGRES_LOCK, target)
+
+            async def fetch(query: str, *args: Any) -> Sequence[Sequence[Any]]:
+                return list(await conn.fetch(query, *args))
+
+            async def execute(query: str, *args: Any) -> None:
+                await conn.execute(query, *args)
+
+            ingest_tx = PostgresIngestTx(conn, self._clock, None)
+            tx = StormTx(target, storm_sql.POSTGRES, fetch, execute, ingest_tx.add_notifications)
+            try:
+                result = await fn(tx)
+            finally:
+                ingest_tx.close()
+            if tx.woken:
+                await self._notify(conn, [target])
+        if tx.woken:
+            self._wake([target])
+        return result
+
     # -- the poll lease (its own connection, the database clock) --------------------
 
     async def _lease_call(self, what: str, query: str, *args: Any) -> Lease | None:
@@ -564,7 +590,7 @@ class PostgresStore:
             if len(ids) < _PRUNE_BATCH:
                 break
         async with self._conn("prune") as conn, conn.transaction():
-            for statement in (sql.PRUNE_TICKETS, sql.PRUNE_KV):
+            for statement in (sql.PRUNE_TICKETS, sql.PRUNE_KV, storm_sql.PRUNE_GROUPS_POSTGRES):
                 deleted += _rowcount(await conn.execute(statement, older_than))
         return deleted
 

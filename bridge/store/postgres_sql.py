@@ -186,13 +186,13 @@ GET_LEASE = "SELECT holder, epoch, expires_at FROM poll_lease WHERE name = 'poll
 RETRY_DEAD = """
 UPDATE deliveries
 SET state = 'pending', attempts = 0, next_attempt_at = $1, lease_until = NULL,
-    claim_token = NULL, updated_at = $1, created_at = $1
-WHERE id = $2 AND state = 'dead'
+    claim_token = NULL, updated_at = $1, created_at = $1, storm_checked = 1
+WHERE id = $2 AND state IN ('dead', 'suppressed')
 RETURNING target"""
 REPLAY = """
 INSERT INTO deliveries (notification_id, target, state, attempts, next_attempt_at,
-                        created_at, updated_at)
-SELECT n.id, $1, 'pending', 0, $4, $4, $4
+                        created_at, updated_at, storm_checked)
+SELECT n.id, $1, 'pending', 0, $4, $4, $4, 1  -- replays pass storm control
 FROM notifications AS n
 WHERE n.created_at BETWEEN $2 AND $3
   AND EXISTS (SELECT 1 FROM deliveries AS o WHERE o.notification_id = n.id AND o.target = $1)
@@ -232,6 +232,10 @@ WHERE n.created_at < $1
   AND NOT EXISTS (
       SELECT 1 FROM deliveries AS d
       WHERE d.notification_id = n.id AND d.state IN ('pending', 'in_flight')
+  )
+  AND NOT EXISTS (
+      SELECT 1 FROM deliveries AS d
+      WHERE d.notification_id = n.id AND d.carrier IS NULL AND d.state IN ('grouped', 'held')
   )
 ORDER BY n.created_at LIMIT $2"""
 DELETE_DELIVERIES_OF = "DELETE FROM deliveries WHERE notification_id = ANY($1::text[])"

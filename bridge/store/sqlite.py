@@ -17,17 +17,18 @@ import json
 import os
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 import structlog
 
 from bridge.clock import Clock
 from bridge.store import sqlite_sql as sql
+from bridge.store import storm_sql
 from bridge.store.base import (
     Delivery,
     DeliveryRecord,
@@ -45,8 +46,10 @@ from bridge.store.base import (
 from bridge.store.migrate import Migration, load_migrations, migrate
 from bridge.store.rows import delivery_from_row, outcome_values, record_from_row, zero_counts
 from bridge.store.sqlite_ingest import SqliteIngestTx, get_json
+from bridge.store.storm_tx import StormTx
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 _PRUNE_BATCH = 2000  # notifications per prune transaction, so dispatch is never stalled long
 CLAIM_S = 30.0  # SPEC §9: a dead claimer's deliveries are taken over within 60 s
@@ -368,6 +371,26 @@ class SqliteStore:
             [(slot,)] = list(await db.execute_fetchall(sql.RESERVE_SLOT, params))
         return float(slot)
 
+    async def storm(self, target: str, fn: Callable[[StormTx], Awaitable[T]]) -> T:
+        """Run `fn(tx)` in one write transaction (one process: nobody else decides)."""
+        async with self._transaction("storm") as db:
+
+            async def fetch(query: str, *args: Any) -> Sequence[Sequence[Any]]:
+                return list(await db.execute_fetchall(query, args))
+
+            async def execute(query: str, *args: Any) -> None:
+                await db.execute(query, args)
+
+            ingest_tx = SqliteIngestTx(db, self._clock)
+            tx = StormTx(target, storm_sql.SQLITE, fetch, execute, ingest_tx.add_notifications)
+            try:
+                result = await fn(tx)
+            finally:
+                ingest_tx.close()
+        if tx.woken:
+            self._wake([target])
+        return result
+
     # -- the poll lease ------------------------------------------------------------
 
     async def _lease_query(self, what: str, query: str, params: dict[str, Any]) -> Lease | None:
@@ -509,7 +532,7 @@ class SqliteStore:
             if len(batch) < _PRUNE_BATCH:
                 break
         async with self._transaction("prune") as db:
-            for statement in (sql.PRUNE_TICKETS, sql.PRUNE_KV):
+            for statement in (sql.PRUNE_TICKETS, sql.PRUNE_KV, storm_sql.PRUNE_GROUPS_SQLITE):
                 async with db.execute(statement, (older_than,)) as cur:
                     deleted += cur.rowcount
         return deleted

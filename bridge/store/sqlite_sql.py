@@ -176,13 +176,14 @@ ON CONFLICT (target) DO UPDATE SET
 RETRY_DEAD = """
 UPDATE deliveries
 SET state = 'pending', attempts = 0, next_attempt_at = ?, lease_until = NULL, updated_at = ?,
-    created_at = ?  -- re-queued now: max_age_s counts afresh
-WHERE id = ? AND state = 'dead'
+    created_at = ?,  -- re-queued now: max_age_s counts afresh
+    storm_checked = 1  -- an operator's retry is not grouped or suppressed again
+WHERE id = ? AND state IN ('dead', 'suppressed')
 RETURNING target"""
 REPLAY = """
 INSERT INTO deliveries (notification_id, target, state, attempts, next_attempt_at,
-                        created_at, updated_at)
-SELECT n.id, :target, 'pending', 0, :now, :now, :now
+                        created_at, updated_at, storm_checked)
+SELECT n.id, :target, 'pending', 0, :now, :now, :now, 1  -- replays pass storm control
 FROM notifications AS n
 WHERE n.created_at BETWEEN :since AND :until
   -- only what was routed to this target: its filter applied when it was created
@@ -225,6 +226,11 @@ WHERE n.created_at < ?
   AND NOT EXISTS (
       SELECT 1 FROM deliveries AS d
       WHERE d.notification_id = n.id AND d.state IN ('pending', 'in_flight')
+  )
+  -- nor what still waits for its group or the end of a quiet hour
+  AND NOT EXISTS (
+      SELECT 1 FROM deliveries AS d
+      WHERE d.notification_id = n.id AND d.carrier IS NULL AND d.state IN ('grouped', 'held')
   )
 ORDER BY n.created_at LIMIT ?"""
 DELETE_DELIVERIES_OF = """

@@ -500,7 +500,7 @@ async def _find_delivery(store: Store, delivery_id: int) -> DeliveryRecord | Non
 
 @routes.post(API_PREFIX + r"/deliveries/{id}/retry")
 async def retry_delivery(request: web.Request) -> web.Response:
-    """Re-queue one dead delivery (due now, attempts from 0): 200 with the row."""
+    """Re-queue one dead or suppressed delivery (due now, attempts from 0): 200 with the row."""
     b = _bridge(request)
     raw = request.match_info["id"]
     delivery_id = int(raw) if raw.isdecimal() and len(raw) <= 19 else 0
@@ -515,11 +515,13 @@ async def retry_delivery(request: web.Request) -> web.Response:
     if record is None:
         raise ApiError(404, "not_found", f"no delivery {delivery_id}")
     if not requeued:
-        raise ApiError(409, "not_dead", f"delivery {delivery_id} is {record.state.value}, not dead")
+        state = record.state.value
+        message = f"delivery {delivery_id} is {state}, not dead or suppressed"
+        raise ApiError(409, "not_dead", message)
     d = b.dispatchers.get(record.target)
     if d is not None:
         d.wake()
-    log.info("dead delivery re-queued through the admin API", delivery=delivery_id)
+    log.info("delivery re-queued through the admin API", delivery=delivery_id)
     return web.json_response(delivery_view(record))
 
 

@@ -824,7 +824,7 @@ MASK = "**********"
 
 def masked_dump(settings: Settings) -> dict[str, Any]:
     """The effective config as plain data with every secret replaced by a mask."""
-    data = settings.model_dump(mode="python")
+    data = settings.model_dump(mode="python", by_alias=True)
 
     def mask(node: Any) -> Any:
         if isinstance(node, SecretStr):

@@ -14,9 +14,11 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 from conftest import wait_for
+from test_slack_target import FakeSlack, bot_cfg, send, session, slack, store  # noqa: F401
 from test_store_contract import make_store  # noqa: F401 - the store fixture (both stores)
 from webhook_receiver import Receiver
 
+from bridge import storm
 from bridge.clock import FakeClock, utc_iso
 from bridge.dispatch import Dispatcher, dispatch_options
 from bridge.metrics import Metrics
@@ -24,6 +26,7 @@ from bridge.notifications import Notification, build_notification
 from bridge.schema import validate_envelope
 from bridge.settings import WebhookTarget
 from bridge.store.base import DeliveryState, IngestTx, NewNotification, Store
+from bridge.targets.slack import SlackSender
 from bridge.targets.webhook import WebhookSender
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
@@ -83,7 +86,7 @@ async def rig_factory(
     aiohttp_server: ServerFactory,
     fake_clock: FakeClock,
 ) -> AsyncIterator[Callable[..., Awaitable[Rig]]]:
-    session = aiohttp.ClientSession()
+    client = aiohttp.ClientSession()
     dispatchers: list[Dispatcher] = []
 
     async def build(**storm: Any) -> Rig:
@@ -98,20 +101,20 @@ async def rig_factory(
                 **storm,
             }
         )
-        store = await make_store()
+        opened = await make_store()
         metrics = Metrics()
         # Signatures carry the real time (the receiver checks it); the queue runs on
         # the fake clock.
-        sender = WebhookSender(cfg, session)
-        dispatcher = Dispatcher(dispatch_options(cfg), sender, store, fake_clock, metrics)
+        sender = WebhookSender(cfg, client)
+        dispatcher = Dispatcher(dispatch_options(cfg), sender, opened, fake_clock, metrics)
         await dispatcher.start()
         dispatchers.append(dispatcher)
-        return Rig(store, fake_clock, receiver, dispatcher, metrics)
+        return Rig(opened, fake_clock, receiver, dispatcher, metrics)
 
     yield build
     for d in dispatchers:
         await d.stop(5)
-    await session.close()
+    await client.close()
 
 
 GROUP = {"group": {"by": ["vehicle.id"], "interval_s": 300, "max_items": 4}}
@@ -256,3 +259,33 @@ async def test_a_mute_window_holds_then_releases_one_digest(
     rig.clock.advance(3600)
     await rig.dispatcher.wait_idle()
     assert len(rig.receiver.envelopes) == 1
+
+
+async def test_slack_follow_ups_of_a_grouped_ticket_go_into_the_groups_thread(
+    slack: tuple[FakeSlack, TestServer],  # noqa: F811
+    session: aiohttp.ClientSession,  # noqa: F811
+    store: Store,  # noqa: F811
+) -> None:
+    fake, server = slack
+    sender = SlackSender(bot_cfg(server), session, store=store)
+    alone = event(1, T0)
+    members = [event(1, T0 + 10 + i, n=i) for i in range(3)]
+    data = storm.group_data("grouped", {"vehicle.id": 1}, members, max_items=20)
+    group = build_notification("event.group", data, base_url="https://fleet.example", now=T0)
+    assert (await send(sender, alone)).ok  # posted alone earlier: its own thread
+    assert (await send(sender, group)).ok
+    follow_ups = [
+        build_notification(
+            "event.updated",
+            m.data | {"revision": 2, "changed": ["media.has_video"]},
+            base_url="https://fleet.example",
+            now=T0 + 60,
+        )
+        for m in (members[1], alone)
+    ]
+    for n in follow_ups:
+        assert (await send(sender, n)).ok
+    first, posted_group, member_update, alone_update = fake.hits
+    assert "thread_ts" not in posted_group.body
+    assert member_update.body["thread_ts"] == posted_group.ts
+    assert alone_update.body["thread_ts"] == first.ts

@@ -29,7 +29,8 @@ Threads: the `ts` of the first message posted for a ticket is kept in the store
 (kind `slack_thread`, key `<target>:<ticket>`), so follow-ups (`event.updated`,
 `clip.*`) are posted in its thread, across restarts. If Slack refuses the thread
 (parent deleted, thread locked), the message is posted at the top level instead
-and starts a new thread.
+and starts a new thread. An `event.group` (storm control) starts a thread for
+the tickets it lists, so their follow-ups go under the message that carried them.
 
 Error strings never carry the bot token or the webhook URL (which is a secret).
 """
@@ -53,7 +54,8 @@ from bridge.notifications import dumps
 from bridge.retry import parse_retry_after
 from bridge.settings import SlackTarget
 from bridge.slack_format import SlackMessage, format_message, zone
-from bridge.store.base import Delivery, Store, StoreUnavailable
+from bridge.store.base import Delivery, IngestTx, Store, StoreUnavailable
+from bridge.storm import GROUP_TYPE
 from bridge.targets.base import SendResult
 from bridge.targets.webhook import describe_client_error, read_limited
 
@@ -200,6 +202,8 @@ class SlackSender:
         if self._webhook_url is not None:
             return await self._send_webhook(self._webhook_url, message)
         assert self._api_url is not None  # settings guarantee one of the two
+        if envelope.get("type") == GROUP_TYPE:
+            return await self._send_group(self._api_url, envelope, message)
         ticket = thread_ticket(envelope)
         if ticket is None:
             return (await self._post(self._api_url, message, None, None)).result
@@ -226,6 +230,29 @@ class SlackSender:
             posted = await self._post(url, message, None, None)
         if posted.result.ok and thread_ts is None and posted.ts:
             await self._remember_thread(key, posted.ts, posted.channel or self._channel)
+        return posted.result
+
+    async def _send_group(
+        self, url: URL, envelope: Mapping[str, Any], message: SlackMessage
+    ) -> SendResult:
+        """An `event.group` starts a thread; its members' follow-ups go into it (§6.5)."""
+        posted = await self._post(url, message, None, None)
+        tickets = group_tickets(envelope)
+        if not (posted.result.ok and posted.ts and tickets):
+            return posted.result
+        value = {"ts": posted.ts, "channel": posted.channel or self._channel}
+        keys = [f"{self.name}:{ticket}" for ticket in tickets]
+
+        async def remember(tx: IngestTx) -> None:
+            for key in keys:
+                # A member already posted alone keeps its own thread.
+                if await tx.get_json(THREAD_KIND, key) is None:
+                    await tx.put_json(THREAD_KIND, key, value)
+
+        try:
+            await self._store.ingest(remember)
+        except StoreUnavailable as err:
+            log.warning("could not store the slack thread id", target=self.name, error=str(err))
         return posted.result
 
     async def _remember_thread(self, key: str, ts: str, channel: str) -> None:
@@ -368,6 +395,18 @@ def thread_ticket(envelope: Mapping[str, Any]) -> str | None:
     if isinstance(ticket, str) and ticket.strip():
         return ticket.strip()
     return None
+
+
+def group_tickets(envelope: Mapping[str, Any]) -> list[str]:
+    """The tickets of an `event.group`'s listed members (their follow-ups join its thread)."""
+    data = envelope.get("data")
+    items = data.get("items") if isinstance(data, Mapping) else None
+    tickets: list[str] = []
+    for item in items if isinstance(items, list) else []:
+        ticket = thread_ticket(item) if isinstance(item, Mapping) else None
+        if ticket is not None and ticket not in tickets:
+            tickets.append(ticket)
+    return tickets
 
 
 def _thread_ref(value: dict[str, Any] | None) -> tuple[str | None, str | None]:

@@ -32,9 +32,13 @@ SELECT id, notification_id, target, state, attempts, next_attempt_at, lease_unti
        last_status, last_error, created_at, updated_at, claim_token
 FROM deliveries;
 -- Keep AUTOINCREMENT's high-water mark: ids of pruned rows are never reused.
+UPDATE sqlite_sequence
+SET seq = (SELECT max(seq) FROM sqlite_sequence WHERE name = 'deliveries')
+WHERE name = 'deliveries_new'
+  AND seq < (SELECT max(seq) FROM sqlite_sequence WHERE name = 'deliveries');
 INSERT INTO sqlite_sequence (name, seq)
 SELECT 'deliveries_new', seq FROM sqlite_sequence WHERE name = 'deliveries'
-  AND seq > coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'deliveries_new'), 0);
+  AND NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'deliveries_new');
 DROP TABLE deliveries;
 ALTER TABLE deliveries_new RENAME TO deliveries;
 CREATE INDEX deliveries_open ON deliveries (target, id, state, next_attempt_at, lease_until)

@@ -466,8 +466,10 @@ class Dispatcher:
             except Exception:
                 self._outcomes[:0] = batch  # keep them for the next flush
                 raise
-        # A retry may now be due earlier than what the feeder sleeps for.
-        if any(o.state is DeliveryState.PENDING for o in batch):
+        # A retry may now be due earlier than what the feeder sleeps for; on a shared
+        # store the stored outcomes also free the target's in-flight budget, which a
+        # claim made before this flush could not see.
+        if self._shared or any(o.state is DeliveryState.PENDING for o in batch):
             self.wake()
 
 

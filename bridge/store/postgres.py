@@ -117,7 +117,6 @@ class PostgresStore:
         self._subscribers: dict[str, list[Callable[[], None]]] = {}
         self._fence: tuple[str, int] | None = None
         self._available = True
-        self._known_targets: set[str] = set()  # target_state rows known to exist
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -334,26 +333,11 @@ class PostgresStore:
             return []
         token = uuid.uuid4().hex
         lease = now + self._claim_s
-        serialize = fifo or max_in_flight is not None
-        async with self._conn("claim") as conn, conn.transaction():
-            if serialize and target not in self._known_targets:
-                # The row the claims of this target lock; made once per process.
-                await conn.execute(sql.ENSURE_TARGET_STATE, target, self._clock.now())
-                self._known_targets.add(target)
-            state = await conn.fetchrow(
-                sql.TARGET_STATE_LOCKED if serialize else sql.TARGET_STATE_FOR_CLAIM, target
+        # One statement (migration 0002): lock the target, count live claims, claim.
+        async with self._conn("claim") as conn:
+            rows = await conn.fetch(
+                sql.CLAIM, target, now, lease, token, limit, max_in_flight, fifo
             )
-            if state is not None and (state[0] or (state[1] or 0) > now):
-                return []
-            if max_in_flight is not None:
-                live = int(await conn.fetchval(sql.LIVE_CLAIMS, target, now))
-                limit = min(limit, max_in_flight - live)
-                if limit < 1:
-                    return []
-            if fifo:
-                rows = await conn.fetch(sql.CLAIM_FIFO, target, now, lease, token)
-            else:
-                rows = await conn.fetch(sql.CLAIM, target, now, lease, token, limit)
         return [delivery_from_row(row, token, lease) for row in rows]
 
     async def next_due_at(self, target: str, *, fifo: bool) -> float | None:

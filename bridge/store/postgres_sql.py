@@ -78,45 +78,9 @@ NOTIFY = "SELECT pg_notify($1, $2)"
 
 # -- dispatch -------------------------------------------------------------------------
 
-TARGET_STATE_FOR_CLAIM = "SELECT paused, hold_until FROM target_state WHERE target = $1"
-# Capped and FIFO claims lock the target's row: claims of that target then run one
-# after another across replicas, so the cap and the head of line are decided once.
-TARGET_STATE_LOCKED = TARGET_STATE_FOR_CLAIM + " FOR UPDATE"
-LIVE_CLAIMS = """
-SELECT count(*) FROM deliveries WHERE target = $1 AND state = 'in_flight' AND lease_until >= $2"""
-_CLAIM_RETURNING = """
-RETURNING d.id, d.notification_id, d.target, d.attempts, d.created_at)
-SELECT c.id, c.notification_id, n.type, c.target, n.body, c.attempts, c.created_at, n.event_at
-FROM c JOIN notifications AS n ON n.id = c.notification_id
-ORDER BY c.id"""
-# SKIP LOCKED: replicas claiming the same target at once take disjoint rows.
-CLAIM = (
-    """
-WITH c AS (
-UPDATE deliveries AS d
-SET state = 'in_flight', lease_until = $3, claim_token = $4, updated_at = $2
-WHERE d.id IN (
-    SELECT id FROM deliveries
-    WHERE target = $1
-      AND state IN ('pending', 'in_flight')
-      AND CASE state WHEN 'pending' THEN next_attempt_at <= $2 ELSE lease_until < $2 END
-    ORDER BY id LIMIT $5
-    FOR UPDATE SKIP LOCKED
-)"""
-    + _CLAIM_RETURNING
-)
-CLAIM_FIFO = (
-    """
-WITH c AS (
-UPDATE deliveries AS d
-SET state = 'in_flight', lease_until = $3, claim_token = $4, updated_at = $2
-WHERE d.id = (
-    SELECT id FROM deliveries
-    WHERE target = $1 AND state IN ('pending', 'in_flight')
-    ORDER BY id LIMIT 1
-) AND CASE d.state WHEN 'pending' THEN d.next_attempt_at <= $2 ELSE d.lease_until < $2 END"""
-    + _CLAIM_RETURNING
-)
+# The claim is a function (migrations/postgresql/0002_claim_function.sql): its
+# statements need fresh snapshots one after another, and it costs one round trip.
+CLAIM = "SELECT * FROM fleet_bridge_claim($1, $2, $3, $4, $5, $6, $7)"
 FIFO_HEAD = """
 SELECT state, next_attempt_at, lease_until FROM deliveries
 WHERE target = $1 AND state IN ('pending', 'in_flight') ORDER BY id LIMIT 1"""

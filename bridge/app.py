@@ -217,8 +217,20 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
     assert b.ingestor is not None
     assert b.store is not None
     b.scheduler = PollScheduler(b.clock)
-    b.events_poller = EventsPoller(b.settings.poll.events, b.client, b.ingestor, b.clock, b.metrics)
-    b.scheduler.add_interval("events", b.events_poller.run_once, b.settings.poll.events.interval_s)
+    b.events_poller = EventsPoller(
+        b.settings.poll.events,
+        b.client,
+        b.ingestor,
+        b.clock,
+        b.metrics,
+        max_requests_per_s=b.settings.upstream.max_requests_per_s,
+    )
+    b.scheduler.add_interval(
+        "events",
+        b.events_poller.run_once,
+        b.settings.poll.events.interval_s,
+        stop=b.events_poller.request_stop,
+    )
     poll = b.settings.poll
     if b.clips is not None:
         b.scheduler.add_interval("clips", b.clips.run_once, poll.clips.interval_s)

@@ -6,10 +6,10 @@ cursor (SPEC §5.1). Each run has two parts:
 * the **head**: windows `[cursor - head_lookback_s, now]` (split by `max_window_s`),
   each paged with offset/limit to the end; the cursor moves to a window's end only
   after all of its items are stored. This is what keeps new events within
-  2 × `interval_s` however busy the fleet is: it reads only what is new.
+  twice `interval_s` however busy the fleet is: it reads only what is new.
 * the **re-scan** of the `lookback_s` window (devices upload late, media changes):
   a sweep over `[previous sweep's start - lookback_s, cursor]` that starts every
-  `rescan_interval_s` and reads at most `rescan_budget × max_requests_per_s ×
+  `rescan_interval_s` and reads at most `rescan_budget * max_requests_per_s *
   interval_s` pages per run, continuing in the next run where it stopped. So a busy
   fleet stretches the sweep over several runs instead of each run re-reading the
   whole window (issue #9: 17,080 items fetched per run to find 715 new ones), and
@@ -70,7 +70,9 @@ def failure_reason(err: BaseException) -> str:
     if isinstance(err, UpstreamAuthError):
         return "auth failed"
     if isinstance(err, UpstreamError):
-        return "upstream unavailable" if err.status is None or err.status >= 429 else "upstream error"
+        return (
+            "upstream unavailable" if err.status is None or err.status >= 429 else "upstream error"
+        )
     return "internal error"
 
 
@@ -417,8 +419,10 @@ class PollScheduler:
     def _job_failed(self, name: str, status: PollerStatus, err: Exception) -> None:
         reason = failure_reason(err)
         first = not status.failing or status.reason != reason
-        status.last_error = str(err) if isinstance(err, UpstreamError | StoreUnavailable) else (
-            f"{type(err).__name__}: {err}"
+        status.last_error = (
+            str(err)
+            if isinstance(err, UpstreamError | StoreUnavailable)
+            else (f"{type(err).__name__}: {err}")
         )
         status.failing, status.reason = True, reason
         if not first or name == "events":

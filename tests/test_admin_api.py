@@ -264,7 +264,9 @@ async def test_retry_of_a_dead_delivery_makes_it_arrive(rig_factory: RigFactory)
     assert rig.receiver.envelopes == []
     status = await get_json(rig, "/api/v1/status")
     assert status["targets"]["hook"]["dead"] == 1
-    assert status["targets"]["hook"]["failing"] is True
+    # A permanent answer is about one delivery: the receiver is up, the target not failing.
+    assert status["targets"]["hook"]["failing"] is False
+    assert status["targets"]["hook"]["last_error"] is not None
 
     # Not dead (the console delivery of the same notification) → 409; unknown → 404.
     (out,) = await all_deliveries(rig, target="out")

@@ -65,7 +65,7 @@ async def test_restart_after_ten_lookbacks_of_downtime_loses_nothing(
     rig.clock.advance(5)
     await rig.run("events")
     await rig.client.close()
-    # Down for 10 × lookback_s; events keep happening meanwhile.
+    # Down for ten lookbacks; events keep happening meanwhile.
     for _ in range(60):
         rig.clock.advance(10)
         rig.sim.add_event(timestamp=int(rig.clock.now()) - 3)

@@ -1,0 +1,68 @@
+"""Log a failure once per streak and the recovery once (SPEC §7: state changes, not repeats).
+
+Loops that retry on their own (a dispatcher's feeder and outcome flusher, the poll
+scheduler, the upstream transport) would otherwise write a line, or a traceback,
+every 50 ms to every second for as long as the store or the vendor is away (issue
+#9, #10). Expected conditions — the store unavailable, the vendor unreachable —
+get one warning without a traceback; anything else gets one traceback, since it is
+a bug worth reading once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from bridge.store.base import StoreUnavailable
+
+log = structlog.get_logger(__name__)
+
+Expected = (StoreUnavailable,)
+
+
+class Streak:
+    """Tracks one loop's failure streak; logs its start and its end, nothing between."""
+
+    def __init__(
+        self,
+        what: str,
+        *,
+        on_failure: Callable[[], None] | None = None,
+        expected: tuple[type[BaseException], ...] = Expected,
+        **fields: Any,
+    ) -> None:
+        self.what = what
+        self.failures = 0
+        self.last_error: str | None = None
+        self._on_failure = on_failure
+        self._expected = expected
+        self._fields = fields
+
+    @property
+    def failing(self) -> bool:
+        return self.failures > 0
+
+    def failed(self, err: BaseException) -> bool:
+        """Count a failure; True when it started a streak (and was logged)."""
+        self.failures += 1
+        self.last_error = str(err) or type(err).__name__
+        if self._on_failure is not None:
+            self._on_failure()
+        if self.failures > 1:
+            return False
+        if isinstance(err, self._expected):
+            log.warning(f"{self.what} failed; retrying", error=self.last_error, **self._fields)
+        else:
+            log.error(f"{self.what} failed; retrying", exc_info=err, **self._fields)
+        return True
+
+    def ok(self) -> bool:
+        """End a streak; True when one ended (and its recovery was logged)."""
+        if not self.failures:
+            return False
+        log.info(f"{self.what} recovered", failures=self.failures, **self._fields)
+        self.failures = 0
+        self.last_error = None
+        return True

@@ -613,3 +613,15 @@ def dispatch_options(cfg: Any) -> DispatchOptions:
         rate_limit_per_s=cfg.rate_limit_per_s,
         redact=tuple(cfg.redact),
     )
+
+
+def orphaned_counts(
+    counts: dict[str, dict[str, int]], configured: Mapping[str, object]
+) -> dict[str, int]:
+    """Unfinished deliveries of targets no longer in the config (SPEC §4), by target."""
+    out: dict[str, int] = {}
+    for name, c in counts.items():
+        n = c.get("pending", 0) + c.get("in_flight", 0)
+        if name not in configured and n > 0:
+            out[name] = n
+    return out

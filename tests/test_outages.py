@@ -6,6 +6,8 @@ again on the same SQLite file, as an operator's restart or a crash would.
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,8 @@ from typing import Any
 import pytest
 from bridge_rig import ClientFactory, Rig, ServerFactory, make_rig
 from conftest import wait_for
+from structlog.testing import capture_logs
+from webhook_receiver import always
 
 START = 1_764_000_000.0
 LOOKBACK = 60.0
@@ -79,3 +83,139 @@ async def test_restart_after_ten_lookbacks_of_downtime_loses_nothing(
     assert rig.bridge.store is not None
     cursor = await rig.bridge.store.get_cursor("events")
     assert rig.bridge.events_poller.status.cursor == cursor == rig.clock.now()
+
+
+async def _get(rig: Rig, path: str, status: int = 200) -> Any:
+    resp = await rig.client.get(path, headers=rig.auth)
+    assert resp.status == status, await resp.text()
+    return await resp.json()
+
+
+async def test_removed_target_deliveries_are_kept_reported_and_listable(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    rig = await make_rig(aiohttp_server, aiohttp_client, tmp_path)
+    rig.receiver.behaviour = always(503)
+    for _ in range(3):
+        rig.sim.add_event()
+    rig.clock.advance(5)
+    await rig.run("events")
+    await rig.settle()
+    full = rig.settings
+    rig.settings = full.model_copy(
+        update={"targets": [t for t in full.targets if t.name != "hook"]}
+    )
+    with capture_logs() as logs:
+        await rig.restart()
+    kept = [e for e in logs if e["event"].startswith("pending deliveries kept for targets")]
+    assert len(kept) == 1
+    assert kept[0]["orphaned"] == {"hook": 3}
+    status = await _get(rig, "/api/v1/status")
+    assert status["orphaned"] == {"hook": 3}
+    assert set(status["targets"]) == {"out"}
+    listed = await _get(rig, "/api/v1/deliveries?target=hook")
+    assert [d["state"] for d in listed["items"]] == ["pending"] * 3
+    await _get(rig, "/api/v1/deliveries?target=nope", status=400)
+    # Added again, the target resumes them.
+    rig.receiver.behaviour = always(200)
+    rig.settings = full
+    await rig.restart()
+    rig.clock.advance(3)  # past the backoff the 503s gave them
+    await wait_for(lambda: len(rig.receiver.envelopes) == 3, message="resumed deliveries")
+    assert (await _get(rig, "/api/v1/status"))["orphaned"] == {}
+
+
+async def test_a_refused_login_backs_off_and_shows_as_the_reason(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    rig = await make_rig(
+        aiohttp_server,
+        aiohttp_client,
+        tmp_path,
+        webhook=False,
+        password_auth=True,
+    )
+    rig.sim.config.password = "changed-by-someone"
+    rig.sim.revoke_token()
+
+    def logins() -> int:
+        return sum(1 for r in rig.sim.requests if r.path == "/V2/auth")
+
+    before = logins()
+    with capture_logs() as logs:
+        for _ in range(5):
+            await rig.run("events")
+            rig.clock.advance(5)
+    assert logins() == before + 1  # one refused login, then the back-off
+    status = await _get(rig, "/api/v1/status")
+    assert status["pollers"]["events"]["failing"] is True
+    assert status["pollers"]["events"]["reason"] == "auth failed"
+    assert status["upstream"]["login_failing"] is True
+    assert status["upstream"]["login_retry_at"] is not None
+    failed = [e for e in logs if e["event"] == "poll failed"]
+    assert len(failed) == 1
+    assert not any("exc_info" in e for e in logs)
+    # (The end of the back-off and the recovery: test_upstream_client.py, on a fake clock.)
+
+
+async def test_store_unavailable_poll_is_one_line_no_traceback_and_recovers(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    rig = await make_rig(aiohttp_server, aiohttp_client, tmp_path, webhook=False)
+    store = rig.bridge.store
+    assert store is not None
+    poller = rig.bridge.events_poller
+    assert poller is not None
+    with capture_logs() as logs:
+        await store.close()
+        for _ in range(3):
+            rig.sim.add_event()
+            rig.clock.advance(5)
+            await rig.run("events")
+        assert poller.status.reason == "store unavailable"
+        assert rig.bridge.scheduler is not None
+        assert rig.bridge.scheduler.status["events"].reason == "store unavailable"
+        await store.open()
+        await rig.run("events")
+    assert [e["event"] for e in logs if e.get("job") == "events"].count("poll failed") == 1
+    assert not any("exc_info" in e for e in logs)
+    assert poller.status.reason is None
+    assert poller.status.last_error is None
+    assert [e["event"] for e in logs].count("poll recovered") == 1
+    await wait_for(lambda: len(rig.console_envelopes()) == 3, message="nothing lost")
+
+
+async def test_sigterm_during_a_long_poll_stops_at_the_next_page(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    rig = await make_rig(
+        aiohttp_server,
+        aiohttp_client,
+        tmp_path,
+        config={"upstream": {"page_size": 20}},
+        webhook=False,
+    )
+    for i in range(400):
+        rig.sim.add_event(timestamp=int(rig.clock.now()) - 30 + i % 30)
+    rig.sim.config.faults.slow_s = 0.05
+    rig.sim.queue_faults(*["slow"] * 20, path_prefix="/V2/events")
+
+    def pages() -> int:
+        return sum(1 for r in rig.sim.requests if r.path == "/V2/events")
+
+    before = pages()
+    cursor = await rig.bridge.store.get_cursor("events")  # type: ignore[union-attr]
+    poll = asyncio.ensure_future(rig.run("events"))
+    await wait_for(lambda: pages() >= before + 3, message="paging under way")
+    with capture_logs() as logs:
+        stopping_at = pages()
+        await rig.client.close()  # the graceful stop SIGTERM triggers
+    await poll
+    assert pages() - stopping_at <= 1  # the page in flight, then nothing more
+    assert any(e["event"] == "poll stopped at a page boundary for shutdown" for e in logs)
+    assert not any(e.get("log_level") in ("error", "critical") for e in logs)
+    assert not any("exc_info" in e for e in logs)
+    # The window was not finished, so the cursor did not pass it.
+    with sqlite3.connect(tmp_path / "bridge.db") as conn:
+        (stored,) = conn.execute("SELECT value FROM cursors WHERE job = 'events'").fetchone()
+    assert stored == cursor

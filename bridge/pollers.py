@@ -128,13 +128,16 @@ class EventsPoller:
         self._stopping = False
         self._head_back = min(cfg.head_lookback_s, cfg.lookback_s)
         # Pages the re-scan may read per run: its share of the vendor budget over one
-        # interval (at least one, or a sweep would never end).
+        # interval (at least one, or a sweep would never end) and, with the head's
+        # pages, no more than fit in 90% of the interval, so a run ends in time.
         if max_requests_per_s is None:
-            self._rescan_pages = 1_000_000
+            self._rescan_pages = self._run_pages = 1_000_000
         else:
             share = cfg.rescan_budget * max_requests_per_s * cfg.interval_s
             self._rescan_pages = max(1, int(share))
+            self._run_pages = max(1, int(0.9 * max_requests_per_s * cfg.interval_s))
         self._sweep: _Sweep | None = None
+        self._pages_this_run = 0
         self._rescan_loaded = False
         self._rescan_base: float | None = None  # where the last sweep started
         self._last_sweep_mono: float | None = None
@@ -154,6 +157,7 @@ class EventsPoller:
         now = self._clock.now()
         self.status.last_run_at = now
         total = IngestStats()
+        self._pages_this_run = 0
         windows = 0
         rescan_done = False
         cursor: float | None = None
@@ -234,6 +238,7 @@ class EventsPoller:
         )
 
     async def _ingest_page(self, page: Page, total: IngestStats) -> None:
+        self._pages_this_run += 1
         self._metrics.items_fetched.labels(job=self.job).inc(len(page.items))
         if page.items:
             total.add(await self._ingestor.ingest(page.items, job=self.job))
@@ -261,7 +266,7 @@ class EventsPoller:
             )
             self._last_sweep_mono = mono
         sweep = self._sweep
-        budget = self._rescan_pages
+        budget = max(1, min(self._rescan_pages, self._run_pages - self._pages_this_run))
         while budget > 0:
             if sweep.pages is None:
                 if not sweep.windows:

@@ -18,6 +18,8 @@ from conftest import wait_for
 from structlog.testing import capture_logs
 from webhook_receiver import always
 
+from bridge.pollers import EventsPoller
+
 START = 1_764_000_000.0
 LOOKBACK = 60.0
 
@@ -219,3 +221,64 @@ async def test_sigterm_during_a_long_poll_stops_at_the_next_page(
     with sqlite3.connect(tmp_path / "bridge.db") as conn:
         (stored,) = conn.execute("SELECT value FROM cursors WHERE job = 'events'").fetchone()
     assert stored == cursor
+
+
+async def test_a_busy_fleet_reads_the_head_every_run_and_rescans_within_its_budget(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    rig = await make_rig(
+        aiohttp_server,
+        aiohttp_client,
+        tmp_path,
+        config={"upstream": {"page_size": 20}},
+        webhook=False,
+    )
+    now = int(rig.clock.now())
+    for i in range(600):  # a full lookback window: 600 events in the last 15 minutes
+        rig.sim.add_event(timestamp=now - 899 + i * 3 // 2)
+    rig.clock.advance(1)
+    await rig.run("events")  # the bridge's own poll stores them all
+    b = rig.bridge
+    assert b.client is not None
+    assert b.ingestor is not None
+    cfg = b.settings.poll.events.model_copy(
+        update={
+            "interval_s": 10,
+            "lookback_s": 900,
+            "head_lookback_s": 30,
+            "rescan_interval_s": 60,
+        }
+    )
+    # 2 requests/s: the re-scan may read 0.5 * 2 * 10 = 10 pages per run.
+    poller = EventsPoller(cfg, b.client, b.ingestor, rig.clock, b.metrics, max_requests_per_s=2)
+    assert poller.rescan_pages_per_run == 10
+
+    def pages() -> int:
+        return sum(1 for r in rig.sim.requests if r.path == "/V2/events")
+
+    per_run: list[int] = []
+    late: dict[str, Any] | None = None
+    for run in range(12):
+        for _ in range(20):  # 2 new events per second keep arriving
+            rig.sim.add_event(timestamp=int(rig.clock.now()))
+        if run == 1:
+            # Arrives 800 s late: older than the head, inside lookback_s, and behind
+            # where the running sweep has got to: the next sweep finds it.
+            late = rig.sim.add_event(timestamp=int(rig.clock.now()) - 800)
+        before = pages()
+        await poller.run_once()
+        per_run.append(pages() - before)
+        rig.clock.advance(10)
+    # Old code re-read the whole window every run (31 pages of 20 here).
+    # The head: [cursor - 30 s, now], both ends inclusive, holds up to five batches of
+    # 20 here (5 pages), plus the empty page that ends a list of whole pages.
+    head_pages = 6
+    assert max(per_run) <= head_pages + 10, str(per_run)
+    # Two sweeps of about 32 pages in 12 runs, not 12 full re-reads.
+    assert sum(per_run) <= 12 * head_pages + 2 * 35, per_run
+    assert late is not None
+    await wait_for(
+        lambda: late["ticket"] in _delivered(rig), message="the late event, from the re-scan"
+    )
+    expected = {e.item["ticket"] for e in rig.sim.events}
+    await wait_for(lambda: _delivered(rig) >= expected, message="every event")

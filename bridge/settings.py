@@ -154,7 +154,7 @@ class EventsPoll(_Strict):
     # head_lookback_s); the whole lookback_s window is re-scanned every
     # rescan_interval_s, with at most rescan_budget of max_requests_per_s.
     head_lookback_s: NonNegativeSeconds = 30
-    rescan_interval_s: PositiveSeconds = 300
+    rescan_interval_s: PositiveSeconds = 60
     rescan_budget: float = Field(0.5, gt=0, le=1)
     max_window_s: PositiveSeconds = 3600
     start_from: str = "now"

@@ -694,3 +694,16 @@ async def test_state_survives_close_and_reopen(db_path: Path, fake_clock: FakeCl
         assert (again.id, again.body) == (d.id, n.body)
     finally:
         await second.close()
+
+
+async def test_a_notification_is_stored_once(store: SqliteStore, db_path: Path) -> None:
+    # Issue #9 (store growth): ticket and device_cid repeated the body and were never
+    # read; the type index served only a count. bench/store_size.py measures the rest.
+    columns = {row[1] for row in raw(db_path, "PRAGMA table_info(notifications)")}
+    assert columns == {"id", "type", "created_at", "event_at", "body"}
+    indexes = {row[1] for row in raw(db_path, "PRAGMA index_list(notifications)")}
+    assert "notifications_type" not in indexes
+    n = note()
+    await add(store, [n], ["hook"])
+    assert raw(db_path, "SELECT body FROM notifications") == [(n.body,)]
+    assert await store.count_notifications("event.created") == 1

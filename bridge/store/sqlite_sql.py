@@ -34,8 +34,8 @@ ON CONFLICT (ticket) DO UPDATE SET
     fingerprint = excluded.fingerprint,
     updated_at = excluded.updated_at"""
 INSERT_NOTIFICATION = """
-INSERT INTO notifications (id, type, created_at, event_at, ticket, device_cid, body)
-VALUES (?, ?, ?, ?, ?, ?, ?)"""
+INSERT INTO notifications (id, type, created_at, event_at, body)
+VALUES (?, ?, ?, ?, ?)"""
 INSERT_DELIVERY = """
 INSERT INTO deliveries (notification_id, target, state, attempts, next_attempt_at,
                         created_at, updated_at)

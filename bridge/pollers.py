@@ -64,9 +64,11 @@ def poll_windows(start: float, end: float, max_window_s: float) -> Iterator[tupl
 
 
 def failure_reason(err: BaseException) -> str:
-    """A short, stable reason for the status API (`auth failed`, `store unavailable`, …)."""
+    """A short, stable reason for the status API (`auth failed`, `store full`, …)."""
     if isinstance(err, StoreUnavailable):
-        return "store unavailable"
+        # SQLITE_FULL ("database or disk is full") and ENOSPC both say "full".
+        text = str(err).lower()
+        return "store full" if "full" in text or "no space" in text else "store unavailable"
     if isinstance(err, UpstreamAuthError):
         return "auth failed"
     if isinstance(err, UpstreamError):

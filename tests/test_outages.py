@@ -18,7 +18,9 @@ from conftest import wait_for
 from structlog.testing import capture_logs
 from webhook_receiver import always
 
-from bridge.pollers import EventsPoller
+from bridge.pollers import EventsPoller, failure_reason
+from bridge.store.base import StoreUnavailable
+from bridge.upstream.errors import UpstreamApiError, UpstreamAuthError, UpstreamUnavailable
 
 START = 1_764_000_000.0
 LOOKBACK = 60.0
@@ -282,3 +284,14 @@ async def test_a_busy_fleet_reads_the_head_every_run_and_rescans_within_its_budg
     )
     expected = {e.item["ticket"] for e in rig.sim.events}
     await wait_for(lambda: _delivered(rig) >= expected, message="every event")
+
+
+def test_failure_reasons_name_the_condition() -> None:
+    full = StoreUnavailable("SQLite ingest failed: database or disk is full")
+    assert failure_reason(full) == "store full"
+    assert failure_reason(StoreUnavailable("[Errno 28] No space left on device")) == "store full"
+    assert failure_reason(StoreUnavailable("the SQLite store is closed")) == "store unavailable"
+    assert failure_reason(UpstreamAuthError("refused", status=401)) == "auth failed"
+    assert failure_reason(UpstreamUnavailable("timeout")) == "upstream unavailable"
+    assert failure_reason(UpstreamApiError("no", status=400)) == "upstream error"
+    assert failure_reason(ValueError("bug")) == "internal error"

@@ -168,9 +168,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "delivered": len(on_time) + len(late),
             }
         )
-    cutoff = began + 60 * (args.minutes - 1)  # arrived with a minute left to be delivered
-    new = [t for t in arrivals if t not in preloaded and arrivals[t][0] < cutoff]
+    # On-time events that arrived with a minute left must all be there; late ones
+    # wait for the next sweep, so only those that arrived 4 minutes before the end.
     got = {t for t, _ in receipts.created}
+    end = began + 60 * args.minutes
+
+    def missing(late: bool, margin_s: float) -> int:
+        return sum(
+            1
+            for t, (arrived, stamp) in arrivals.items()
+            if t not in preloaded
+            and t not in got
+            and (arrived - stamp > 30) == late
+            and arrived < end - margin_s
+        )
+
     return {
         "rate": args.rate,
         "devices": args.devices,
@@ -178,7 +190,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "preloaded": preload,
         "budget_requests_per_min": 5 * 60,
         "minutes": minutes,
-        "missing_after_run": sum(1 for t in new if t not in got),
+        "missing_on_time": missing(False, 60),
+        "missing_late": missing(True, 240),
     }
 
 

@@ -126,6 +126,7 @@ class Dispatcher:
         self._release_due = False  # waiting deliveries still to be made due (recovery)
         self._failures = 0  # consecutive transient failures
         self._probe_id: int | None = None  # the delivery probing a failing target
+        self._dead_logged = False  # a dead delivery was logged since the last success
         self._next_expiry_check = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._workers: list[asyncio.Task[None]] = []
@@ -438,6 +439,7 @@ class Dispatcher:
             self.health.delivered += 1
             self.health.last_success_at = now
             self.health.last_error = None  # recovered: the status shows no stale error
+            self._dead_logged = False
             await self._receiver_answered(now)
             return
         self.health.last_error = result.error
@@ -470,6 +472,11 @@ class Dispatcher:
         )
         self._queue_outcome(outcome)
         (self._m_dead if outcome.state is DeliveryState.DEAD else self._m_retry).inc()
+        if outcome.state is DeliveryState.DEAD and not self._dead_logged:
+            # Once until the next success: a receiver refusing everything would
+            # otherwise log every delivery (the API lists each dead one).
+            self._dead_logged = True
+            log.warning("delivery dead", target=self.name, status=result.status, error=result.error)
         if result.retryable:
             await self._transient_failure(now, result, was_probe=was_probe)
         else:

@@ -309,3 +309,25 @@ async def test_outcomes_kept_through_a_store_outage_and_logged_once(
         assert len(failed) == 1
         assert "exc_info" not in failed[0]
         assert [e["event"] for e in lines].count("recording delivery outcomes recovered") == 1
+
+
+async def test_dead_deliveries_are_logged_once_until_the_next_success(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    switch = Switch(400)
+    async with running(aiohttp_server, tmp_path, switch) as rig:
+        with capture_logs() as logs:
+            await rig.enqueue([note(i) for i in range(20)])
+            await wait_for(lambda: rig.receiver.requests == 20, message="20 refusals")
+            await rig.dispatcher.wait_idle()
+            switch.status = 200
+            await rig.enqueue([note(20)])
+            await wait_for(lambda: len(rig.receiver.envelopes) == 1, message="a success")
+            switch.status = 400
+            await rig.enqueue([note(21)])
+            await wait_for(lambda: rig.receiver.requests == 22, message="another refusal")
+            await rig.dispatcher.wait_idle()
+        assert (await rig.counts())["dead"] == 21
+        assert not rig.dispatcher.state.failing  # the receiver answers: not failing
+        dead = [e for e in logs if e["event"] == "delivery dead"]
+        assert [e["status"] for e in dead] == [400, 400]

@@ -46,7 +46,7 @@ from bridge.store.base import (
     StoreUnavailable,
     TargetState,
 )
-from bridge.streak import Streak
+from bridge.streak import Streak, failure_reason
 from bridge.targets.base import LazyEnvelope, SendResult, Target
 
 log = structlog.get_logger(__name__)
@@ -226,8 +226,9 @@ class Dispatcher:
             return f"failing: {self.health.last_error or 'transient failures'}"
         if state.hold_until is not None and state.hold_until > self._clock.now():
             return "held by the receiver's Retry-After"
-        if self._feed_streak.failing or self._flush_streak.failing:
-            return "store unavailable"
+        for streak in (self._feed_streak, self._flush_streak):
+            if streak.failing:
+                return failure_reason(StoreUnavailable(streak.last_error or ""))
         return None
 
     async def resume(self) -> bool:

@@ -38,8 +38,9 @@ from bridge.ingest import EventIngestor, IngestStats
 from bridge.metrics import Metrics
 from bridge.settings import EventsPoll, parse_start_from
 from bridge.store.base import StoreUnavailable
+from bridge.streak import failure_reason
 from bridge.upstream.client import Page, UpstreamClient
-from bridge.upstream.errors import UpstreamAuthError, UpstreamError
+from bridge.upstream.errors import UpstreamError
 
 log = structlog.get_logger(__name__)
 
@@ -61,21 +62,6 @@ def poll_windows(start: float, end: float, max_window_s: float) -> Iterator[tupl
         upper = min(lo + step, hi)
         yield (lo, upper)
         lo = upper
-
-
-def failure_reason(err: BaseException) -> str:
-    """A short, stable reason for the status API (`auth failed`, `store full`, …)."""
-    if isinstance(err, StoreUnavailable):
-        # SQLITE_FULL ("database or disk is full") and ENOSPC both say "full".
-        text = str(err).lower()
-        return "store full" if "full" in text or "no space" in text else "store unavailable"
-    if isinstance(err, UpstreamAuthError):
-        return "auth failed"
-    if isinstance(err, UpstreamError):
-        return (
-            "upstream unavailable" if err.status is None or err.status >= 429 else "upstream error"
-        )
-    return "internal error"
 
 
 @dataclass

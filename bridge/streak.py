@@ -1,9 +1,11 @@
-"""Log a failure once per streak and the recovery once (SPEC §7: state changes, not repeats).
+"""Failure streaks: log the first failure once and the recovery once, name the reason.
 
-Loops that retry on their own (a dispatcher's feeder and outcome flusher, the poll
-scheduler, the upstream transport) would otherwise write a line, or a traceback,
-every 50 ms to every second for as long as the store or the vendor is away (issue
-#9, #10). Expected conditions — the store unavailable, the vendor unreachable —
+SPEC §7: log state changes, not repeats.
+
+Loops that retry on their own (a dispatcher's feeder, outcome flusher and sends)
+would otherwise write a line, or a traceback, every 50 ms to every second for as
+long as the store or the receiver is away (issues #9, #10); the poll scheduler and
+the upstream transport keep their own streak counters and use `failure_reason`. Expected conditions — the store unavailable, the vendor unreachable —
 get one warning without a traceback; anything else gets one traceback, since it is
 a bug worth reading once.
 """
@@ -16,6 +18,7 @@ from typing import Any
 import structlog
 
 from bridge.store.base import StoreUnavailable
+from bridge.upstream.errors import UpstreamAuthError, UpstreamError
 
 log = structlog.get_logger(__name__)
 
@@ -66,3 +69,18 @@ class Streak:
         self.failures = 0
         self.last_error = None
         return True
+
+
+def failure_reason(err: BaseException) -> str:
+    """A short, stable reason for the status API (`auth failed`, `store full`, …)."""
+    if isinstance(err, StoreUnavailable):
+        # SQLITE_FULL ("database or disk is full") and ENOSPC both say "full".
+        text = str(err).lower()
+        return "store full" if "full" in text or "no space" in text else "store unavailable"
+    if isinstance(err, UpstreamAuthError):
+        return "auth failed"
+    if isinstance(err, UpstreamError):
+        return (
+            "upstream unavailable" if err.status is None or err.status >= 429 else "upstream error"
+        )
+    return "internal error"

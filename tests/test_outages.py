@@ -18,8 +18,9 @@ from conftest import wait_for
 from structlog.testing import capture_logs
 from webhook_receiver import always
 
-from bridge.pollers import EventsPoller, failure_reason
+from bridge.pollers import EventsPoller
 from bridge.store.base import StoreUnavailable
+from bridge.streak import failure_reason
 from bridge.upstream.errors import UpstreamApiError, UpstreamAuthError, UpstreamUnavailable
 
 START = 1_764_000_000.0

@@ -8,17 +8,20 @@ cursor (SPEC §5.1). Each run has two parts:
   after all of its items are stored. This is what keeps new events within
   twice `interval_s` however busy the fleet is: it reads only what is new.
 * the **re-scan** of the `lookback_s` window (devices upload late, media changes):
-  a sweep over `[previous sweep's start - lookback_s, cursor]` that starts every
-  `rescan_interval_s` and reads at most `rescan_budget * max_requests_per_s *
-  interval_s` pages per run, continuing in the next run where it stopped. So a busy
-  fleet stretches the sweep over several runs instead of each run re-reading the
-  whole window (issue #9: 17,080 items fetched per run to find 715 new ones), and
-  the re-scan never takes more than its share of the vendor budget.
+  a sweep that starts every `rescan_interval_s` and reads at most `rescan_budget *
+  max_requests_per_s * interval_s` pages per run, continuing in the next run where
+  it stopped. So a busy fleet stretches the sweep over several runs instead of each
+  run re-reading the whole window (issue #9: 17,080 items fetched per run to find
+  715 new ones), and the re-scan never takes more than its share of the vendor budget.
 
-A sweep starts where the previous one started minus `lookback_s`, so an item that
-arrives up to `lookback_s` late is seen by the next sweep whatever the timing, and
-that start is stored (cursor `events:rescan`) so a restart resumes it. De-dup
-absorbs every overlap.
+What a sweep reads: every head run from cursor `c` leaves `[c - lookback_s, c]` to
+re-scan (an item up to `lookback_s` late may still arrive there), and a sweep
+starting at cursor `T` adds `[T - lookback_s, T]`. Those intervals, merged, are the
+sweep's windows: in steady operation one window of about `lookback_s` plus the time
+since the last sweep; after an outage or a restart two short ones around its ends,
+not the whole gap (the head read the gap). The start of the last finished sweep is
+stored (cursor `events:rescan`), so after a restart `[that - lookback_s, cursor]` is
+owed again. De-dup absorbs every overlap.
 """
 
 from __future__ import annotations
@@ -127,7 +130,7 @@ class EventsPoller:
         self._sweep: _Sweep | None = None
         self._pages_this_run = 0
         self._rescan_loaded = False
-        self._rescan_base: float | None = None  # where the last sweep started
+        self._owed: list[tuple[float, float]] = []  # merged intervals the next sweep reads
         self._last_sweep_mono: float | None = None
 
     @property
@@ -154,10 +157,8 @@ class EventsPoller:
             fresh = stored is None
             cursor = parse_start_from(self._cfg.start_from, now) if stored is None else stored
             if not self._rescan_loaded:
-                self._rescan_loaded = True
-                self._rescan_base = await self._ingestor.get_cursor(self.job + RESCAN_SUFFIX)
-                if self._rescan_base is None and not fresh:
-                    self._rescan_base = cursor  # resume the lookback from the stored cursor
+                await self._load_rescan(cursor, fresh=fresh)
+            self._owe(cursor)
             for since, until in poll_windows(cursor - self._head_back, now, self._cfg.max_window_s):
                 windows += 1
                 await self._scan_window(since, until, total)
@@ -171,11 +172,6 @@ class EventsPoller:
                     await self._ingestor.move_cursor(self.job, cursor)
                     self.status.cursor = cursor
             self.status.cursor = cursor
-            if self._rescan_base is None:
-                # A fresh store's head read everything since start_from: the first
-                # sweep is due one rescan interval from now and starts here.
-                self._rescan_base = cursor
-                self._last_sweep_mono = self._clock.monotonic()
             rescan_done = await self._rescan(cursor, total)
         except _Stopped:
             log.info("poll stopped at a page boundary for shutdown", job=self.job, cursor=cursor)
@@ -246,12 +242,12 @@ class EventsPoller:
             )
             if not due:
                 return False
-            base = min(self._rescan_base if self._rescan_base is not None else cursor, cursor)
-            self._sweep = _Sweep(
-                base=cursor,
-                windows=list(poll_windows(base - lookback, cursor, self._cfg.max_window_s)),
-                started_mono=mono,
-            )
+            self._owe(cursor)
+            windows = [
+                w for lo, hi in self._owed for w in poll_windows(lo, hi, self._cfg.max_window_s)
+            ]
+            self._owed = []
+            self._sweep = _Sweep(base=cursor, windows=windows, started_mono=mono)
             self._last_sweep_mono = mono
         sweep = self._sweep
         budget = max(1, min(self._rescan_pages, self._run_pages - self._pages_this_run))
@@ -277,7 +273,6 @@ class EventsPoller:
         if sweep.windows:
             return False
         self._sweep = None
-        self._rescan_base = sweep.base
         await self._ingestor.move_cursor(self.job + RESCAN_SUFFIX, sweep.base)
         log.debug(
             "rescan finished",
@@ -287,6 +282,31 @@ class EventsPoller:
             duration_s=round(self._clock.monotonic() - sweep.started_mono, 3),
         )
         return True
+
+    async def _load_rescan(self, cursor: float, *, fresh: bool) -> None:
+        """What the first sweep after a start owes: since the last finished sweep's start."""
+        last = await self._ingestor.get_cursor(self.job + RESCAN_SUFFIX)
+        self._rescan_loaded = True
+        if fresh:
+            # A fresh store's head reads everything since start_from: the first sweep
+            # is due one rescan interval from now.
+            self._last_sweep_mono = self._clock.monotonic()
+            return
+        start = cursor if last is None else min(last, cursor)
+        self._owed = [(start - self._cfg.lookback_s, cursor)]
+
+    def _owe(self, cursor: float) -> None:
+        """Add `[cursor - lookback_s, cursor]` to what the next sweep reads (merged)."""
+        if self._cfg.lookback_s <= self._head_back:
+            return  # the head reads the whole lookback window itself
+        lo, hi = cursor - self._cfg.lookback_s, cursor
+        merged: list[tuple[float, float]] = []
+        for a, b in sorted([*self._owed, (lo, hi)]):
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        self._owed = merged
 
     def _failed(
         self, fields: dict[str, Any], err: BaseException, started: float, total: IngestStats

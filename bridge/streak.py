@@ -4,10 +4,12 @@ SPEC §7: log state changes, not repeats.
 
 Loops that retry on their own (a dispatcher's feeder, outcome flusher and sends)
 would otherwise write a line, or a traceback, every 50 ms to every second for as
-long as the store or the receiver is away (issues #9, #10); the poll scheduler and
-the upstream transport keep their own streak counters and use `failure_reason`. Expected conditions — the store unavailable, the vendor unreachable —
-get one warning without a traceback; anything else gets one traceback, since it is
-a bug worth reading once.
+long as the store or the receiver is away (issues #9, #10). The poll scheduler and
+the upstream transport keep their own streak counters; `failure_reason` names the
+condition for the status API.
+Expected conditions (the store unavailable, the vendor unreachable) get one warning
+without a traceback; anything else gets one traceback, since it is a bug worth
+reading once.
 """
 
 from __future__ import annotations

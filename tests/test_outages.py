@@ -78,10 +78,20 @@ async def test_restart_after_ten_lookbacks_of_downtime_loses_nothing(
     for _ in range(60):
         rig.clock.advance(10)
         rig.sim.add_event(timestamp=int(rig.clock.now()) - 3)
+    seen = len(rig.sim.requests)
     await rig.restart()
     await rig.settle()
     expected = {e.item["ticket"] for e in rig.sim.events}
     assert len(expected) == 61
+    # The head reads the whole gap once; the re-scan reads lookback_s around each of
+    # its ends, not the gap again.
+    windows = {
+        (int(r.query["since"]), int(r.query["until"]))
+        for r in rig.sim.requests[seen:]
+        if r.path == "/V2/events"
+    }
+    assert [w for w in windows if w[1] - w[0] > 600] == [(int(stored) + 5 - 30, int(START) + 605)]
+    assert all(w[1] - w[0] <= LOOKBACK + 5 for w in windows if w[1] - w[0] <= 600)
     await wait_for(lambda: _delivered(rig) >= expected, message="every ticket delivered")
     assert _delivered(rig) == expected
     assert rig.bridge.events_poller is not None

@@ -64,6 +64,7 @@ class PollLease:
         self._valid_until = float("-inf")  # monotonic
         self._task: asyncio.Task[None] | None = None
         self._leading = False
+        self._step_lock = asyncio.Lock()
 
     @property
     def epoch(self) -> int | None:
@@ -108,6 +109,10 @@ class PollLease:
 
     async def step(self) -> None:
         """One round: renew if we hold the lease, else try to take it."""
+        async with self._step_lock:  # the loop and `ensure` never race each other
+            await self._step()
+
+    async def _step(self) -> None:
         sent = self._clock.monotonic()
         epoch = self._epoch
         try:

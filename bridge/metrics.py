@@ -70,6 +70,18 @@ class Metrics:
         self.poll_leader = Gauge(
             "bridge_poll_leader", "1 on the replica holding the poll lease, else 0", registry=r
         )
+        self.target_failing = Gauge(
+            "bridge_target_failing",
+            "1 while a target is failing: only a probe delivery goes out (SPEC §4)",
+            ["target"],
+            registry=r,
+        )
+        self.store_errors = Counter(
+            "bridge_store_errors_total",
+            "Store operations that failed, by the component that retries them",
+            ["component"],
+            registry=r,
+        )
         self.cursor_lag = Gauge(
             "bridge_cursor_lag_seconds",
             "How far a poller's cursor is behind now",

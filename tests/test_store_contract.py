@@ -485,6 +485,49 @@ async def test_target_state_round_trips(store: Store) -> None:
     assert await store.get_target_state("hook") == TargetState()
 
 
+# -- a failing target's probe ------------------------------------------------------------
+
+
+async def test_probe_claims_the_oldest_pending_row_due_or_not(store: Store) -> None:
+    await add(store, [note(T0), note(T0 + 1), note(T0 + 2)], ["hook", "other"])
+    first, second, third = await store.claim("hook", T0, 10, fifo=False)
+    later = [
+        Outcome(d.id, DeliveryState.PENDING, 1, 503, "down", T0 + 1000)
+        for d in (first, second, third)
+    ]
+    await store.record_outcomes(later, T0)
+    assert await store.claim("hook", T0 + 10, 10, fifo=False) == []
+    probe = await store.claim_probe("hook", T0 + 10)
+    assert probe is not None
+    assert (probe.id, probe.attempts) == (first.id, 1)
+    # The other target's rows are untouched; the probe row is in flight now.
+    assert await store.claim_probe("hook", T0 + 10) is not None
+    assert (await store.claim_probe("hook", T0 + 10)) is not None
+    assert await store.claim_probe("hook", T0 + 10) is None
+    await store.record_outcomes(later, T0)
+    woken: list[str] = []
+    store.subscribe("hook", lambda: woken.append("hook"))
+    assert await store.release_waiting("hook", T0 + 20) == 3
+    assert set(woken) == {"hook"}  # (a shared store also hears its own NOTIFY)
+    assert len(await store.claim("hook", T0 + 20, 10, fifo=False)) == 3
+    assert (await store.queue_counts())["other"]["pending"] == 3
+
+
+async def test_expire_pending_dead_letters_only_old_pending_rows_of_one_target(
+    store: Store, fake_clock: FakeClock
+) -> None:
+    await add(store, [note(T0)], ["hook", "other"])
+    fake_clock.advance(100)
+    await add(store, [note(T0 + 100)], ["hook"])
+    assert await store.expire_pending("hook", fake_clock.now() - 50, fake_clock.now()) == 1
+    counts = await store.queue_counts()
+    assert counts["hook"] == {"pending": 1, "in_flight": 0, "dead": 1}
+    assert counts["other"] == {"pending": 1, "in_flight": 0, "dead": 0}
+    (dead,), _ = await store.list_deliveries(state=DeliveryState.DEAD)
+    assert dead.last_error is not None
+    assert "max_age_s" in dead.last_error
+
+
 # -- the poll lease -------------------------------------------------------------------------
 
 
@@ -494,17 +537,21 @@ async def test_the_lease_has_one_holder_and_a_new_epoch_per_holder(store: Store)
     assert a is not None
     assert (a.holder, a.epoch) == ("a", 1)
     assert await store.acquire_lease("b", 30) is None
-    assert await store.acquire_lease("a", 30) is None  # held: renew, don't re-acquire
     renewed = await store.renew_lease("a", 1, 30)
     assert renewed is not None
     assert renewed.epoch == 1
     assert renewed.expires_at >= a.expires_at
     assert await store.renew_lease("b", 1, 30) is None
-    await store.release_lease("a", 1)
-    assert await store.renew_lease("a", 1, 30) is None  # released: gone for good
+    # Taken again by its holder (it lost it locally): a new epoch fences its old work.
+    again = await store.acquire_lease("a", 30)
+    assert again is not None
+    assert (again.holder, again.epoch) == ("a", 2)
+    assert await store.renew_lease("a", 1, 30) is None
+    await store.release_lease("a", 2)
+    assert await store.renew_lease("a", 2, 30) is None  # released: gone for good
     b = await store.acquire_lease("b", 30)
     assert b is not None
-    assert (b.holder, b.epoch) == ("b", 2)
+    assert (b.holder, b.epoch) == ("b", 3)
     assert await store.get_lease() == b
 
 

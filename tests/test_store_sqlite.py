@@ -64,17 +64,18 @@ def raw(db_path: Path, query: str, params: Sequence[Any] = ()) -> list[Any]:
 
 # -- migrations and connection -----------------------------------------------------------
 
+MIGRATIONS = load_migrations("sqlite")
+
 
 async def test_open_creates_directory_wal_file_and_records_schema_version(
     store: SqliteStore, db_path: Path
 ) -> None:
     assert db_path.exists()
     assert raw(db_path, "PRAGMA journal_mode") == [("wal",)]
-    assert raw(db_path, "SELECT version, name FROM schema_version") == [
-        (1, "init"),
-        (2, "claims_lease"),
-        (3, "storm_control"),
+    assert raw(db_path, "SELECT version, name FROM schema_version ORDER BY version") == [
+        (m.version, m.name) for m in MIGRATIONS
     ]
+    assert MIGRATIONS[0].name == "init"
     tables = {r[0] for r in raw(db_path, "SELECT name FROM sqlite_master WHERE type='table'")}
     assert {
         "notifications",
@@ -96,7 +97,7 @@ async def test_reopen_applies_nothing_twice_and_keeps_data(
     second = SqliteStore(db_path, fake_clock)
     await second.open()
     try:
-        assert raw(db_path, "SELECT count(*) FROM schema_version") == [(3,)]
+        assert raw(db_path, "SELECT count(*) FROM schema_version") == [(len(MIGRATIONS),)]
         assert await second.count_notifications() == 1
     finally:
         await second.close()
@@ -108,7 +109,8 @@ async def test_two_processes_opening_at_once_migrate_once(
     a, b = SqliteStore(db_path, fake_clock), SqliteStore(db_path, fake_clock)
     await asyncio.gather(a.open(), b.open())
     try:
-        assert raw(db_path, "SELECT version FROM schema_version") == [(1,), (2,), (3,)]
+        versions = raw(db_path, "SELECT version FROM schema_version ORDER BY version")
+        assert versions == [(m.version,) for m in MIGRATIONS]
         await add(a, [note()], ["hook"])
         assert await b.count_notifications() == 1
     finally:
@@ -272,6 +274,20 @@ async def test_recover_releases_in_flight_rows(store: SqliteStore) -> None:
     assert await store.recover() == 3
 
 
+async def test_target_state_round_trips(store: SqliteStore) -> None:
+    assert await store.get_target_state("hook") == TargetState()
+    paused = TargetState(paused=True, paused_reason="410 Gone", hold_until=T0 + 9)
+    await store.set_target_state("hook", paused)
+    assert await store.get_target_state("hook") == paused
+    await store.set_target_state("hook", TargetState())
+    assert await store.get_target_state("hook") == TargetState()
+    failing = TargetState(failures=7, probe_at=T0 + 4)
+    await store.set_target_state("hook", failing)
+    assert await store.get_target_state("hook") == failing
+    assert failing.failing
+    assert not TargetState().failing
+
+
 # -- operations -------------------------------------------------------------------------------
 
 
@@ -350,3 +366,16 @@ async def test_state_survives_close_and_reopen(db_path: Path, fake_clock: FakeCl
         assert (again.id, again.body) == (d.id, n.body)
     finally:
         await second.close()
+
+
+async def test_a_notification_is_stored_once(store: SqliteStore, db_path: Path) -> None:
+    # Issue #9 (store growth): ticket and device_cid repeated the body and were never
+    # read; the type index served only a count. bench/store_size.py measures the rest.
+    columns = {row[1] for row in raw(db_path, "PRAGMA table_info(notifications)")}
+    assert columns == {"id", "type", "created_at", "event_at", "body"}
+    indexes = {row[1] for row in raw(db_path, "PRAGMA index_list(notifications)")}
+    assert "notifications_type" not in indexes
+    n = note()
+    await add(store, [n], ["hook"])
+    assert raw(db_path, "SELECT body FROM notifications") == [(n.body,)]
+    assert await store.count_notifications("event.created") == 1

@@ -161,6 +161,13 @@ class TargetState:
     paused: bool = False
     paused_reason: str | None = None
     hold_until: float | None = None  # Retry-After: no sends before this time
+    failures: int = 0  # consecutive transient failures (as of the last save)
+    probe_at: float | None = None  # set while failing (SPEC §4): when the next probe may go
+
+    @property
+    def failing(self) -> bool:
+        """Whether only a probe delivery may go out."""
+        return self.probe_at is not None
 
 
 @dataclass(frozen=True)
@@ -351,7 +358,8 @@ class Store(Protocol):
     # -- the poll lease (SPEC §9) ---------------------------------------------------
 
     async def acquire_lease(self, holder: str, ttl_s: float) -> Lease | None:
-        """Take the lease if it is free or expired (epoch + 1); None if someone holds it."""
+        """Take the lease if it is free, expired or already ours (always a new epoch: a
+        holder that lost it locally fences its own older work); None if another holds it."""
         ...
 
     async def renew_lease(self, holder: str, epoch: int, ttl_s: float) -> Lease | None:
@@ -364,6 +372,21 @@ class Store(Protocol):
 
     async def get_lease(self) -> Lease | None:
         """The lease as stored (None before anyone took it)."""
+        ...
+
+    async def claim_probe(self, target: str, now: float) -> Delivery | None:
+        """Claim the oldest pending delivery of `target` whatever its next attempt time
+        (the probe of a failing target); None if nothing is pending."""
+        ...
+
+    async def release_waiting(self, target: str, now: float) -> int:
+        """Make every pending delivery of `target` due now (a failing target recovered)."""
+        ...
+
+    async def expire_pending(self, target: str, created_before: float, now: float) -> int:
+        """Dead-letter pending deliveries of `target` queued before `created_before`
+        (`max_age_s` for a target that is paused or failing, whose deliveries are not
+        attempted and so never reach the age check of a failed attempt)."""
         ...
 
     # -- operations --------------------------------------------------------------

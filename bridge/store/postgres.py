@@ -120,7 +120,6 @@ class PostgresStore:
         self._subscribers: dict[str, list[Callable[[], None]]] = {}
         self._fence: tuple[str, int] | None = None
         self._available = True
-        self._known_targets: set[str] = set()  # target_state rows known to exist
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -337,26 +336,11 @@ class PostgresStore:
             return []
         token = uuid.uuid4().hex
         lease = now + self._claim_s
-        serialize = fifo or max_in_flight is not None
-        async with self._conn("claim") as conn, conn.transaction():
-            if serialize and target not in self._known_targets:
-                # The row the claims of this target lock; made once per process.
-                await conn.execute(sql.ENSURE_TARGET_STATE, target, self._clock.now())
-                self._known_targets.add(target)
-            state = await conn.fetchrow(
-                sql.TARGET_STATE_LOCKED if serialize else sql.TARGET_STATE_FOR_CLAIM, target
+        # One statement (migration 0002): lock the target, count live claims, claim.
+        async with self._conn("claim") as conn:
+            rows = await conn.fetch(
+                sql.CLAIM, target, now, lease, token, limit, max_in_flight, fifo
             )
-            if state is not None and (state[0] or (state[1] or 0) > now):
-                return []
-            if max_in_flight is not None:
-                live = int(await conn.fetchval(sql.LIVE_CLAIMS, target, now))
-                limit = min(limit, max_in_flight - live)
-                if limit < 1:
-                    return []
-            if fifo:
-                rows = await conn.fetch(sql.CLAIM_FIFO, target, now, lease, token)
-            else:
-                rows = await conn.fetch(sql.CLAIM, target, now, lease, token, limit)
         return [delivery_from_row(row, token, lease) for row in rows]
 
     async def next_due_at(self, target: str, *, fifo: bool) -> float | None:
@@ -399,13 +383,51 @@ class PostgresStore:
             row = await conn.fetchrow(sql.GET_TARGET_STATE, target)
         if row is None:
             return TargetState()
-        return TargetState(paused=bool(row[0]), paused_reason=row[1], hold_until=row[2])
+        return TargetState(
+            paused=bool(row[0]),
+            paused_reason=row[1],
+            hold_until=row[2],
+            failures=int(row[3]),
+            probe_at=row[4],
+        )
 
     async def set_target_state(self, target: str, state: TargetState) -> None:
-        """Persist pause / hold state of a target."""
-        args = (target, state.paused, state.paused_reason, state.hold_until, self._clock.now())
+        """Persist pause / hold / failing state of a target."""
+        args = (
+            target,
+            state.paused,
+            state.paused_reason,
+            state.hold_until,
+            state.failures,
+            state.probe_at,
+            self._clock.now(),
+        )
         async with self._conn("set_target_state") as conn:
             await conn.execute(sql.SET_TARGET_STATE, *args)
+
+    async def claim_probe(self, target: str, now: float) -> Delivery | None:
+        """Claim the oldest pending delivery of `target`, due or not (a failing target's probe)."""
+        token, lease = uuid.uuid4().hex, now + self._claim_s
+        async with self._conn("claim_probe") as conn:
+            row = await conn.fetchrow(sql.CLAIM_PROBE, target, now, lease, token)
+        return None if row is None else delivery_from_row(row, token, lease)
+
+    async def release_waiting(self, target: str, now: float) -> int:
+        """Make every pending delivery of `target` due now (the target recovered)."""
+        async with self._conn("release_waiting") as conn, conn.transaction():
+            count = _rowcount(await conn.execute(sql.RELEASE_WAITING, target, now))
+            if count:
+                await self._notify(conn, [target])
+        if count:
+            self._wake([target])
+        return count
+
+    async def expire_pending(self, target: str, created_before: float, now: float) -> int:
+        """Dead-letter pending deliveries of `target` queued before `created_before`."""
+        error = "expired: not delivered within retry.max_age_s"
+        async with self._conn("expire_pending") as conn:
+            status = await conn.execute(sql.EXPIRE_PENDING, target, created_before, now, error)
+        return _rowcount(status)
 
     async def _target_update(self, what: str, query: str, *args: Any) -> bool:
         async with self._conn(what) as conn, conn.transaction():
@@ -667,7 +689,7 @@ class PostgresIngestTx:
         now = self._clock.now()
         await db.execute(
             sql.INSERT_NOTIFICATIONS,
-            *_columns([notification_row(item.notification) for item in items], 7),
+            *_columns([notification_row(item.notification) for item in items], 5),
         )
         deliveries = [
             (item.notification.id, target, min(now, item.notification.created_at))

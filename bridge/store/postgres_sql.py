@@ -50,9 +50,8 @@ FROM unnest($1::text[], $2::int[], $3::text[], $4::float8[], $5::int[])
 WHERE s.ticket = u.ticket AND s.revision = u.prev
 RETURNING s.ticket"""
 INSERT_NOTIFICATIONS = """
-INSERT INTO notifications (id, type, created_at, event_at, ticket, device_cid, body)
-SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::float8[], $5::text[],
-                     $6::text[], $7::text[])"""
+INSERT INTO notifications (id, type, created_at, event_at, body)
+SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::float8[], $5::text[])"""
 # WITH ORDINALITY + ORDER BY: identity ids follow the items' order (creation order).
 INSERT_DELIVERIES = """
 INSERT INTO deliveries (notification_id, target, state, attempts, next_attempt_at,
@@ -78,45 +77,9 @@ NOTIFY = "SELECT pg_notify($1, $2)"
 
 # -- dispatch -------------------------------------------------------------------------
 
-TARGET_STATE_FOR_CLAIM = "SELECT paused, hold_until FROM target_state WHERE target = $1"
-# Capped and FIFO claims lock the target's row: claims of that target then run one
-# after another across replicas, so the cap and the head of line are decided once.
-TARGET_STATE_LOCKED = TARGET_STATE_FOR_CLAIM + " FOR UPDATE"
-LIVE_CLAIMS = """
-SELECT count(*) FROM deliveries WHERE target = $1 AND state = 'in_flight' AND lease_until >= $2"""
-_CLAIM_RETURNING = """
-RETURNING d.id, d.notification_id, d.target, d.attempts, d.created_at)
-SELECT c.id, c.notification_id, n.type, c.target, n.body, c.attempts, c.created_at, n.event_at
-FROM c JOIN notifications AS n ON n.id = c.notification_id
-ORDER BY c.id"""
-# SKIP LOCKED: replicas claiming the same target at once take disjoint rows.
-CLAIM = (
-    """
-WITH c AS (
-UPDATE deliveries AS d
-SET state = 'in_flight', lease_until = $3, claim_token = $4, updated_at = $2
-WHERE d.id IN (
-    SELECT id FROM deliveries
-    WHERE target = $1
-      AND state IN ('pending', 'in_flight')
-      AND CASE state WHEN 'pending' THEN next_attempt_at <= $2 ELSE lease_until < $2 END
-    ORDER BY id LIMIT $5
-    FOR UPDATE SKIP LOCKED
-)"""
-    + _CLAIM_RETURNING
-)
-CLAIM_FIFO = (
-    """
-WITH c AS (
-UPDATE deliveries AS d
-SET state = 'in_flight', lease_until = $3, claim_token = $4, updated_at = $2
-WHERE d.id = (
-    SELECT id FROM deliveries
-    WHERE target = $1 AND state IN ('pending', 'in_flight')
-    ORDER BY id LIMIT 1
-) AND CASE d.state WHEN 'pending' THEN d.next_attempt_at <= $2 ELSE d.lease_until < $2 END"""
-    + _CLAIM_RETURNING
-)
+# The claim is a function (migrations/postgresql/0002_claim_function.sql): its
+# statements need fresh snapshots one after another, and it costs one round trip.
+CLAIM = "SELECT * FROM fleet_bridge_claim($1, $2, $3, $4, $5, $6, $7)"
 FIFO_HEAD = """
 SELECT state, next_attempt_at, lease_until FROM deliveries
 WHERE target = $1 AND state IN ('pending', 'in_flight') ORDER BY id LIMIT 1"""
@@ -136,15 +99,42 @@ RECOVER_EXPIRED = """
 UPDATE deliveries SET state = 'pending', lease_until = NULL, claim_token = NULL, updated_at = $1
 WHERE state = 'in_flight' AND lease_until < $1
 RETURNING target"""
-GET_TARGET_STATE = "SELECT paused, paused_reason, hold_until FROM target_state WHERE target = $1"
+GET_TARGET_STATE = """
+SELECT paused, paused_reason, hold_until, failures, probe_at FROM target_state WHERE target = $1"""
 SET_TARGET_STATE = """
-INSERT INTO target_state (target, paused, paused_reason, hold_until, updated_at)
-VALUES ($1, $2, $3, $4, $5)
+INSERT INTO target_state (target, paused, paused_reason, hold_until, failures, probe_at,
+                          updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
 ON CONFLICT (target) DO UPDATE SET
     paused = excluded.paused,
     paused_reason = excluded.paused_reason,
     hold_until = excluded.hold_until,
+    failures = excluded.failures,
+    probe_at = excluded.probe_at,
     updated_at = excluded.updated_at"""
+# The probe of a failing target: the oldest claimable row, due or not.
+CLAIM_PROBE = """
+WITH c AS (
+UPDATE deliveries AS d
+SET state = 'in_flight', lease_until = $3, claim_token = $4, updated_at = $2
+WHERE d.id = (
+    SELECT id FROM deliveries
+    WHERE target = $1
+      AND state IN ('pending', 'in_flight')
+      AND (state = 'pending' OR lease_until < $2)
+    ORDER BY id LIMIT 1
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING d.id, d.notification_id, d.target, d.attempts, d.created_at)
+SELECT c.id, c.notification_id, n.type, c.target, n.body, c.attempts, c.created_at, n.event_at
+FROM c JOIN notifications AS n ON n.id = c.notification_id"""
+RELEASE_WAITING = """
+UPDATE deliveries SET next_attempt_at = $2, updated_at = $2
+WHERE target = $1 AND state = 'pending' AND next_attempt_at > $2"""
+EXPIRE_PENDING = """
+UPDATE deliveries
+SET state = 'dead', last_error = $4, next_attempt_at = NULL, updated_at = $3
+WHERE target = $1 AND state = 'pending' AND created_at < $2"""
 ENSURE_TARGET_STATE = """
 INSERT INTO target_state (target, paused, updated_at) VALUES ($1, false, $2)
 ON CONFLICT (target) DO NOTHING"""
@@ -170,7 +160,8 @@ INSERT INTO poll_lease (name, holder, epoch, expires_at)
 VALUES ('poll', $1, 1, {DB_NOW} + $2::float8)
 ON CONFLICT (name) DO UPDATE SET
     holder = excluded.holder, epoch = poll_lease.epoch + 1, expires_at = excluded.expires_at
-WHERE poll_lease.holder IS NULL OR poll_lease.expires_at < {DB_NOW}
+WHERE poll_lease.holder IS NULL OR poll_lease.holder = excluded.holder
+   OR poll_lease.expires_at < {DB_NOW}
 RETURNING holder, epoch, expires_at"""
 RENEW_LEASE = f"""
 UPDATE poll_lease SET expires_at = {DB_NOW} + $3::float8

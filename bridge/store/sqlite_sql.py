@@ -42,8 +42,8 @@ ON CONFLICT (ticket) DO UPDATE SET
     fingerprint = excluded.fingerprint,
     updated_at = excluded.updated_at"""
 INSERT_NOTIFICATION = """
-INSERT INTO notifications (id, type, created_at, event_at, ticket, device_cid, body)
-VALUES (?, ?, ?, ?, ?, ?, ?)"""
+INSERT INTO notifications (id, type, created_at, event_at, body)
+VALUES (?, ?, ?, ?, ?)"""
 INSERT_DELIVERY = """
 INSERT INTO deliveries (notification_id, target, state, attempts, next_attempt_at,
                         created_at, updated_at)
@@ -127,7 +127,6 @@ LIVE_CLAIMS = """
 SELECT count(*) FROM deliveries WHERE target = ? AND state = 'in_flight' AND lease_until >= ?"""
 TARGET_BLOCKED = """
 SELECT 1 FROM target_state WHERE target = ? AND (paused = 1 OR coalesce(hold_until, 0) > ?)"""
-GET_TARGET_STATE = "SELECT paused, paused_reason, hold_until FROM target_state WHERE target = ?"
 ENSURE_TARGET_STATE = """
 INSERT INTO target_state (target, paused, updated_at) VALUES (?, 0, ?)
 ON CONFLICT (target) DO NOTHING"""
@@ -149,7 +148,8 @@ ACQUIRE_LEASE = """
 INSERT INTO poll_lease (name, holder, epoch, expires_at) VALUES ('poll', :holder, 1, :until)
 ON CONFLICT (name) DO UPDATE SET
     holder = excluded.holder, epoch = poll_lease.epoch + 1, expires_at = excluded.expires_at
-WHERE poll_lease.holder IS NULL OR poll_lease.expires_at < :now
+WHERE poll_lease.holder IS NULL OR poll_lease.holder = :holder
+   OR poll_lease.expires_at < :now
 RETURNING holder, epoch, expires_at"""
 RENEW_LEASE = """
 UPDATE poll_lease SET expires_at = :until
@@ -162,14 +162,45 @@ GET_LEASE = "SELECT holder, epoch, expires_at FROM poll_lease WHERE name = 'poll
 LEASE_LIVE = """
 SELECT 1 FROM poll_lease
 WHERE name = 'poll' AND holder = ? AND epoch = ? AND expires_at >= ?"""
+
+GET_TARGET_STATE = """
+SELECT paused, paused_reason, hold_until, failures, probe_at FROM target_state WHERE target = ?"""
 SET_TARGET_STATE = """
-INSERT INTO target_state (target, paused, paused_reason, hold_until, updated_at)
-VALUES (?, ?, ?, ?, ?)
+INSERT INTO target_state (target, paused, paused_reason, hold_until, failures, probe_at,
+                          updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (target) DO UPDATE SET
     paused = excluded.paused,
     paused_reason = excluded.paused_reason,
     hold_until = excluded.hold_until,
+    failures = excluded.failures,
+    probe_at = excluded.probe_at,
     updated_at = excluded.updated_at"""
+# The probe of a failing target: the oldest claimable row, due or not (the probe
+# cadence, not each row's own backoff, decides when it goes).
+CLAIM_PROBE = """
+UPDATE deliveries
+SET state = 'in_flight', lease_until = :lease, claim_token = :token, updated_at = :now
+WHERE id = (
+    SELECT id FROM deliveries
+    WHERE target = :target
+      AND state IN ('pending', 'in_flight')
+      AND CASE state WHEN 'pending' THEN 1 ELSE lease_until < :now END
+    ORDER BY id LIMIT 1
+)
+RETURNING id, notification_id,
+    (SELECT n.type FROM notifications AS n WHERE n.id = CAST(notification_id AS TEXT)),
+    target,
+    (SELECT n.body FROM notifications AS n WHERE n.id = CAST(notification_id AS TEXT)),
+    attempts, created_at,
+    (SELECT n.event_at FROM notifications AS n WHERE n.id = CAST(notification_id AS TEXT))"""
+RELEASE_WAITING = """
+UPDATE deliveries SET next_attempt_at = :now, updated_at = :now
+WHERE target = :target AND state = 'pending' AND next_attempt_at > :now"""
+EXPIRE_PENDING = """
+UPDATE deliveries
+SET state = 'dead', last_error = :error, next_attempt_at = NULL, updated_at = :now
+WHERE target = :target AND state = 'pending' AND created_at < :before"""
 
 # -- operations -----------------------------------------------------------------------
 

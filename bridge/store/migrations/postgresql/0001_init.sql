@@ -1,19 +1,17 @@
--- fleet-bridge PostgreSQL schema, version 1 (the SQLite schema 1 + 2 in one step).
+-- fleet-bridge PostgreSQL schema, version 1 (the SQLite schemas 1 to 4 in one step).
 -- Times are Unix seconds (double precision) so both stores share their code paths
 -- and tests; the lease and claim expiries are set from the database clock where
 -- several replicas must agree on them.
 
+-- Each fact once: the body holds ticket, device and the rest.
 CREATE TABLE notifications (
     id         text PRIMARY KEY,
     type       text NOT NULL,
     created_at double precision NOT NULL,
     event_at   double precision,
-    ticket     text,
-    device_cid text,
     body       text NOT NULL
 );
 CREATE INDEX notifications_created_at ON notifications (created_at);
-CREATE INDEX notifications_type ON notifications (type);
 
 -- Identity ids follow creation order within a target's queue. They are never
 -- shown as cursors: the API's cursors are opaque.
@@ -75,6 +73,8 @@ CREATE TABLE target_state (
     paused        boolean NOT NULL DEFAULT false,
     paused_reason text,
     hold_until    double precision,
+    failures      integer NOT NULL DEFAULT 0,   -- consecutive transient failures
+    probe_at      double precision,             -- while failing: when the next probe may go
     next_send_at  double precision,
     updated_at    double precision NOT NULL
 );

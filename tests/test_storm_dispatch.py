@@ -289,3 +289,41 @@ async def test_slack_follow_ups_of_a_grouped_ticket_go_into_the_groups_thread(
     assert "thread_ts" not in posted_group.body
     assert member_update.body["thread_ts"] == posted_group.ts
     assert alone_update.body["thread_ts"] == first.ts
+
+
+async def test_with_wait_s_a_minor_event_just_before_the_severe_one_is_suppressed_too(
+    rig_factory: Callable[..., Awaitable[Rig]],
+) -> None:
+    group = {"by": ["vehicle.id"], "wait_s": 30, "interval_s": 300}
+    rig = await rig_factory(group=group, **INHIBIT)
+    minor = event(1, T0)
+    await rig.put(minor)
+    await wait_for(lambda: rig.has(DeliveryState.GROUPED, 1), message="waits for company")
+    severe = event(1, T0 + 5, severity="severe", name="Impact")
+    await rig.put(severe)
+    await wait_for(lambda: rig.has(DeliveryState.GROUPED, 2), message="both wait")
+    await rig.settle()
+    rig.clock.advance(31)
+    await wait_for(lambda: len(rig.receiver.envelopes) == 1, message="the severe one")
+    # The minor one was checked again when the group went out: suppressed. The
+    # severe one, alone now, went as itself.
+    assert rig.receiver.envelopes[0]["id"] == severe.id
+    suppressed, _ = await rig.store.list_deliveries(state=DeliveryState.SUPPRESSED)
+    assert [r.notification_id for r in suppressed] == [minor.id]
+
+
+async def test_held_deliveries_of_a_grouping_target_go_out_one_digest_per_key(
+    rig_factory: Callable[..., Awaitable[Rig]],
+) -> None:
+    rig = await rig_factory(**GROUP, **MUTE)
+    rig.clock.advance(13 * 3600)  # 23:00 in Chicago
+    now = rig.clock.now()
+    held = [event(v, now + i, n=i) for i, v in enumerate((1, 2, 1, 2, 2))]
+    await rig.put(*held)
+    await wait_for(lambda: rig.has(DeliveryState.HELD, 5), message="held")
+    await rig.settle()
+    rig.clock.advance(7 * 3600 + 10)  # 06:00:10
+    await wait_for(lambda: len(rig.receiver.envelopes) == 2, message="two digests")
+    digests = {e["data"]["key"]["vehicle.id"]: e["data"] for e in rig.receiver.envelopes}
+    assert {k: d["count"] for k, d in digests.items()} == {1: 2, 2: 3}
+    assert {d["reason"] for d in digests.values()} == {"muted"}

@@ -158,9 +158,11 @@ class Dispatcher:
         self._tasks: list[asyncio.Task[None]] = []
         self._workers: list[asyncio.Task[None]] = []
         self.health = TargetHealth()
+        # Even without storm control the gate flushes once at start: rows parked
+        # before the target's storm settings were removed must not wait forever.
         self._storm = (
             StormGate(self.name, options.storm, store, clock, metrics)
-            if options.storm is not None and options.storm.enabled
+            if options.storm is not None
             else None
         )
         # Metric children looked up once: labels() per delivery is measurable.

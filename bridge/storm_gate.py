@@ -27,6 +27,7 @@ from bridge.store.base import Delivery, DeliveryState, Store
 from bridge.store.storm_tx import Parked, StormTx
 
 log = structlog.get_logger(__name__)
+DEFAULT_MAX_ITEMS = 20  # members listed in a group when the target has no `group`
 
 
 @dataclass(frozen=True)
@@ -155,33 +156,39 @@ class StormGate:
         next_at, suppressed = await self._store.storm(self._target, run)
         if suppressed:
             self._m[DeliveryState.SUPPRESSED].inc(suppressed)
-        self._next_flush = min(next_at if next_at is not None else math.inf, now + self.RECHECK_S)
+        if not self._cfg.enabled:
+            # Storm control was removed from this target: what still waited went out
+            # with this flush at start-up, and nothing new is parked.
+            self._next_flush = math.inf
+        else:
+            recheck = now + self.RECHECK_S
+            self._next_flush = min(next_at if next_at is not None else math.inf, recheck)
         return self._next_flush
 
     async def _flush(self, tx: StormTx, now: float) -> tuple[float | None, int]:
         group = self._cfg.group
+        max_items = group.max_items if group is not None else DEFAULT_MAX_ITEMS
         suppressed = 0
-        if group is not None:
-            for key in await tx.due_groups(now):
-                members: list[Parked] = []
-                for member in await tx.parked(DeliveryState.GROUPED, key):
-                    if self._cfg.inhibit and await self._inhibited(tx, member.notification):
-                        await tx.resuppress(member.delivery_id, now)
-                        suppressed += 1
-                    else:
-                        members.append(member)
-                row = await tx.get_group(key)
-                last_sent = row[0] if row else None
-                if len(members) == 1:
-                    await tx.release(members[0].delivery_id, now)  # alone, as itself
-                    last_sent = now
-                elif members:
-                    await self._carry(tx, "grouped", key, members, group.max_items, now)
-                    last_sent = now
-                await tx.put_group(key, last_sent, None, now)
-        if self._cfg.mute and not storm.any_muted(self._cfg.mute, now):
+        # Due groups go out even if `group` was removed from the config since.
+        for key in await tx.due_groups(now if group is not None else math.inf):
+            members: list[Parked] = []
+            for member in await tx.parked(DeliveryState.GROUPED, key):
+                if self._cfg.inhibit and await self._inhibited(tx, member.notification):
+                    await tx.resuppress(member.delivery_id, now)
+                    suppressed += 1
+                else:
+                    members.append(member)
+            row = await tx.get_group(key)
+            last_sent = row[0] if row else None
+            if len(members) == 1:
+                await tx.release(members[0].delivery_id, now)  # alone, as itself
+                last_sent = now
+            elif members:
+                await self._carry(tx, "grouped", key, members, max_items, now)
+                last_sent = now
+            await tx.put_group(key, last_sent, None, now)
+        if not storm.any_muted(self._cfg.mute, now):  # also when `mute` was removed
             held = await tx.parked(DeliveryState.HELD)
-            max_items = group.max_items if group is not None else 20
             for key, members in storm.split_by_key(held).items():
                 await self._carry(tx, "muted", key, members, max_items, now)
         return await tx.next_flush_at(), suppressed

@@ -344,7 +344,7 @@ class Dispatcher:
             max_in_flight=self.options.max_in_flight if self._shared else None,
         )
         if claimed and self._storm is not None:
-            claimed = await self._storm.admit(claimed)
+            claimed = await self._gate(claimed)
             if not claimed:
                 return  # all parked: look for more at once
         if not claimed:
@@ -379,10 +379,20 @@ class Dispatcher:
         if probe is None:
             await self._wait(self.IDLE_RECHECK_S)  # nothing to send: stay failing
             return
-        if self._storm is not None and not await self._storm.admit([probe]):
+        if self._storm is not None and not await self._gate([probe]):
             return  # parked by storm control: the next probe goes at once
         self._probe_id = probe.id
         self._enqueue([probe])
+
+    async def _gate(self, claimed: list[Delivery]) -> list[Delivery]:
+        """What storm control lets through now; it parks the rest (SPEC §6.5)."""
+        assert self._storm is not None
+        try:
+            return await self._storm.admit(claimed)
+        except Exception:
+            for delivery in claimed:
+                self._give_back(delivery)  # undecided: pending again, no attempt spent
+            raise
 
     def _enqueue(self, claimed: list[Delivery]) -> None:
         self._pending_work += len(claimed)

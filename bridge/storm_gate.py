@@ -63,10 +63,6 @@ class StormGate:
             for state in (DeliveryState.GROUPED, DeliveryState.SUPPRESSED, DeliveryState.HELD)
         }
 
-    @property
-    def next_flush_at(self) -> float:
-        return self._next_flush
-
     def gated(self, delivery: Delivery) -> bool:
         """True when storm control may keep this delivery back."""
         cfg = self._cfg

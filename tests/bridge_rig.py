@@ -31,7 +31,7 @@ from bridge.settings import Settings, settings_from_dict
 from bridge.simulator import Simulator, SimulatorConfig
 
 ADMIN_TOKEN = "admin-test-token"
-PUSH_TOKEN = "push-test-token"
+PUSH_TOKEN = "push-test-token-0123"
 PUSH_PATH = "/ingest/visionmax"
 
 ServerFactory = Callable[..., Awaitable[TestServer]]

@@ -75,6 +75,9 @@ class SqliteStore:
         try:
             await asyncio.to_thread(self._path.parent.mkdir, parents=True, exist_ok=True)
             migrations = await asyncio.to_thread(load_migrations, "sqlite")
+            # Probe with plain sqlite3 first: when aiosqlite's connect fails, its worker
+            # thread outlives the failure and dies with a traceback once the loop closes.
+            await asyncio.to_thread(_probe, self._path)
             db = await aiosqlite.connect(self._path, isolation_level=None)
         except (sqlite3.Error, OSError) as err:
             raise StoreUnavailable(f"cannot open SQLite database {self._path}: {err}") from err
@@ -467,6 +470,10 @@ async def _configure(db: aiosqlite.Connection, busy_timeout_ms: int) -> None:
     # ingest commits is copied into the database once per checkpoint, which made
     # ingest ~15% faster in our benchmark. The WAL file is reused, not grown.
     await db.execute("PRAGMA wal_autocheckpoint = 4096")
+
+
+def _probe(path: Path) -> None:
+    sqlite3.connect(path).close()
 
 
 async def _close_quietly(db: aiosqlite.Connection) -> None:

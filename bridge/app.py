@@ -203,7 +203,12 @@ async def _push_ctx(app: web.Application) -> AsyncIterator[None]:
 
     b = app[BRIDGE]
     assert b.ingestor is not None
-    b.push = PushIngest(b.settings.ingest.vendor_webhook, b.ingestor, b.clips)
+    b.push = PushIngest(
+        b.settings.ingest.vendor_webhook,
+        b.ingestor,
+        b.clips,
+        read_timeout_s=b.settings.server.read_timeout_s,
+    )
     b.push.start()
     try:
         yield
@@ -274,9 +279,13 @@ def build_app(
     """The bridge as an aiohttp Application (served by `run`, the demo and tests)."""
     from bridge.api import add_api_routes
     from bridge.health import add_health_routes
+    from bridge.httpguard import guard_middleware
     from bridge.push import handle_push
 
-    app = web.Application(client_max_size=settings.server.max_body_bytes)
+    app = web.Application(
+        client_max_size=settings.server.max_body_bytes,
+        middlewares=[guard_middleware(settings.server.max_concurrent_requests)],
+    )
     clock = clock or SystemClock()
     app[BRIDGE] = Bridge(
         settings=settings,

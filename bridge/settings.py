@@ -318,6 +318,10 @@ class ServerSettings(_Strict):
     admin_token: Token | None = None
     shutdown_grace_s: NonNegativeSeconds = 20
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    # A request body must arrive within this (slow clients cannot hold a connection).
+    read_timeout_s: PositiveSeconds = 15
+    # Requests served at once; past it the bridge answers 503 with Retry-After.
+    max_concurrent_requests: int = Field(256, ge=1, le=100_000)
 
 
 class LoggingSettings(_Strict):
@@ -343,8 +347,11 @@ class RetrySettings(_Strict):
     max_delay_s: PositiveSeconds = 3600
 
 
+TARGET_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+
+
 class _TargetBase(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    name: str = Field(pattern=TARGET_NAME_PATTERN)
     filter: TargetFilter = TargetFilter()
     redact: list[str] = Field(default_factory=list)
     retry: RetrySettings = RetrySettings()

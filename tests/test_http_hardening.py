@@ -1,0 +1,214 @@
+"""What a hostile or broken client sends never makes a traceback: every error is JSON.
+
+Raw requests go over a real socket (bytes a well-behaved client library refuses to
+send: non-UTF-8 header values, a body that never finishes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bridge_rig import ADMIN_TOKEN, PUSH_PATH, PUSH_TOKEN, Rig, make_rig
+from conftest import wait_for
+
+RigFactory = Callable[..., Awaitable[Rig]]
+PUSH = {"ingest": {"vendor_webhook": {"enabled": True, "token": PUSH_TOKEN}}}
+
+
+@pytest.fixture
+def rig_factory(aiohttp_server: Any, aiohttp_client: Any, tmp_path: Path) -> RigFactory:
+    async def factory(**kw: Any) -> Rig:
+        return await make_rig(aiohttp_server, aiohttp_client, tmp_path, **kw)
+
+    return factory
+
+
+async def raw_request(rig: Rig, head: bytes, body: bytes = b"") -> tuple[int, dict[str, str], Any]:
+    """Send `head` (request line and headers, without the blank line) and `body`."""
+    server = rig.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(head + b"\r\nConnection: close\r\n\r\n" + body)
+    await writer.drain()
+    data = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    top, _, payload = data.partition(b"\r\n\r\n")
+    lines = top.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
+    return status, headers, json.loads(payload)
+
+
+@pytest.mark.parametrize(
+    "auth",
+    [b"Bearer \xff\xfe\xfa", "Bearer tökén-ünïcode".encode(), b"\xc3\x28 \xa0\xa1"],
+)
+async def test_non_ascii_bytes_in_authorization_are_a_json_401(
+    rig_factory: RigFactory, auth: bytes
+) -> None:
+    rig = await rig_factory()
+    status, headers, body = await raw_request(
+        rig, b"GET /api/v1/status HTTP/1.1\r\nHost: x\r\nAuthorization: " + auth
+    )
+    assert status == 401
+    assert headers["content-type"].startswith("application/json")
+    assert body["error"]["code"] == "unauthorized"
+
+
+async def test_non_ascii_bytes_in_the_push_token_are_a_json_401(rig_factory: RigFactory) -> None:
+    rig = await rig_factory(config=PUSH)
+    for token in (b"\xff\xfe" + PUSH_TOKEN.encode(), "püsh-tökén-0123456".encode()):
+        status, _, body = await raw_request(
+            rig,
+            f"POST {PUSH_PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n".encode()
+            + b"X-Bridge-Token: "
+            + token,
+            b"{}",
+        )
+        assert status == 401
+        assert body["error"]["code"] == "unauthorized"
+    status, _, body = await raw_request(
+        rig,
+        f"POST {PUSH_PATH}?token=%FF%FE HTTP/1.1\r\nHost: x\r\nContent-Length: 2".encode(),
+        b"{}",
+    )
+    assert status == 401
+
+
+async def test_deeply_nested_json_is_a_json_400(rig_factory: RigFactory) -> None:
+    rig = await rig_factory(config=PUSH)
+    deep = "[" * 100_000 + "]" * 100_000
+    json_type = {"Content-Type": "application/json"}
+    resp = await rig.client.post("/api/v1/replay", data=deep, headers={**rig.auth, **json_type})
+    assert resp.status == 400
+    assert (await resp.json())["error"]["field"] == "body"
+    resp = await rig.client.post(
+        PUSH_PATH, data=deep, headers={"X-Bridge-Token": PUSH_TOKEN, **json_type}
+    )
+    assert resp.status == 400
+    assert (await resp.json())["error"]["code"] == "invalid_json"
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"cursor": "9" * 5000}, "cursor"),
+        ({"cursor": "\u0661\u0662"}, "cursor"),  # Arabic-Indic digits
+        ({"limit": "\u0661\u0660"}, "limit"),
+        ({"limit": "\uff11\uff10"}, "limit"),  # fullwidth digits
+        ({"limit": "+10"}, "limit"),
+        ({"limit": "1_0"}, "limit"),
+        ({"nope": "1"}, "nope"),
+    ],
+)
+async def test_odd_query_values_are_a_json_400_naming_the_parameter(
+    rig_factory: RigFactory, params: dict[str, str], field: str
+) -> None:
+    rig = await rig_factory()
+    resp = await rig.client.get("/api/v1/deliveries", params=params, headers=rig.auth)
+    assert resp.status == 400
+    assert (await resp.json())["error"]["field"] == field
+
+
+async def test_a_delivery_id_of_5000_digits_is_a_json_404(rig_factory: RigFactory) -> None:
+    rig = await rig_factory()
+    resp = await rig.client.post(f"/api/v1/deliveries/{'7' * 5000}/retry", headers=rig.auth)
+    assert resp.status == 404
+    assert (await resp.json())["error"]["code"] == "not_found"
+
+
+async def test_a_text_plain_body_is_not_parsed_as_json(rig_factory: RigFactory) -> None:
+    rig = await rig_factory()
+    body = json.dumps({"target": "out", "since": 0})
+    resp = await rig.client.post(
+        "/api/v1/replay", data=body, headers={**rig.auth, "Content-Type": "text/plain"}
+    )
+    assert resp.status == 415
+    assert (await resp.json())["error"]["code"] == "unsupported_media_type"
+    resp = await rig.client.post(
+        "/api/v1/replay", data=body, headers={**rig.auth, "Content-Type": "application/json"}
+    )
+    assert resp.status == 202
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("DELETE", "/api/v1/status", "GET"),
+        ("PUT", "/api/v1/poll", "POST"),
+        ("POST", "/healthz", "GET"),
+    ],
+)
+async def test_405_is_json_and_says_allow(
+    rig_factory: RigFactory, method: str, path: str, allow: str
+) -> None:
+    rig = await rig_factory()
+    resp = await rig.client.request(method, path, headers=rig.auth)
+    assert resp.status == 405
+    assert allow in {m.strip() for m in resp.headers["Allow"].split(",")}
+    assert (await resp.json())["error"]["code"] == "method_not_allowed"
+
+
+async def test_an_unknown_path_outside_the_api_is_a_json_404(rig_factory: RigFactory) -> None:
+    rig = await rig_factory()
+    resp = await rig.client.get("/no/such/page")
+    assert resp.status == 404
+    assert (await resp.json())["error"]["code"] == "not_found"
+
+
+async def test_a_body_that_never_finishes_is_cut_off_with_a_json_408(
+    rig_factory: RigFactory,
+) -> None:
+    rig = await rig_factory(config={**PUSH, "server": {"read_timeout_s": 0.3}})
+    head = (
+        f"POST /api/v1/replay HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 1000"
+    ).encode()
+    status, _, body = await raw_request(rig, head, b'{"target": ')  # and then nothing
+    assert status == 408
+    assert body["error"]["code"] == "request_timeout"
+    head = (
+        f"POST {PUSH_PATH} HTTP/1.1\r\nHost: x\r\nX-Bridge-Token: {PUSH_TOKEN}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 1000"
+    ).encode()
+    status, _, body = await raw_request(rig, head, b'{"hookName": ')
+    assert status == 408
+    assert body["error"]["code"] == "request_timeout"
+
+
+async def test_requests_past_the_concurrency_cap_get_503_with_retry_after(
+    rig_factory: RigFactory,
+) -> None:
+    rig = await rig_factory(config={"server": {"max_concurrent_requests": 1}})
+    server = rig.client.server
+    # One request holds the only slot: its body is still on its way.
+    _, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(
+        (
+            f"POST /api/v1/replay HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+        ).encode()
+    )
+    await writer.drain()
+
+    async def refused() -> bool:
+        resp = await rig.client.get("/healthz")
+        if resp.status == 503:
+            assert resp.headers["Retry-After"] == "1"
+            assert (await resp.json())["error"]["code"] == "unavailable"
+            return True
+        return False
+
+    await wait_for(refused, message="a 503 while the slot is held")
+    writer.close()
+    await writer.wait_closed()
+
+    async def served() -> bool:
+        return (await rig.client.get("/healthz")).status == 200
+
+    await wait_for(served, message="the slot freed")

@@ -35,6 +35,7 @@ from bridge.app import BRIDGE, Bridge
 from bridge.clips import ClipRequest, ClipTracker, clip_view
 from bridge.clock import utc_iso
 from bridge.dispatch import Dispatcher
+from bridge.health import events_poll_stale
 from bridge.httpguard import json_error, read_body, tokens_match
 from bridge.notifications import build_notification
 from bridge.pollers import PollerStatus
@@ -332,6 +333,7 @@ async def status(request: web.Request) -> web.Response:
     if b.events_poller is not None:
         # The events poller's own status also knows its cursor.
         pollers["events"] = _poller_view(b.events_poller.status, now)
+        pollers["events"]["stale"] = events_poll_stale(b)
     counts = await _queue_counts(b)
     targets: dict[str, Any] = {}
     for name, d in b.dispatchers.items():

@@ -18,8 +18,32 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+STALE_AFTER_INTERVALS = 3
+
+
+def events_poll_stale(b: Bridge) -> str | None:
+    """Why the events poll is stale (none successful for 3 intervals), or None.
+
+    Shown in `/api/v1/status`, `bridge_poll_stale` and the chart's alert, never by
+    readiness (SPEC §7): a vendor outage must not take the push endpoint and the admin
+    API off the Service.
+    """
+    poller = b.events_poller
+    if poller is None:
+        return None
+    interval = b.settings.poll.events.interval_s
+    last = poller.status.last_success_at
+    since = b.started_at if last is None else last
+    age = b.clock.now() - since
+    if age <= STALE_AFTER_INTERVALS * interval:
+        return None
+    if last is None:
+        return f"no successful events poll in the {age:.0f}s since start"
+    return f"last successful events poll {age:.0f}s ago"
+
+
 async def readiness_problems(b: Bridge) -> list[str]:
-    """Why the bridge is not ready (empty when it is)."""
+    """Why the bridge is not ready (empty when it is): the store and the scheduler only."""
     problems: list[str] = []
     if b.store is None:
         problems.append("store not open")
@@ -30,19 +54,11 @@ async def readiness_problems(b: Bridge) -> list[str]:
             problems.append(f"store not answering: {err or 'timeout'}")
     if b.scheduler is None or not b.scheduler.running:
         problems.append("scheduler not running")
-    poller = b.events_poller
-    interval = b.settings.poll.events.interval_s
-    if poller is not None:
-        last = poller.status.last_success_at
-        if last is None:
-            problems.append("no successful events poll yet")
-        elif b.clock.now() - last > 3 * interval:
-            problems.append(f"last successful events poll {b.clock.now() - last:.0f}s ago")
     return problems
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """200 when the store answers, the scheduler runs and polling is fresh; else 503."""
+    """200 when the store answers and the scheduler runs; else 503 with the reasons."""
     problems = await readiness_problems(request.app[BRIDGE])
     if problems:
         return web.json_response({"status": "unavailable", "reasons": problems}, status=503)
@@ -62,6 +78,12 @@ async def metrics(request: web.Request) -> web.Response:
                 b.metrics.queue_depth.labels(target=target, state=state).set(
                     counts.get(target, {}).get(state, 0)
                 )
+    # Computed at scrape time: while polls fail, nothing else would move these.
+    if b.events_poller is not None:
+        b.metrics.poll_stale.labels(job="events").set(1 if events_poll_stale(b) else 0)
+        cursor = b.events_poller.status.cursor
+        if cursor is not None:
+            b.metrics.cursor_lag.labels(job="events").set(max(0.0, b.clock.now() - cursor))
     body = generate_latest(b.metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -139,7 +139,9 @@ async def test_status_shape_and_values(rig_factory: RigFactory) -> None:
         "cursor",
         "lag_s",
         "failing",
+        "stale",
     }
+    assert events["stale"] is None
     assert events["last_success_at"] == utc_iso(rig.clock.now())
     assert events["last_error"] is None
     assert events["failing"] is False

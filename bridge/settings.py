@@ -321,7 +321,7 @@ class ServerSettings(_Strict):
     # A request body must arrive within this (slow clients cannot hold a connection).
     read_timeout_s: PositiveSeconds = 15
     # Requests served at once; past it the bridge answers 503 with Retry-After.
-    max_concurrent_requests: int = Field(256, ge=1, le=100_000)
+    max_concurrent_requests: int = Field(64, ge=1, le=100_000)
 
 
 class LoggingSettings(_Strict):

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from bridge_rig import ADMIN_TOKEN, Rig, make_rig
 from conftest import wait_for
+from envelope_schema import validate_envelope
 from webhook_receiver import Behaviour
 
 from bridge.clock import utc_iso
-from bridge.schema import validate_envelope
 
 RigFactory = Callable[..., Awaitable[Rig]]
 

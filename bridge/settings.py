@@ -391,7 +391,7 @@ class WebhookTarget(_TargetBase):
     template: str | None = Field(None, max_length=65536)
     template_file: Path | None = None
     preset: Literal["pagerduty", "teams", "discord"] | None = None
-    vars: dict[str, SecretStr] = Field(default_factory=dict)
+    vars: dict[str, Secret] = Field(default_factory=dict)
     content_type: str = Field("application/json", pattern=_MEDIA_TYPE, max_length=200)
 
     @field_validator("template", "template_file", "preset")

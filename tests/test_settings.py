@@ -236,6 +236,7 @@ def test_masked_dump_hides_every_secret() -> None:
         ("targets[1].bot_token", " ", {}),
         ("targets[1].webhook_url", "", {}),
         ("targets[2].password", "", {}),
+        ("targets[0].vars.routing_key", " ", {}),
     ],
 )
 def test_an_empty_or_blank_secret_is_a_config_error(
@@ -251,7 +252,13 @@ def _every_secret_config() -> dict[str, object]:
         server={"admin_token": "admin-token-0123456789"},
         ingest={"vendor_webhook": {"enabled": True, "token": "ingest-token-0123456789"}},
         targets=[
-            {"name": "w", "type": "webhook", "url": "https://r.example/x", "secret": WHSEC},
+            {
+                "name": "w",
+                "type": "webhook",
+                "url": "https://r.example/x",
+                "secret": WHSEC,
+                "vars": {"routing_key": "rk-0123"},
+            },
             {"name": "s", "type": "slack", "webhook_url": "https://hooks.slack.com/x"},
             {"name": "m", "type": "mqtt", "url": "mqtt://b:1883", "password": "mqtt-pw"},
         ],

@@ -284,7 +284,7 @@ def build_app(
 
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
-        middlewares=[guard_middleware(settings.server.max_concurrent_requests)],
+        middlewares=[guard_middleware()],
     )
     clock = clock or SystemClock()
     app[BRIDGE] = Bridge(

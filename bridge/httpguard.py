@@ -5,16 +5,19 @@
 - `read_body`: a request body read with a size cap and a deadline; the `BodyError` it
   raises becomes a JSON 413 / 408 in `guard_middleware`, which then drops the
   connection, so a client trickling a body cannot hold a connection for minutes.
-- `guard_middleware`: the outermost middleware. It caps the requests served at once
-  (503 with `Retry-After` past the cap) and turns every error on every path — aiohttp's
-  own 404/405/413, or a crash — into the JSON `{"error": {"code", "message"}}`,
+- `guard_middleware`: the outermost middleware. It turns every error on every path —
+  aiohttp's own 404/405/413, or a crash — into the JSON `{"error": {"code", "message"}}`,
   keeping headers such as `Allow` on a 405.
+- `CappedTCPSite`: the listening socket of `fleet-bridge run`. Past `max_connections`
+  open connections, a new one gets a JSON 503 with `Retry-After` and is closed, so a
+  flood of (slow or idle) clients cannot exhaust file descriptors and memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 from typing import Any, Final
 
 import structlog
@@ -94,18 +97,11 @@ async def read_body(request: web.Request, *, limit: int, timeout_s: float) -> by
     return b"".join(parts)
 
 
-def guard_middleware(max_concurrent: int) -> Middleware:
-    """The outermost middleware: a cap on concurrent requests and JSON for every error."""
-    active = 0
+def guard_middleware() -> Middleware:
+    """The outermost middleware: JSON for every error, on every path."""
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        nonlocal active
-        if active >= max_concurrent:
-            return json_error(
-                503, "unavailable", "too many requests at once", **{"Retry-After": "1"}
-            )
-        active += 1
         try:
             return await handler(request)
         except BodyError as err:
@@ -129,7 +125,65 @@ def guard_middleware(max_concurrent: int) -> Middleware:
         except Exception:
             log.exception("HTTP handler crashed", path=request.path, method=request.method)
             return json_error(500, "internal", "internal error (logged)")
-        finally:
-            active -= 1
 
     return guard
+
+
+_BUSY: Final = json.dumps(
+    {"error": {"code": "unavailable", "message": "too many connections"}}
+).encode()
+BUSY_RESPONSE: Final = (
+    b"HTTP/1.1 503 Service Unavailable\r\n"
+    b"Content-Type: application/json\r\n"
+    b"Retry-After: 1\r\n"
+    b"Connection: close\r\n"
+    b"Content-Length: " + str(len(_BUSY)).encode() + b"\r\n\r\n" + _BUSY
+)
+
+
+class _Busy(asyncio.Protocol):
+    """Answers 503 at once and hangs up, without reading the request."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(BUSY_RESPONSE)
+        transport.close()
+
+
+class CappedTCPSite(web.BaseSite):
+    """A TCP site serving `runner` on at most `max_connections` connections at once."""
+
+    def __init__(
+        self, runner: web.BaseRunner, host: str, port: int, *, max_connections: int
+    ) -> None:
+        super().__init__(runner)
+        server = runner.server
+        assert server is not None  # BaseSite checked that setup() ran
+        self._web_server = server
+        self._host = host
+        self._port = port
+        self._max = max_connections
+        self.refused = 0
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self.port}"
+
+    @property
+    def port(self) -> int:
+        """The bound port (the requested one until started)."""
+        return self._port
+
+    def _protocol(self) -> asyncio.BaseProtocol:
+        if len(self._web_server.connections) >= self._max:
+            self.refused += 1
+            return _Busy()
+        return self._web_server()
+
+    async def start(self) -> None:
+        await super().start()
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(self._protocol, self._host, self._port)
+        self._server = server
+        if server.sockets:  # port 0: the one the system chose
+            self._port = int(server.sockets[0].getsockname()[1])

@@ -321,8 +321,8 @@ class ServerSettings(_Strict):
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
     # A request body must arrive within this (slow clients cannot hold a connection).
     read_timeout_s: PositiveSeconds = 15
-    # Requests served at once; past it the bridge answers 503 with Retry-After.
-    max_concurrent_requests: int = Field(64, ge=1, le=100_000)
+    # Open connections at once; past it a new one gets 503 with Retry-After.
+    max_connections: int = Field(64, ge=1, le=100_000)
 
 
 class LoggingSettings(_Strict):

@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from bridge_rig import ADMIN_TOKEN, PUSH_PATH, PUSH_TOKEN, Rig, make_rig
 from conftest import wait_for
+
+from bridge.httpguard import CappedTCPSite, guard_middleware
 
 RigFactory = Callable[..., Awaitable[Rig]]
 PUSH = {"ingest": {"vendor_webhook": {"enabled": True, "token": PUSH_TOKEN}}}
@@ -181,34 +184,37 @@ async def test_a_body_that_never_finishes_is_cut_off_with_a_json_408(
     assert body["error"]["code"] == "request_timeout"
 
 
-async def test_requests_past_the_concurrency_cap_get_503_with_retry_after(
-    rig_factory: RigFactory,
-) -> None:
-    rig = await rig_factory(config={"server": {"max_concurrent_requests": 1}})
-    server = rig.client.server
-    # One request holds the only slot: its body is still on its way.
-    _, writer = await asyncio.open_connection(server.host, server.port)
-    writer.write(
-        (
-            f"POST /api/v1/replay HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n"
-            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
-        ).encode()
-    )
-    await writer.drain()
+async def test_connections_past_the_cap_get_a_json_503_and_are_closed() -> None:
+    # The site `fleet-bridge run` listens through: idle connections count too.
+    async def ok(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
 
-    async def refused() -> bool:
-        resp = await rig.client.get("/healthz")
-        if resp.status == 503:
-            assert resp.headers["Retry-After"] == "1"
-            assert (await resp.json())["error"]["code"] == "unavailable"
-            return True
-        return False
+    app = web.Application(middlewares=[guard_middleware()])
+    app.router.add_get("/ok", ok)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = CappedTCPSite(runner, "127.0.0.1", 0, max_connections=2)
+    await site.start()
+    server = runner.server
+    assert server is not None
+    try:
+        held = [await asyncio.open_connection("127.0.0.1", site.port) for _ in range(2)]
+        await wait_for(lambda: len(server.connections) == 2, message="2 connections open")
+        reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
+        answer = await reader.read()  # the bridge hangs up after answering
+        writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503 ")
+        assert b"Retry-After: 1" in head
+        assert json.loads(body)["error"]["code"] == "unavailable"
+        assert site.refused == 1
 
-    await wait_for(refused, message="a 503 while the slot is held")
-    writer.close()
-    await writer.wait_closed()
-
-    async def served() -> bool:
-        return (await rig.client.get("/healthz")).status == 200
-
-    await wait_for(served, message="the slot freed")
+        for _, w in held:
+            w.close()
+        await wait_for(lambda: not server.connections, message="the held connections closed")
+        reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
+        writer.write(b"GET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert (await reader.read()).startswith(b"HTTP/1.1 200 ")
+        writer.close()
+    finally:
+        await runner.cleanup()

@@ -10,7 +10,9 @@
   keeping headers such as `Allow` on a 405.
 - `CappedTCPSite`: the listening socket of `fleet-bridge run`. Past `max_connections`
   open connections, a new one gets a JSON 503 with `Retry-After` and is closed, so a
-  flood of (slow or idle) clients cannot exhaust file descriptors and memory.
+  flood of (slow or idle) clients cannot exhaust file descriptors and memory; and a
+  new connection must deliver its first request's headers within `header_timeout_s`
+  (else a JSON 408 and it is closed), so slow clients cannot hold the slots either.
 """
 
 from __future__ import annotations
@@ -141,6 +143,67 @@ BUSY_RESPONSE: Final = (
 )
 
 
+_SLOW: Final = json.dumps(
+    {"error": {"code": "request_timeout", "message": "request headers not received in time"}}
+).encode()
+SLOW_RESPONSE: Final = (
+    b"HTTP/1.1 408 Request Timeout\r\n"
+    b"Content-Type: application/json\r\n"
+    b"Connection: close\r\n"
+    b"Content-Length: " + str(len(_SLOW)).encode() + b"\r\n\r\n" + _SLOW
+)
+
+
+class _HeaderDeadline(asyncio.Protocol):
+    """Passes everything to aiohttp's handler; hangs up (408) unless the first request's
+    headers are in within `timeout_s`. aiohttp itself has no deadline for them; later
+    requests on the connection fall under its keep-alive timeout."""
+
+    def __init__(self, inner: asyncio.Protocol, timeout_s: float) -> None:
+        self._inner = inner
+        self._timeout_s = timeout_s
+        self._tail = b""
+        self._timer: asyncio.TimerHandle | None = None
+        self._transport: asyncio.WriteTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        self._transport = transport
+        self._timer = asyncio.get_running_loop().call_later(self._timeout_s, self._expire)
+        self._inner.connection_made(transport)
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(SLOW_RESPONSE)
+            self._transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._timer is not None:
+            self._tail = (self._tail + data)[-65536:]
+            if b"\r\n\r\n" in self._tail:
+                self._timer.cancel()
+                self._timer = None
+                self._tail = b""
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._transport = None
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
 class _Busy(asyncio.Protocol):
     """Answers 503 at once and hangs up, without reading the request."""
 
@@ -154,7 +217,13 @@ class CappedTCPSite(web.BaseSite):
     """A TCP site serving `runner` on at most `max_connections` connections at once."""
 
     def __init__(
-        self, runner: web.BaseRunner, host: str, port: int, *, max_connections: int
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        *,
+        max_connections: int,
+        header_timeout_s: float,
     ) -> None:
         super().__init__(runner)
         server = runner.server
@@ -163,6 +232,7 @@ class CappedTCPSite(web.BaseSite):
         self._host = host
         self._port = port
         self._max = max_connections
+        self._header_timeout_s = header_timeout_s
         self.refused = 0
 
     @property
@@ -178,7 +248,7 @@ class CappedTCPSite(web.BaseSite):
         if len(self._web_server.connections) >= self._max:
             self.refused += 1
             return _Busy()
-        return self._web_server()
+        return _HeaderDeadline(self._web_server(), self._header_timeout_s)
 
     async def start(self) -> None:
         await super().start()

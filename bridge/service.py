@@ -85,7 +85,11 @@ async def _serve(app: web.Application, settings: Settings) -> None:
     await runner.setup()
     try:
         site = CappedTCPSite(
-            runner, server.host, server.port, max_connections=server.max_connections
+            runner,
+            server.host,
+            server.port,
+            max_connections=server.max_connections,
+            header_timeout_s=server.read_timeout_s,
         )
         await site.start()
         await asyncio.Event().wait()  # until SIGTERM/SIGINT (GracefulExit) cancels us

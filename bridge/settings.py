@@ -319,7 +319,8 @@ class ServerSettings(_Strict):
     admin_token: Token | None = None
     shutdown_grace_s: NonNegativeSeconds = 20
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
-    # A request body must arrive within this (slow clients cannot hold a connection).
+    # A new connection's request headers, and each request body, must arrive within
+    # this (slow clients cannot hold a connection).
     read_timeout_s: PositiveSeconds = 15
     # Open connections at once; past it a new one gets 503 with Retry-After.
     max_connections: int = Field(64, ge=1, le=100_000)

@@ -193,7 +193,7 @@ async def test_connections_past_the_cap_get_a_json_503_and_are_closed() -> None:
     app.router.add_get("/ok", ok)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = CappedTCPSite(runner, "127.0.0.1", 0, max_connections=2)
+    site = CappedTCPSite(runner, "127.0.0.1", 0, max_connections=2, header_timeout_s=30)
     await site.start()
     server = runner.server
     assert server is not None
@@ -213,6 +213,38 @@ async def test_connections_past_the_cap_get_a_json_503_and_are_closed() -> None:
             w.close()
         await wait_for(lambda: not server.connections, message="the held connections closed")
         reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
+        writer.write(b"GET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert (await reader.read()).startswith(b"HTTP/1.1 200 ")
+        writer.close()
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_connection_that_never_finishes_its_headers_is_cut_off_with_a_json_408() -> None:
+    async def ok(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    app = web.Application(middlewares=[guard_middleware()])
+    app.router.add_get("/ok", ok)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = CappedTCPSite(runner, "127.0.0.1", 0, max_connections=4, header_timeout_s=0.3)
+    await site.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
+        writer.write(b"GET /ok HTTP/1.1\r\nHost: x\r\n")  # and the headers never end
+        answer = await reader.read()
+        writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 ")
+        assert json.loads(body)["error"]["code"] == "request_timeout"
+        # A whole request in time, then the connection kept alive past the deadline.
+        reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
+        writer.write(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 ")
+        await reader.readexactly(len(b'{"status": "ok"}'))
+        with pytest.raises(TimeoutError):  # not cut off past the header deadline
+            await asyncio.wait_for(reader.read(1), timeout=0.6)
         writer.write(b"GET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert (await reader.read()).startswith(b"HTTP/1.1 200 ")
         writer.close()

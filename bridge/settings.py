@@ -157,6 +157,17 @@ class UpstreamSettings(_Strict):
     # (keys are matched case-insensitively; numbers as their digits, e.g. "4": severe).
     severity_levels: dict[str, Severity] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _no_clashing_userinfo(self) -> UpstreamSettings:
+        # aiohttp turns user:password@ into an Authorization header and refuses a request
+        # that also sets one: every vendor call would fail.
+        if self.base_url.username is not None and self.auth_header.lower() == "authorization":
+            raise ValueError(
+                "base_url: user:password@ cannot be combined with auth_header Authorization;"
+                " remove it from the URL (credentials go in api_key and auth)"
+            )
+        return self
+
     @property
     def base(self) -> str:
         """The base URL without a trailing slash."""

@@ -158,6 +158,7 @@ def test_check_masks_credentials_in_urls_and_headers_and_warns_on_open_secret_fi
     cfg = {
         "upstream": {
             "base_url": "https://ops:basePW-SECRET@fleet.example.com",
+            "auth_header": "X-Auth-Token",
             "api_key_file": str(key_file),
             "auth": {"token": "tok-SECRET-123"},
         },

@@ -27,6 +27,7 @@ def settings() -> object:
         {
             "upstream": {
                 "base_url": f"https://ops:{SECRETS['base_pw']}@fleet.example.com",
+                "auth_header": "X-Auth-Token",
                 "api_key": SECRETS["api"],
                 "auth": {"token": SECRETS["token"]},
             },

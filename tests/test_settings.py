@@ -194,6 +194,7 @@ def test_masked_dump_hides_every_secret() -> None:
     cfg = {
         "upstream": {
             "base_url": f"https://ops:{secrets['base_pw']}@fleet.example.com",
+            "auth_header": "X-Auth-Token",
             "api_key": secrets["api"],
             "auth": {"email": "ops@example.com", "password": secrets["pw"]},
         },
@@ -334,6 +335,15 @@ def test_loading_with_a_given_environment_leaves_os_environ_alone(
     assert seen == {"present"}
     # And the process environment is what applies when none is given.
     assert settings_from_dict(base_config()).poll.events.interval_s == 7
+
+
+def test_userinfo_in_base_url_cannot_go_with_the_authorization_header() -> None:
+    # aiohttp would refuse every vendor request: a URL password and an Authorization header.
+    cfg = base_config()
+    cfg["upstream"]["base_url"] = "https://ops:pw-123456@fleet.example.com"  # type: ignore[index]
+    (line,) = problems(cfg)
+    assert line.startswith("upstream: base_url: user:password@ cannot be combined")
+    assert "pw-123456" not in line
 
 
 def test_a_yaml_syntax_error_does_not_echo_the_line(tmp_path: Path) -> None:

@@ -109,6 +109,22 @@ def test_schema_is_package_data_and_a_valid_2020_12_schema() -> None:
     jsonschema.Draft202012Validator.check_schema(schema)
 
 
+def test_every_vendor_model_in_the_runtime_package_is_used_at_run_time() -> None:
+    # Models only the tests need live in tests/vendor_models.py.
+    import ast
+    from pathlib import Path
+
+    import bridge
+    import bridge.upstream.models as models
+
+    package = Path(bridge.__file__).parent
+    others = "\n".join(p.read_text() for p in package.rglob("*.py") if p != Path(models.__file__))
+    tree = ast.parse(Path(models.__file__).read_text())
+    classes = [n.name for n in tree.body if isinstance(n, ast.ClassDef)]
+    unused = [c for c in classes if c != "VendorModel" and c not in others]
+    assert not unused, f"only the tests use {unused}"
+
+
 def test_the_runtime_package_imports_no_test_tooling() -> None:
     # Every module of the installed package, the simulator and the doc examples
     # included: none may need a dev-only dependency or aiohttp's test utilities.

@@ -15,7 +15,6 @@ import functools
 import json
 import math
 import re
-from datetime import datetime
 from importlib import resources
 from typing import Any, Final, TypeVar
 
@@ -33,7 +32,7 @@ from pydantic import (
 
 from bridge.app import BRIDGE, Bridge
 from bridge.clips import ClipRequest, ClipTracker, clip_view
-from bridge.clock import utc_iso
+from bridge.clock import parse_rfc3339, utc_iso
 from bridge.dispatch import Dispatcher
 from bridge.health import events_poll_stale
 from bridge.httpguard import json_error, read_body, tokens_match
@@ -55,6 +54,7 @@ from bridge.upstream.errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
+from bridge.vendor_ids import is_ticket
 
 log = structlog.get_logger(__name__)
 
@@ -250,6 +250,14 @@ class DiscardBody(BaseModel):
 @routes.post(API_PREFIX + "/events/{ticket}/discard")
 async def discard_event(request: web.Request) -> web.Response:
     """Proxy to `POST /V2/event/discard` once the caller confirmed."""
+    ticket = request.match_info["ticket"]
+    if not is_ticket(ticket):
+        raise ApiError(
+            400,
+            "invalid_field",
+            "ticket: expected the vendor's ticket form (a UUID)",
+            field="ticket",
+        )
     body = await parse_body(request, DiscardBody)
     if not body.confirm:
         raise ApiError(
@@ -258,7 +266,6 @@ async def discard_event(request: web.Request) -> web.Response:
             "confirm: must be true (discard is irreversible)",
             field="confirm",
         )
-    ticket = request.match_info["ticket"]
     b = _bridge(request)
     assert b.client is not None
     try:
@@ -550,13 +557,7 @@ MAX_UNIX_S: Final = 253402300800
 def parse_time(value: object) -> float:
     """Unix seconds, or an RFC 3339 string with a zone, → Unix seconds."""
     if isinstance(value, str):
-        try:
-            dt = datetime.fromisoformat(value.strip().upper().replace("Z", "+00:00"))
-        except ValueError:
-            raise ValueError("expected Unix seconds or an RFC 3339 time") from None
-        if dt.tzinfo is None:
-            raise ValueError("an RFC 3339 time needs a zone (e.g. Z)")
-        return min(max(dt.timestamp(), 0.0), MAX_UNIX_S - 1.0)
+        return min(max(parse_rfc3339(value).timestamp(), 0.0), MAX_UNIX_S - 1.0)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError("expected Unix seconds or an RFC 3339 time")
     if not math.isfinite(value) or not 0 <= value < MAX_UNIX_S:

@@ -24,6 +24,9 @@ from bridge.store.base import DeliveryState, StoreUnavailable
 log = structlog.get_logger(__name__)
 
 
+KEEPALIVE_S = 75.0
+
+
 def run_service(settings: Settings) -> int:
     """Serve until SIGTERM/SIGINT, then drain and return 0."""
     scrubber = configure_logging(
@@ -80,7 +83,13 @@ def _run(app: web.Application, settings: Settings) -> None:
 async def _serve(app: web.Application, settings: Settings) -> None:
     server = settings.server
     runner = web.AppRunner(
-        app, access_log=None, shutdown_timeout=server.shutdown_grace_s, handle_signals=True
+        app,
+        access_log=None,
+        shutdown_timeout=server.shutdown_grace_s,
+        handle_signals=True,
+        # run_app's value; the handler's own default (an hour) would let idle
+        # keep-alive connections sit on the connection cap.
+        keepalive_timeout=KEEPALIVE_S,
     )
     await runner.setup()
     try:

@@ -204,13 +204,36 @@ class _HeaderDeadline(asyncio.Protocol):
         self._inner.resume_writing()
 
 
+BUSY_LINGER_S: Final = 2.0
+
+
 class _Busy(asyncio.Protocol):
-    """Answers 503 at once and hangs up, without reading the request."""
+    """Answers 503 at once and hangs up; whatever the client sends is discarded.
+
+    The answer is followed by a FIN, and the socket is closed when the client closes
+    its side (or after `BUSY_LINGER_S`): closing at once, with the client's request
+    unread, would send a reset that can destroy the answer before it is read.
+    """
+
+    def __init__(self) -> None:
+        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.WriteTransport)
         transport.write(BUSY_RESPONSE)
-        transport.close()
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._timer = asyncio.get_running_loop().call_later(BUSY_LINGER_S, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        pass  # the request is not read: the answer is 503 whatever it is
+
+    def eof_received(self) -> bool:
+        return False  # the client is done: close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 class CappedTCPSite(web.BaseSite):

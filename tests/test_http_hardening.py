@@ -8,11 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from aiohttp import web
 from bridge_rig import ADMIN_TOKEN, PUSH_PATH, PUSH_TOKEN, Rig, make_rig
 from conftest import wait_for
@@ -250,3 +257,66 @@ async def test_a_connection_that_never_finishes_its_headers_is_cut_off_with_a_js
         writer.close()
     finally:
         await runner.cleanup()
+
+
+def test_fleet_bridge_run_listens_with_the_connection_cap(tmp_path: Path) -> None:
+    # The real entry point: one idle connection fills max_connections: 1.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cfg = {
+        "upstream": {
+            "base_url": "http://127.0.0.1:9",
+            "api_key": "k-1234",
+            "auth": {"token": "t-1234"},
+        },
+        "store": {"url": f"sqlite:///{tmp_path / 'bridge.db'}"},
+        "server": {"host": "127.0.0.1", "port": port, "max_connections": 1},
+        "logging": {"format": "json", "level": "error"},
+    }
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bridge", "run", "--config", str(config)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+
+        def answer(request: bytes) -> bytes:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+                conn.sendall(request)
+                chunks = []
+                while chunk := conn.recv(65536):
+                    chunks.append(chunk)
+                return b"".join(chunks)
+
+        deadline = time.monotonic() + 30
+        while True:  # until the service listens
+            try:
+                head = answer(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                assert time.monotonic() < deadline, "fleet-bridge run did not listen"
+                time.sleep(0.05)  # polling a subprocess's start-up, not synchronizing tasks
+        assert head.startswith(b"HTTP/1.1 200 ")
+        # Hold the one slot: a kept-alive connection, served once, then idle. (Until
+        # the first connection's slot is released, a new one may still be refused.)
+        while True:
+            held = socket.create_connection(("127.0.0.1", port), timeout=10)
+            held.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            first = held.recv(65536)
+            if first.startswith(b"HTTP/1.1 200 "):
+                break
+            held.close()
+            assert time.monotonic() < deadline, "no connection was ever held"
+        with held:
+            refused = answer(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert refused.startswith(b"HTTP/1.1 503 ")
+        assert json.loads(refused.partition(b"\r\n\r\n")[2])["error"]["code"] == "unavailable"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0

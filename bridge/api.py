@@ -33,7 +33,7 @@ from pydantic import (
 from bridge.app import BRIDGE, Bridge
 from bridge.clips import ClipRequest, ClipTracker, clip_view
 from bridge.clock import parse_rfc3339, utc_iso
-from bridge.dispatch import Dispatcher
+from bridge.dispatch import Dispatcher, orphaned_counts
 from bridge.health import events_poll_stale
 from bridge.httpguard import json_error, read_body, tokens_match
 from bridge.notifications import build_notification
@@ -317,6 +317,7 @@ def _poller_view(status: PollerStatus, now: float) -> dict[str, Any]:
         "cursor": _iso(status.cursor),
         "lag_s": None if status.cursor is None else round(max(0.0, now - status.cursor), 3),
         "failing": status.failing,
+        "reason": status.reason,
     }
 
 
@@ -358,8 +359,22 @@ async def status(request: web.Request) -> web.Response:
             "last_status": health.last_status,
             "last_success_at": _iso(health.last_success_at),
             "delivered": health.delivered,  # since this process started
+            "reason": d.reason,
         }
-    return web.json_response({"pollers": pollers, "targets": targets})
+    login = b.client.login_state if b.client is not None else None
+    upstream = {
+        "login_failing": bool(login and login.failing),
+        "login_retry_at": _iso(login.retry_at) if login else None,
+        "reason": login.reason if login else None,
+    }
+    return web.json_response(
+        {
+            "pollers": pollers,
+            "targets": targets,
+            "orphaned": orphaned_counts(counts, b.dispatchers),
+            "upstream": upstream,
+        }
+    )
 
 
 # --------------------------------------------------------------------------- deliveries
@@ -452,7 +467,8 @@ async def list_deliveries(request: web.Request) -> web.Response:
             ) from None
     target = q.get("target")
     # Any well-formed name: deliveries of a target removed from the config stay
-    # listable (SPEC §4); an unknown name simply lists nothing.
+    # listable (SPEC §4); an unknown name simply lists nothing (the OpenAPI schema
+    # cannot know a deployment's names, so it cannot call one invalid).
     if target is not None and not TARGET_NAME.fullmatch(target):
         raise ApiError(400, "invalid_field", "target: not a valid target name", field="target")
     limit = _limit(q.get("limit"))

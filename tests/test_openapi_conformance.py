@@ -61,7 +61,11 @@ def with_examples(document: dict[str, Any]) -> dict[str, Any]:
     replay["example"] = {"target": "hook", "since": 0}
     # The document cannot know a deployment's target names; this rig's are these, so
     # any other name is invalid data the server must refuse.
-    doc["components"]["schemas"]["ReplayRequest"]["properties"]["target"]["enum"] = ["hook", "out"]
+    names = ["hook", "out"]
+    doc["components"]["schemas"]["ReplayRequest"]["properties"]["target"]["enum"] = names
+    for param in paths["/api/v1/deliveries"]["get"]["parameters"]:
+        if param["name"] == "target":
+            param["schema"]["enum"] = names
     return doc
 
 

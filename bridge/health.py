@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -21,18 +22,17 @@ async def healthz(request: web.Request) -> web.Response:
 STALE_AFTER_INTERVALS = 3
 
 
-def events_poll_stale(b: Bridge) -> str | None:
-    """Why the events poll is stale (none successful for 3 intervals), or None.
+def events_poll_stale(b: Bridge, last: float | None) -> str | None:
+    """Why the events poll is stale (no success by any replica for 3 intervals), or None.
 
+    `last` is the last successful events poll by any replica (the store has it).
     Shown in `/api/v1/status`, `bridge_poll_stale` and the chart's alert, never by
     readiness (SPEC §7): a vendor outage must not take the push endpoint and the admin
     API off the Service.
     """
-    poller = b.events_poller
-    if poller is None:
+    if b.events_poller is None:
         return None
     interval = b.settings.poll.events.interval_s
-    last = poller.status.last_success_at
     since = b.started_at if last is None else last
     age = b.clock.now() - since
     if age <= STALE_AFTER_INTERVALS * interval:
@@ -58,7 +58,13 @@ async def readiness_problems(b: Bridge) -> list[str]:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """200 when the store answers and the scheduler runs; else 503 with the reasons."""
+    """200 when the store answers and the scheduler runs; else 503 with the reasons.
+
+    A stale events poll is not a readiness problem (SPEC §7): a vendor outage must
+    not take the push endpoint and the admin API off the Service, and only one
+    replica polls at all. It shows in /api/v1/status, bridge_poll_stale and
+    bridge_cursor_lag_seconds.
+    """
     problems = await readiness_problems(request.app[BRIDGE])
     if problems:
         return web.json_response({"status": "unavailable", "reasons": problems}, status=503)
@@ -80,7 +86,14 @@ async def metrics(request: web.Request) -> web.Response:
                 )
     # Computed at scrape time: while polls fail, nothing else would move these.
     if b.events_poller is not None:
-        b.metrics.poll_stale.labels(job="events").set(1 if events_poll_stale(b) else 0)
+        last = b.events_poller.status.last_success_at
+        if b.ingestor is not None:
+            with contextlib.suppress(StoreUnavailable, TimeoutError):
+                shared = await asyncio.wait_for(
+                    b.ingestor.last_success("events"), READY_STORE_TIMEOUT_S
+                )
+                last = max((t for t in (last, shared) if t is not None), default=None)
+        b.metrics.poll_stale.labels(job="events").set(1 if events_poll_stale(b, last) else 0)
         cursor = b.events_poller.status.cursor
         if cursor is not None:
             b.metrics.cursor_lag.labels(job="events").set(max(0.0, b.clock.now() - cursor))

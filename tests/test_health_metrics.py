@@ -79,7 +79,9 @@ async def test_a_stale_poll_shows_in_status_and_metrics_but_keeps_the_bridge_rea
     rig.clock.advance(3 * interval + 1)
     assert await readyz(rig) == (200, {"status": "ready"})
     resp = await rig.client.get("/api/v1/status", headers=rig.auth)
-    stale = (await resp.json())["pollers"]["events"]["stale"]
+    events = (await resp.json())["pollers"]["events"]
+    assert events["lag_s"] > 3 * interval
+    stale = events["stale"]
     assert stale is not None
     assert "events poll" in stale
     assert value(await scrape(rig), "bridge_poll_stale", job="events") == 1

@@ -36,6 +36,7 @@ from bridge.app import build_app
 from bridge.clock import FakeClock, SystemClock
 from bridge.settings import settings_from_dict
 from bridge.simulator import Simulator, SimulatorConfig
+from bridge.store.base import encode_cursor
 
 TOKEN = "conformance-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -54,9 +55,12 @@ def with_examples(document: dict[str, Any]) -> dict[str, Any]:
         paths[path]["post"]["parameters"][0]["example"] = "hook"
     paths["/api/v1/deliveries/{id}/retry"]["post"]["parameters"][0]["example"] = 2
     for param in paths["/api/v1/deliveries"]["get"]["parameters"]:
-        param["example"] = {"state": "dead", "target": "hook", "limit": 2, "cursor": "5"}[
-            param["name"]
-        ]
+        param["example"] = {
+            "state": "dead",
+            "target": "hook",
+            "limit": 2,
+            "cursor": encode_cursor(5),
+        }[param["name"]]
     replay = paths["/api/v1/replay"]["post"]["requestBody"]["content"]["application/json"]
     replay["example"] = {"target": "hook", "since": 0}
     # The document cannot know a deployment's target names; this rig's are these, so
@@ -66,6 +70,9 @@ def with_examples(document: dict[str, Any]) -> dict[str, Any]:
     for param in paths["/api/v1/deliveries"]["get"]["parameters"]:
         if param["name"] == "target":
             param["schema"]["enum"] = names
+        # Likewise a cursor is valid only if the server handed it out: these could be.
+        if param["name"] == "cursor":
+            param["schema"]["enum"] = [encode_cursor(i) for i in (1, 5, 12, 2**63 - 1)]
     return doc
 
 

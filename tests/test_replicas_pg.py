@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import signal
 import socket
@@ -361,6 +362,64 @@ async def test_max_in_flight_1_never_sends_two_at_once_across_replicas(
     rows, _ = await store.list_deliveries(limit=1000)
     queued = [r.notification_id for r in sorted(rows, key=lambda r: r.id)]
     assert [e["id"] for e in rec.envelopes] == queued
+
+
+async def test_a_failing_target_is_probed_once_for_all_replicas(
+    cluster_factory: Callable[..., Awaitable[tuple[Cluster, Simulator]]], store: Store
+) -> None:
+    """SPEC §4 + §9: three replicas send one probe at the single-target cadence,
+    not three; after the receiver recovers, everything waiting arrives at once."""
+    answer = {"status": 503}
+    rec = Receiver(behaviour=lambda _n: (answer["status"], {}))
+    cadence = 1.0  # base_delay_s = max_delay_s: every probe one second after the last
+    cluster, sim = await cluster_factory(
+        rec.app(),
+        backlog=30,
+        target={"retry": {"base_delay_s": cadence, "max_delay_s": cadence}},
+    )
+    expected = {e.item["ticket"] for e in sim.events}
+    await cluster.start(3)
+
+    async def failing() -> bool:
+        return (await store.get_target_state("hook")).failing
+
+    await wait_for(failing, timeout=30, message="the target failing")
+    # Sends already under way when it began failing answer within milliseconds;
+    # once the receiver has been quiet for half the cadence, only probes go.
+    await wait_for(
+        lambda: time.monotonic() - rec.request_times[-1] > cadence / 2,
+        timeout=10,
+        message="the sends under way to end",
+    )
+    start = len(rec.request_times)
+    before = await attempts_by_id(store)
+    await wait_for(lambda: rec.requests >= start + 6, timeout=20, message="six probes")
+    probes = rec.request_times[start:]
+    gaps = [b - a for a, b in itertools.pairwise(probes)]
+    # One probe a second for the target as a whole; a probe per replica would
+    # leave gaps of about a third of that.
+    assert min(gaps) >= 0.7 * cadence, gaps
+    assert await failing()
+
+    answer["status"] = 200
+    recovered_at = len(rec.request_times)
+    await wait_for(lambda: set(rec.tickets()) >= expected, timeout=30, message="all delivered")
+    flowed = rec.request_times[recovered_at:]
+    # The first success (the next probe) released every replica: the rest followed
+    # within moments, not at the probe cadence or each replica's own backoff.
+    assert flowed[-1] - flowed[0] < 2 * cadence, flowed[-1] - flowed[0]
+    assert_each_ticket_once(rec, expected)
+    assert not await failing()
+    # Waiting deliveries used no attempts while the target failed: one row carried
+    # the probes, every other one was attempted once more (its success) at most.
+    after = await attempts_by_id(store)
+    spent = sorted(after[i] - before.get(i, 0) for i in after)
+    assert (spent[-2] <= 1, spent[-1] >= 6) == (True, True), spent
+
+
+async def attempts_by_id(store: Store) -> dict[int, int]:
+    rows, _ = await store.list_deliveries(limit=1000)
+    return {r.id: r.attempts for r in rows}
 
 
 class TcpProxy:

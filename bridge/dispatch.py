@@ -156,6 +156,7 @@ class Dispatcher:
         self._probe_id: int | None = None  # the delivery probing a failing target
         self._dead_logged = False  # a dead delivery was logged since the last success
         self._next_expiry_check = 0.0
+        self._next_state_check = 0.0  # shared store: when to re-read the target state
         self._tasks: list[asyncio.Task[None]] = []
         self._workers: list[asyncio.Task[None]] = []
         self.health = TargetHealth()
@@ -313,6 +314,12 @@ class Dispatcher:
         if hold is not None and hold > now:
             await self._wait(min(hold - now, self.IDLE_RECHECK_S) if self._shared else hold - now)
             return
+        if self._shared and now >= self._next_state_check:
+            # Under load claims never come back empty, which is when the state is
+            # otherwise re-read: look now and then, so that a success here ends a
+            # failure streak other replicas counted.
+            self._next_state_check = now + self.IDLE_RECHECK_S
+            await self._refresh_state()
         if self._state.failing:
             await self._feed_probe(now)
             return
@@ -586,8 +593,8 @@ class Dispatcher:
 
     async def _receiver_answered(self, now: float) -> None:
         """The receiver works again: end a failure streak, release a failing target."""
-        # This replica's view of the streak; on a shared store another replica's
-        # failures since the last look are reset by the next success seen after it.
+        # This replica's view of the streak (on a shared store re-read at least every
+        # IDLE_RECHECK_S): no store write per success while nothing failed.
         if self._state.failures or self._state.failing:
             self._state = replace(self._state, failures=0, probe_at=None)
             self._show_failing()

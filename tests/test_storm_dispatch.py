@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 from conftest import wait_for
+from envelope_schema import validate_envelope
 from test_slack_target import FakeSlack, bot_cfg, send, session, slack, store  # noqa: F401
 from test_store_contract import make_store  # noqa: F401 - the store fixture (both stores)
 from webhook_receiver import Receiver
@@ -23,7 +24,6 @@ from bridge.clock import FakeClock, utc_iso
 from bridge.dispatch import Dispatcher, dispatch_options
 from bridge.metrics import Metrics
 from bridge.notifications import Notification, build_notification
-from bridge.schema import validate_envelope
 from bridge.settings import WebhookTarget
 from bridge.store.base import DeliveryState, IngestTx, NewNotification, Store
 from bridge.targets.slack import SlackSender

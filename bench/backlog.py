@@ -106,7 +106,9 @@ async def run_bridge(
         # BENCH_PROFILE=out.txt runs the bridge under py-spy to see where its time goes.
         prefix = []
         if profile := os.environ.get("BENCH_PROFILE"):
-            prefix = ["py-spy", "record", "-o", profile, "-f", "raw", "-r", "200", "--"]
+            prefix = ["py-spy", "record", "-o", profile, "-f", "raw", "-r", "200"]
+            # --gil samples only the thread holding the GIL: where Python CPU goes.
+            prefix += [*os.environ.get("BENCH_PROFILE_ARGS", "").split(), "--"]
         proc = subprocess.Popen(
             [*prefix, sys.executable, "-m", "bridge", "run", "--config", str(tmp / "config.yaml")],
             stdout=subprocess.DEVNULL,

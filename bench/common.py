@@ -54,7 +54,9 @@ def peak_rss_mb(pid: int) -> float:
     return math.nan
 
 
-def start_simulator(port: int, backlog: int, devices: int = 500, *extra: str) -> subprocess.Popen[bytes]:
+def start_simulator(
+    port: int, backlog: int, devices: int = 500, *extra: str
+) -> subprocess.Popen[bytes]:
     """`fleet-bridge simulate` preloaded with `backlog` events over 24 h."""
     return subprocess.Popen(
         [sys.executable, "-m", "bridge", "simulate", "--port", str(port), "--rate", "0",

@@ -121,9 +121,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     "max_requests_per_s": 1000,
                 },
                 "store": {"url": f"sqlite:///{tmp / 'bridge.db'}"},
-                "targets": [
-                    {"name": "bench", "type": "webhook", "url": hook, "secret": SECRET}
-                ],
+                "targets": [{"name": "bench", "type": "webhook", "url": hook, "secret": SECRET}],
             }
         )
         target_cfg = settings.targets[0]

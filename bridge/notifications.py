@@ -8,16 +8,16 @@ dispatchers send stored bytes instead of re-encoding per delivery.
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from functools import cached_property
 from typing import Any
 
 import orjson
 
-from bridge.clock import utc_iso
+from bridge.clock import parse_rfc3339, utc_iso
 
 ENVELOPE_VERSION = 1
 SOURCE_SYSTEM = "visionmax"
@@ -26,6 +26,11 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 # Every pair of Crockford digits (10 bits): an id is 13 lookups on small ints
 # instead of a 26-step loop on a 128-bit int (measured: ~8 µs → ~2.5 µs).
 _PAIRS = tuple(a + b for a in _CROCKFORD for b in _CROCKFORD)
+# A private generator, seeded from the OS: the module-level one may be reseeded by
+# anyone (test frameworks do, per example), and ids would then repeat. A forked
+# child reseeds, so two processes never share a sequence.
+_RNG = random.Random()
+os.register_at_fork(after_in_child=_RNG.seed)
 # The stdlib encoder for what orjson refuses (non-str keys, ints beyond 64 bits,
 # lone surrogates): one instance, since json.dumps with options builds a new one per call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False)
@@ -35,11 +40,11 @@ def new_notification_id(now: float | None = None) -> str:
     """`ntf_` + a ULID: 48 bits of milliseconds then 80 random bits, Crockford base32.
 
     Sortable by creation time, so ids double as a stable order for receivers. The
-    random part makes ids unique, not secret: `random` (seeded from the OS, and
-    reseeded in a forked child) instead of an `os.urandom` system call per id.
+    random part makes ids unique, not secret: a generator seeded from the OS
+    instead of an `os.urandom` system call per id.
     """
     ms = int((time.time() if now is None else now) * 1000) & 0xFFFF_FFFF_FFFF
-    hi, lo = random.getrandbits(40), random.getrandbits(40)
+    hi, lo = _RNG.getrandbits(40), _RNG.getrandbits(40)
     p = _PAIRS
     # 26 digits hold 130 bits: 48 bits of time with 2 leading zero bits, then 80 random.
     return "".join(
@@ -151,7 +156,7 @@ def routing_keys(type_: str, data: dict[str, Any]) -> RoutingKeys:
 
 def notification_from_envelope(envelope: dict[str, Any]) -> Notification:
     """Rebuild a Notification from its envelope (e.g. one kept in the store)."""
-    created = datetime.fromisoformat(str(envelope["created_at"]).replace("Z", "+00:00"))
+    created = parse_rfc3339(str(envelope["created_at"]))
     data = envelope.get("data") or {}
     return Notification(
         id=envelope["id"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 
 from hypothesis import given
@@ -47,3 +48,10 @@ def test_dumps_is_compact_utf8_json_like_the_stdlib() -> None:
 def test_dumps_falls_back_to_the_stdlib_for_what_orjson_refuses() -> None:
     assert dumps({1: "int key"}) == '{"1":"int key"}'
     assert dumps({"big": 2**70}) == '{"big":1180591620717411303424}'
+
+
+def test_ids_stay_unique_when_someone_reseeds_the_random_module() -> None:
+    random.seed(7)
+    first = new_notification_id(1_764_000_000)
+    random.seed(7)
+    assert new_notification_id(1_764_000_000) != first

@@ -27,7 +27,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def wait_http(url: str, timeout: float = 60) -> None:
+async def wait_http(url: str, timeout: float = 60, interval: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
@@ -37,7 +37,7 @@ async def wait_http(url: str, timeout: float = 60) -> None:
                         return
             except aiohttp.ClientError:
                 pass
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(interval)
     raise RuntimeError(f"{url} did not come up")
 
 
@@ -87,3 +87,75 @@ def new_loop(name: str) -> asyncio.AbstractEventLoop:
 
         return uvloop.new_event_loop()
     return asyncio.new_event_loop()
+
+
+def write_bridge_config(
+    tmp: Path,
+    sim_url: str,
+    hook: str,
+    *,
+    port: int,
+    events: dict[str, object],
+    page_size: int = 100,
+    max_rps: float = 200.0,
+    concurrency: int = 8,
+) -> Path:
+    """A bridge config: SQLite in `tmp`, one webhook target, the events poll as given."""
+    import yaml
+
+    cfg = {
+        "upstream": {
+            "base_url": sim_url,
+            "api_key": "sim-key",
+            "auth": {"token": "sim-token"},
+            "page_size": page_size,
+            "max_requests_per_s": max_rps,
+        },
+        "poll": {"events": events},
+        "store": {"url": f"sqlite:///{tmp / 'bridge.db'}"},
+        "server": {"host": "127.0.0.1", "port": port},
+        "logging": {"format": "json", "level": os.environ.get("BENCH_LOG_LEVEL", "warning")},
+        "targets": [
+            {
+                "name": "bench",
+                "type": "webhook",
+                "url": hook,
+                "secret": SECRET,
+                "max_in_flight": concurrency,
+            }
+        ],
+    }
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def start_bridge(config: Path, prefix: list[str] | None = None) -> subprocess.Popen[bytes]:
+    """`fleet-bridge run` (optionally under a profiler given as `prefix`)."""
+    command = [sys.executable, "-m", "bridge", "run", "--config", str(config)]
+    if os.environ.get("BENCH_BRIDGE_LOOP") == "asyncio":
+        # The bridge as it runs where uvloop is not installed (its import fails).
+        command[1:3] = [
+            "-c",
+            "import sys; sys.modules['uvloop'] = None; from bridge.cli import main; "
+            "sys.exit(main(sys.argv[1:]))",
+        ]
+    return subprocess.Popen([*(prefix or []), *command], stdout=subprocess.DEVNULL)
+
+
+async def metric_total(
+    session: aiohttp.ClientSession, base: str, name: str, has: str = ""
+) -> float:
+    """The sum of a metric's samples (those whose line contains `has`) from /metrics."""
+    async with session.get(f"{base}/metrics") as resp:
+        text = await resp.text()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and has in line and not line.startswith("#")
+    )
+
+
+async def receiver_count(session: aiohttp.ClientSession, base: str) -> int:
+    async with session.get(f"{base}/count") as resp:
+        return int((await resp.json())["count"])

@@ -167,10 +167,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             pipeline = s.us["normalize"] + s.us["de-dup"] + s.us["build (envelope, body, routing)"]
             s.us["store (outbox transaction)"] = ingest_us - pipeline
 
-            with s.timed("re-seen unchanged item (no fetch)"):
-                for items in pages:
-                    stats = await ingestor.ingest(items, job="events")
-                    assert stats.duplicates == len(items), stats
+            # The first re-sighting is checked against the store; later ones are
+            # recognized by their raw fingerprint (bridge/reseen.py).
+            for name in ("re-seen item, first time (no fetch)", "re-seen item, after (no fetch)"):
+                with s.timed(name):
+                    for items in pages:
+                        stats = await ingestor.ingest(items, job="events")
+                        assert stats.duplicates == len(items), stats
 
             # Claims and outcomes alternate as in a dispatcher: claimed rows stay in
             # the open-deliveries index until their outcome is written, and a claim

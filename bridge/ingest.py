@@ -23,6 +23,7 @@ from bridge.event_types import EventTypeTable
 from bridge.metrics import Metrics
 from bridge.normalize import MalformedItem, NormalizedEvent, normalize_event
 from bridge.notifications import Notification, build_notification
+from bridge.reseen import ReseenItems
 from bridge.routing import route
 from bridge.settings import Settings
 from bridge.store.base import (
@@ -48,6 +49,10 @@ class IngestStats:
     duplicates: int = 0
     malformed: int = 0
     notifications: list[Notification] = field(default_factory=list)
+    # For ReseenItems: tickets whose stored state was left as it was, and how many
+    # committed transactions changed some ticket's state (each bumped its epoch).
+    unchanged: list[str] = field(default_factory=list)
+    state_changes: int = 0
 
     def add(self, other: IngestStats) -> None:
         self.fetched += other.fetched
@@ -55,6 +60,8 @@ class IngestStats:
         self.updated += other.updated
         self.duplicates += other.duplicates
         self.malformed += other.malformed
+        self.unchanged += other.unchanged
+        self.state_changes += other.state_changes
 
 
 class SeenOnce:
@@ -102,10 +109,16 @@ class EventIngestor:
         self._base_url = settings.upstream.base
         self._notify_updates = settings.poll.events.notify_updates
         self._malformed = SeenOnce()
+        self._reseen = ReseenItems()
         self._on_stored = on_stored
         # Runs inside the ingest transaction: for state that must commit (or not) with
         # the notifications, e.g. auto-request clip candidates.
         self._in_tx = in_tx
+
+    @property
+    def reseen(self) -> ReseenItems:
+        """Poll items known unchanged (what the steady state skips)."""
+        return self._reseen
 
     @property
     def table(self) -> EventTypeTable:
@@ -153,8 +166,17 @@ class EventIngestor:
         for anything but being unavailable, the items go in one by one so only the
         culprit is skipped (logged once, counted as malformed) and the rest is stored.
         """
+        fetched, skipped = len(items), 0
+        fingerprints: dict[str, int] = {}
+        # Only poll items are fingerprinted: the same shape every time, re-seen often.
+        reseen = self._reseen if normalizer is normalize_event else None
+        if reseen is not None:
+            items, fingerprints, skipped = reseen.split(items)
+            if not items and cursor is None:
+                return IngestStats(fetched=fetched, duplicates=skipped)
         events, malformed = self.normalize(items, job=job, normalizer=normalizer)
-        stats = IngestStats(fetched=len(items), malformed=malformed)
+        stats = IngestStats(fetched=fetched, duplicates=skipped, malformed=malformed)
+        epoch = self._reseen.epoch
         try:
             stored = await self._store_events(events, job=job, cursor=cursor)
         except Exception as err:
@@ -163,6 +185,10 @@ class EventIngestor:
             stored = await self._store_each(events, job=job, cursor=cursor)
         stats.add(stored)
         stats.notifications = stored.notifications
+        # Remember only if no ingest changed a ticket since this one began (its own
+        # changes, if any, bumped the epoch once per stored batch and dropped theirs).
+        if reseen is not None and reseen.epoch == epoch + stored.state_changes:
+            reseen.remember(fingerprints, stored.unchanged)
         return stats
 
     async def _store_each(
@@ -189,12 +215,13 @@ class EventIngestor:
     ) -> IngestStats:
         stats = IngestStats()
         now = self._clock.now()
+        changed_tickets: dict[str, SeenTicket] = {}
 
         async def work(tx: IngestTx) -> None:
             stats.created = stats.updated = stats.duplicates = 0
-            stats.notifications = []
+            stats.notifications, stats.unchanged = [], []
+            changed_tickets.clear()
             known = await tx.seen_tickets(list({e.ticket for e in events}))
-            changed_tickets: dict[str, SeenTicket] = {}
             new: list[NewNotification] = []
             for ev in events:
                 decision = decide(known.get(ev.ticket), ev.ticket, ev.fingerprint, now)
@@ -202,6 +229,8 @@ class EventIngestor:
                     stats.duplicates += 1
                     if decision.ticket_state != known.get(ev.ticket):
                         changed_tickets[ev.ticket] = decision.ticket_state
+                    else:
+                        stats.unchanged.append(ev.ticket)
                     known[ev.ticket] = decision.ticket_state
                     continue
                 known[ev.ticket] = decision.ticket_state
@@ -222,6 +251,8 @@ class EventIngestor:
                 new.append(NewNotification(n, route(self._settings.targets, n)))
             if changed_tickets:
                 await tx.put_tickets(list(changed_tickets.values()))
+                # A ticket changed later in the batch is not unchanged after all.
+                stats.unchanged = [t for t in stats.unchanged if t not in changed_tickets]
             if new:
                 await tx.add_notifications(new)
                 if self._in_tx is not None:
@@ -230,6 +261,9 @@ class EventIngestor:
                 await tx.set_cursor(job, cursor)
 
         await self._store.ingest(work)
+        if changed_tickets:
+            self._reseen.forget(changed_tickets)
+            stats.state_changes = 1
         # One labels() lookup per type, not per notification (measured: ~1.5 µs each).
         for type_, count in Counter(n.type for n in stats.notifications).items():
             self._metrics.notifications.labels(type=type_).inc(count)

@@ -57,7 +57,9 @@ async def steady(args: argparse.Namespace) -> dict[str, Any]:
         "lookback_s": 25 * 3600,
         "max_window_s": 3600,
     }
-    config = write_bridge_config(tmp, sim_url, f"{rec_url}/hook", port=port, events=events)
+    config = write_bridge_config(
+        tmp, sim_url, f"{rec_url}/hook", port=port, events=events, page_size=args.page_size
+    )
     bridge = None
     base = f"http://127.0.0.1:{port}"
     try:
@@ -87,6 +89,7 @@ async def steady(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "events_in_window": args.events,
         "interval_s": args.interval,
+        "page_size": args.page_size,
         "polls_measured": args.polls,
         "items_re_seen": int(items),
         "cpu_us_per_re_seen_item": round((cpu1 - cpu0) / items * 1e6, 2),
@@ -137,6 +140,7 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--events", type=int, default=10_000, help="0: skip the steady run")
     p.add_argument("--interval", type=float, default=10.0, help="poll interval (steady)")
+    p.add_argument("--page-size", type=int, default=100, help="upstream.page_size (steady)")
     p.add_argument("--polls", type=int, default=4, help="polls measured (steady)")
     p.add_argument("--idle-s", type=float, default=60.0, help="0: skip the idle run")
     asyncio.run(main(p.parse_args()))

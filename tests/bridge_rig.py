@@ -123,6 +123,7 @@ async def make_rig(
     sim: dict[str, Any] | None = None,
     start: float | None = None,
     webhook: bool = True,
+    password_auth: bool = False,
 ) -> Rig:
     clock = FakeClock(start=time.time() if start is None else start)
     simulator = Simulator(
@@ -164,6 +165,8 @@ async def make_rig(
         "logging": {"format": "json"},
         "targets": targets,
     }
+    if password_auth:
+        raw["upstream"]["auth"] = {"email": "ops@example.com", "password": "sim-password"}
     settings = settings_from_dict(deep_merge(raw, config or {}), {})
     rig = Rig(
         clock=clock,

@@ -110,7 +110,7 @@ async def get_json(db: aiosqlite.Connection, kind: str, key: str) -> dict[str, A
 def _notification_row(n: Notification) -> tuple[Any, ...]:
     # Events carry their time as a number already: no RFC 3339 text parsed back per row.
     event_at = n.event_at if n.event_at is not None else _event_at(n)
-    return (n.id, n.type, n.created_at, event_at, n.keys.ticket, n.keys.device_cid, n.body)
+    return (n.id, n.type, n.created_at, event_at, n.body)
 
 
 def _event_at(n: Notification) -> float | None:

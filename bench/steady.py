@@ -55,6 +55,9 @@ async def steady(args: argparse.Namespace) -> dict[str, Any]:
         "interval_s": args.interval,
         "start_from": "25h",
         "lookback_s": 25 * 3600,
+        # Every run re-scans the whole window (the default re-scans it every 60 s).
+        "rescan_interval_s": args.interval,
+        "rescan_budget": 1.0,
         "max_window_s": 3600,
     }
     config = write_bridge_config(

@@ -1,10 +1,18 @@
 """Backlog benchmark: the bridge from a cold start drains N simulated events to a webhook.
 
 Prints wall time to the last delivery, notifications/s, upstream requests, the bridge's
-peak RSS, and — in the same run, against the same receiver — the ceiling of a plain
-aiohttp client posting N signed bodies with the same concurrency, and the ratio.
+peak RSS and CPU (start-up apart), the store's size, and — in the same run, against the
+same receiver — the ceiling of a plain aiohttp client posting N signed bodies of the
+bridge's own shape with the same concurrency (on the stock asyncio loop and on uvloop),
+and the ratios.
 
     python bench/backlog.py [--events 50000] [--devices 500] [--concurrency 8]
+    python bench/backlog.py --store postgresql://postgres@127.0.0.1:5432/postgres [--replicas 3]
+
+With `--store postgresql://…` the run uses a throwaway database created on that
+server (dropped afterwards); `--replicas N` starts N bridge processes on it (peak RSS
+is the largest replica's, CPU the sum). BENCH_BRIDGE_LOOP=asyncio runs the bridge
+as if uvloop were not installed; BENCH_PROFILE=out.txt under py-spy.
 
 Everything runs on loopback: the simulator, the receiver and the bridge are separate
 processes; this script only orchestrates and runs the plain client.
@@ -19,9 +27,12 @@ import math
 import os
 import tempfile
 import time
+import uuid
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+import asyncpg
 from common import (
     SECRET,
     cpu_seconds,
@@ -45,21 +56,58 @@ from bridge.notifications import build_notification
 from bridge.targets.webhook import sign
 
 
+async def throwaway_database(server_url: str) -> str:
+    """A fresh database on the server of `server_url` (whose database is the admin one)."""
+    parts = urlsplit(server_url)
+    name = f"fb_bench_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+async def drop_database(server_url: str, url: str) -> None:
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{urlsplit(url).path[1:]}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
 async def run_bridge(
     args: argparse.Namespace, sim_url: str, hook: str, rec: str
 ) -> dict[str, float]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-backlog-"))
-    port = free_port()
-    config = write_bridge_config(
-        tmp,
-        sim_url,
-        hook,
-        port=port,
-        events={"interval_s": 30, "start_from": "25h", "max_window_s": 3600},
-        page_size=args.page_size,
-        max_rps=args.max_rps,
-        concurrency=args.concurrency,
-    )
+    store_url = None
+    if args.store:
+        store_url = await throwaway_database(args.store)
+    try:
+        return await _run_bridge(args, sim_url, hook, rec, tmp, store_url)
+    finally:
+        if args.store and store_url:
+            await drop_database(args.store, store_url)
+
+
+async def _run_bridge(
+    args: argparse.Namespace, sim_url: str, hook: str, rec: str, tmp: Path, store_url: str | None
+) -> dict[str, float]:
+    ports = [free_port() for _ in range(args.replicas)]
+    configs = [
+        write_bridge_config(
+            tmp,
+            sim_url,
+            hook,
+            port=port,
+            events={"interval_s": 30, "start_from": "25h", "max_window_s": 3600},
+            page_size=args.page_size,
+            max_rps=args.max_rps,
+            concurrency=args.concurrency,
+            store_url=store_url,
+        )
+        for port in ports
+    ]
     async with aiohttp.ClientSession() as session:
         await session.post(f"{rec}/reset")
         started = time.perf_counter()
@@ -69,26 +117,31 @@ async def run_bridge(
         if profile := os.environ.get("BENCH_PROFILE"):
             prefix = ["py-spy", "record", "-o", profile, "-f", "raw", "-r", "200"]
             prefix += [*os.environ.get("BENCH_PROFILE_ARGS", "").split(), "--"]
-        proc = start_bridge(config, prefix)
-        base = f"http://127.0.0.1:{port}"
+        procs = [start_bridge(config, prefix) for config in configs]
         try:
             # Start-up (imports, migrations) is reported apart: the plain client's
             # figure does not include its own.
-            await wait_http(f"{base}/healthz", timeout=60, interval=0.005)
-            startup_cpu = cpu_seconds(proc.pid)
+            for port in ports:
+                await wait_http(f"http://127.0.0.1:{port}/healthz", timeout=60, interval=0.005)
+            startup_cpu = sum(cpu_seconds(p.pid) for p in procs)
             peak = 0.0
             while (count := await receiver_count(session, rec)) < args.events:
-                peak = max(peak, peak_rss_mb(proc.pid))
-                if proc.poll() is not None:
-                    raise RuntimeError(f"bridge exited early with {proc.returncode}")
+                peak = max([peak, *(peak_rss_mb(p.pid) for p in procs)])
+                if any(p.poll() is not None for p in procs):
+                    raise RuntimeError("a bridge exited early")
                 await asyncio.sleep(0.05)
             wall = time.perf_counter() - started
-            peak = max(peak, peak_rss_mb(proc.pid))
-            cpu = cpu_seconds(proc.pid)
-            upstream = await metric_total(session, base, "bridge_upstream_requests_total{")
+            peak = max([peak, *(peak_rss_mb(p.pid) for p in procs)])
+            cpu = sum(cpu_seconds(p.pid) for p in procs)
+            upstream = 0.0
+            for port in ports:
+                base = f"http://127.0.0.1:{port}"
+                upstream += await metric_total(session, base, "bridge_upstream_requests_total{")
         finally:
-            proc.send_signal(2 if profile else 15)
-            proc.wait(30)
+            for p in procs:
+                p.send_signal(2 if profile else 15)
+            for p in procs:
+                p.wait(30)
     # After a clean stop the WAL is checkpointed into the file.
     store_mb = sum(f.stat().st_size for f in tmp.glob("bridge.db*")) / 2**20
     return {
@@ -187,13 +240,15 @@ def main(args: argparse.Namespace) -> None:
     drain_cpu_us = (bridge["cpu_s"] - bridge["startup_cpu_s"]) / n * 1e6
     result = {
         "events": n,
+        "store": "postgresql" if args.store else "sqlite",
+        "replicas": args.replicas,
         "bridge_loop": os.environ.get("BENCH_BRIDGE_LOOP", "uvloop"),
         "devices": args.devices,
         "concurrency": args.concurrency,
         "bridge_wall_s": round(bridge["wall_s"], 2),
         "bridge_notifications_per_s": round(bridge_rate),
         "bridge_peak_rss_mb": round(bridge["peak_rss_mb"], 1),
-        "store_mb_per_1000": round(bridge["store_mb"] / n * 1000, 3),
+        "store_mb_per_1000": None if args.store else round(bridge["store_mb"] / n * 1000, 3),
         "upstream_requests": int(bridge["upstream_requests"]),
         "upstream_request_budget": int(budget),
         "bridge_startup_cpu_s": round(bridge["startup_cpu_s"], 2),
@@ -219,4 +274,9 @@ if __name__ == "__main__":
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--page-size", type=int, default=100)
     p.add_argument("--max-rps", type=float, default=200.0)
-    main(p.parse_args())
+    p.add_argument("--store", default=None, help="postgresql://… server (default: SQLite)")
+    p.add_argument("--replicas", type=int, default=1, help="bridge processes (PostgreSQL)")
+    parsed = p.parse_args()
+    if parsed.replicas > 1 and not parsed.store:
+        p.error("--replicas > 1 needs --store postgresql://…")
+    main(parsed)

@@ -99,8 +99,10 @@ def write_bridge_config(
     page_size: int = 100,
     max_rps: float = 200.0,
     concurrency: int = 8,
+    store_url: str | None = None,
 ) -> Path:
-    """A bridge config: SQLite in `tmp`, one webhook target, the events poll as given."""
+    """A bridge config: SQLite in `tmp` (or `store_url`), one webhook target, the events
+    poll as given; written to `tmp/config-<port>.yaml`."""
     import yaml
 
     cfg = {
@@ -112,7 +114,7 @@ def write_bridge_config(
             "max_requests_per_s": max_rps,
         },
         "poll": {"events": events},
-        "store": {"url": f"sqlite:///{tmp / 'bridge.db'}"},
+        "store": {"url": store_url or f"sqlite:///{tmp / 'bridge.db'}"},
         "server": {"host": "127.0.0.1", "port": port},
         "logging": {"format": "json", "level": os.environ.get("BENCH_LOG_LEVEL", "warning")},
         "targets": [
@@ -125,7 +127,7 @@ def write_bridge_config(
             }
         ],
     }
-    path = tmp / "config.yaml"
+    path = tmp / f"config-{port}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 

@@ -88,6 +88,12 @@ class Metrics:
             ["job"],
             registry=r,
         )
+        self.poll_stale = Gauge(
+            "bridge_poll_stale",
+            "1 while no poll of this job succeeded within 3 intervals (readiness ignores it)",
+            ["job"],
+            registry=r,
+        )
 
     def start_series(self, *, types: Iterable[str], jobs: Iterable[str]) -> None:
         """Create the series whose labels are known up front, at 0.

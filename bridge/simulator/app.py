@@ -219,10 +219,14 @@ async def _events(request: web.Request) -> web.StreamResponse:
 
 
 def _videos(request: web.Request, event: Event) -> list[dict[str, Any]]:
+    return video_files(event, origin=f"{request.scheme}://{request.host}", now=_sim(request).now())
+
+
+def video_files(event: Event, *, origin: str, now: float) -> list[dict[str, Any]]:
+    """GetVideoDetail's `videos` for `event`: signed-looking URLs under `origin`."""
     if not event.has_video:
         return []
-    expires = int(_sim(request).now()) + _MEDIA_URL_TTL_S
-    origin = f"{request.scheme}://{request.host}"
+    expires = int(now) + _MEDIA_URL_TTL_S
     return [
         {
             "cam_id": cam,

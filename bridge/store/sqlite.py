@@ -100,6 +100,9 @@ class SqliteStore:
             if self._exclusive:
                 self._lock_fd = await asyncio.to_thread(_lock_file, self._path)
             migrations = await asyncio.to_thread(load_migrations, "sqlite")
+            # Probe with plain sqlite3 first: when aiosqlite's connect fails, its worker
+            # thread outlives the failure and dies with a traceback once the loop closes.
+            await asyncio.to_thread(_probe, self._path)
             db = await aiosqlite.connect(self._path, isolation_level=None)
         except (sqlite3.Error, OSError) as err:
             self._unlock()
@@ -668,6 +671,10 @@ async def _switch_to_wal(db: aiosqlite.Connection, timeout_s: float) -> None:
             if "locked" not in str(err) or time.monotonic() >= deadline:
                 raise
         await asyncio.sleep(0.01)
+
+
+def _probe(path: Path) -> None:
+    sqlite3.connect(path).close()
 
 
 async def _close_quietly(db: aiosqlite.Connection) -> None:

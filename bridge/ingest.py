@@ -85,6 +85,7 @@ class EventIngestor:
         *,
         on_stored: Callable[[list[Notification]], None] | None = None,
         in_tx: Callable[[IngestTx, list[Notification]], Awaitable[None]] | None = None,
+        enrich: Callable[[list[NormalizedEvent]], Awaitable[list[NormalizedEvent]]] | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -100,6 +101,9 @@ class EventIngestor:
         # Runs inside the ingest transaction: for state that must commit (or not) with
         # the notifications, e.g. auto-request clip candidates.
         self._in_tx = in_tx
+        # Network fetches (video links, detail) that must land in the notifications
+        # themselves: done before the transaction, never inside it (bridge.enrich).
+        self._enrich = enrich
 
     @property
     def table(self) -> EventTypeTable:
@@ -137,6 +141,8 @@ class EventIngestor:
     ) -> IngestStats:
         """Normalize, de-dup and store `items`; move `job`'s cursor in the same transaction."""
         events, malformed = self.normalize(items, job=job, normalizer=normalizer)
+        if self._enrich is not None and events:
+            events = await self._enrich(events)
         stats = IngestStats(fetched=len(items), malformed=malformed)
         now = self._clock.now()
 

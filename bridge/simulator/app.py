@@ -219,18 +219,22 @@ async def _events(request: web.Request) -> web.StreamResponse:
 
 
 def _videos(request: web.Request, event: Event) -> list[dict[str, Any]]:
+    """The event's video files with pre-signed URLs, signed anew on every call."""
     if not event.has_video:
         return []
-    expires = int(_sim(request).now()) + _MEDIA_URL_TTL_S
+    sim = _sim(request)
+    expires = int(sim.now()) + _MEDIA_URL_TTL_S
     origin = f"{request.scheme}://{request.host}"
+    cams = event.cameras[: int(event.item["videos_count"])]
+    signatures = sim.sign_media(event.ticket, cams, expires)
     return [
         {
             "cam_id": cam,
-            "url": f"{origin}/media/{event.ticket}/{cam}.mp4?expires={expires}",
+            "url": f"{origin}/media/{event.ticket}/{cam}.mp4?expires={expires}&signature={sig}",
             "duration": event.video_duration,
             "expires_at": expires,
         }
-        for cam in event.cameras[: int(event.item["videos_count"])]
+        for cam, sig in zip(cams, signatures, strict=True)
     ]
 
 
@@ -254,7 +258,9 @@ async def _detail(request: web.Request) -> web.StreamResponse:
 
 
 async def _video_detail(request: web.Request) -> web.StreamResponse:
-    event = _event(_sim(request), await _form_ticket(request))
+    sim = _sim(request)
+    event = _event(sim, await _form_ticket(request))
+    sim.video_detail_calls[event.ticket] += 1
     return _ok(request, {"ticket": event.ticket, "videos": _videos(request, event)})
 
 

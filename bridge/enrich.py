@@ -129,7 +129,12 @@ class EventEnricher:
             self._fetch_all(
                 video_tickets, deadline, self._videos_outcomes, lambda t: fetch_videos(client, t)
             ),
-            self._fetch_all(detail_tickets, deadline, self._detail_outcomes, client.event_detail),
+            self._fetch_all(
+                detail_tickets,
+                deadline,
+                self._detail_outcomes,
+                lambda t: client.event_detail(t, retry=False),  # never retried (SPEC §5.1)
+            ),
         )
         out = []
         for ev in events:

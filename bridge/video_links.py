@@ -66,6 +66,10 @@ def with_videos(ev: NormalizedEvent, videos: list[dict[str, Any]] | None) -> Nor
 
 
 async def fetch_videos(client: UpstreamClient, ticket: str) -> list[dict[str, Any]]:
-    """The ticket's `media.videos` from GetVideoDetail (raises `UpstreamError`)."""
-    detail = await client.video_detail(ticket)
+    """The ticket's `media.videos` from GetVideoDetail (raises `UpstreamError`).
+
+    One attempt: a failure is retried on the ticket's next re-scan, not in the call,
+    so in-call backoff never holds the alert back.
+    """
+    detail = await client.video_detail(ticket, retry=False)
     return event_videos(detail.get("videos"))

@@ -141,6 +141,18 @@ async def _vendor_middleware(request: web.Request, handler: _Handler) -> web.Str
     sim.record(request.method, request.path, dict(request.query))
     if request.path.startswith("/media/"):
         return await handler(request)  # pre-signed download URLs: no auth, no faults
+    # Keyed by route (e.g. `/V2/event/videoClip/{sn}`): bounded, whatever paths arrive.
+    resource = request.match_info.route.resource
+    path = resource.canonical if resource is not None else "(unrouted)"
+    sim.in_flight[path] += 1
+    sim.peak_in_flight[path] = max(sim.peak_in_flight[path], sim.in_flight[path])
+    try:
+        return await _answer(sim, request, handler)
+    finally:
+        sim.in_flight[path] -= 1
+
+
+async def _answer(sim: Simulator, request: web.Request, handler: _Handler) -> web.StreamResponse:
     try:
         _check_auth(sim, request)
         kind = sim.next_fault(request.path)

@@ -78,6 +78,10 @@ class Simulator:
         self._signings = 0
         # GetVideoDetail answers per ticket (faulted calls are in `requests` only).
         self.video_detail_calls: Counter[str] = Counter()
+        # Requests being answered now, and the most at once, by path (a client's
+        # concurrency bound is visible here; a "slow" fault keeps a request open).
+        self.in_flight: Counter[str] = Counter()
+        self.peak_in_flight: Counter[str] = Counter()
 
         self.devices: list[Device] = make_devices(self._data_rng, config.devices)
         self._device_by_id = {d.device_cid: d for d in self.devices}

@@ -1,0 +1,442 @@
+"""Video links and detail (SPEC §5.1) end to end: simulator → bridge → real receivers.
+
+The simulator and the bridge share one FakeClock; the simulator signs media URLs
+anew on every call and counts GetVideoDetail per ticket, so these tests count the
+vendor calls exactly. Targets are a real Standard Webhooks receiver, the fake Slack
+of test_slack_target (bot token: thread replies) and, where it matters, a real
+Mosquitto broker.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+from conftest import wait_for
+from mosquitto import Mosquitto, Subscriber
+from structlog.testing import capture_logs
+from test_slack_target import BOT_TOKEN, FakeSlack, Hit
+from webhook_receiver import SECRET, Receiver
+
+from bridge.app import BRIDGE, Bridge, build_app
+from bridge.clock import FakeClock, SystemClock
+from bridge.dedup import VIDEOS, VIDEOS_DUE, decide
+from bridge.event_types import EventTypeTable
+from bridge.normalize import event_videos, normalize_event
+from bridge.schema import validate_envelope
+from bridge.settings import settings_from_dict
+from bridge.simulator import FaultSpec, Simulator, SimulatorConfig
+from bridge.slack_format import CAMERA_NAMES
+from bridge.video_links import wants_videos, with_videos
+
+ServerFactory = Callable[..., Awaitable[TestServer]]
+TABLE = EventTypeTable({})
+VIDEO_DETAIL = "/V2/event/GetVideoDetail"
+DETAIL = "/V2/event/detailV2"
+
+
+# --------------------------------------------------------------------------- pure decisions
+
+T0 = 1_764_000_000.0
+ITEM: dict[str, Any] = {
+    "ticket": "tk-1",
+    "timestamp": int(T0),
+    "asset_info": {"has_video": True, "uploading": False},
+    "videos_count": 1,
+    "videos_total_count": 2,
+}
+VIDEO = {"cam_id": "C_F", "url": "https://m.example.com/f.mp4?sig=1", "duration": 30}
+
+
+def test_wants_videos_once_per_ticket_and_media_change() -> None:
+    ev = normalize_event(ITEM, TABLE)
+    assert wants_videos(ev, None, T0 + 5, 900)  # first sighting, video there
+    assert not wants_videos(ev, None, T0 + 901, 900)  # too old: a catch-up
+    no_video = normalize_event(ITEM | {"asset_info": {"has_video": False}}, TABLE)
+    assert not wants_videos(no_video, None, T0 + 5, 900)
+
+    fetched = with_videos(ev, event_videos([VIDEO]))
+    known = decide(None, ev.ticket, fetched.fingerprint, T0).ticket_state
+    assert not wants_videos(ev, known, T0 + 30, 900)  # re-scan of an unchanged ticket
+    more = normalize_event(ITEM | {"videos_count": 2}, TABLE)
+    assert wants_videos(more, known, T0 + 30, 900)  # another clip arrived
+
+    failed = with_videos(ev, None)
+    owed = decide(None, ev.ticket, failed.fingerprint, T0).ticket_state
+    assert wants_videos(ev, owed, T0 + 30, 900)  # the failed fetch is owed
+    assert not wants_videos(ev, owed, T0 + 901, 900)  # ...until the event is too old
+    pushed = decide(None, ev.ticket, ev.fingerprint, T0).ticket_state  # never fetched
+    assert wants_videos(ev, pushed, T0 + 30, 900)
+
+
+def test_with_videos_puts_files_in_data_and_only_cameras_in_the_fingerprint() -> None:
+    ev = normalize_event(ITEM, TABLE)
+    out = with_videos(ev, event_videos([VIDEO, {"cam_id": "C_I", "url": None}]))
+    assert out.data["media"]["videos"] == [
+        {"cam_id": "C_F", "url": VIDEO["url"], "duration_s": 30, "expires_at": None}
+    ]
+    assert out.fingerprint[VIDEOS] == ["C_F"]
+    assert out.fingerprint[VIDEOS_DUE] is False
+    assert ev.data["media"]["videos"] is None  # the input is untouched
+    failed = with_videos(ev, None)
+    assert failed.data["media"]["videos"] is None
+    assert VIDEOS not in failed.fingerprint
+    assert failed.fingerprint[VIDEOS_DUE] is True
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@dataclass
+class Rig:
+    clock: FakeClock
+    sim: Simulator
+    bridge: Bridge
+    hook: Receiver
+    slack: FakeSlack
+
+    async def poll(self) -> None:
+        assert self.bridge.scheduler is not None
+        await self.bridge.scheduler.run_now("events")
+
+    async def settle(self) -> None:
+        for d in self.bridge.dispatchers.values():
+            await d.wait_idle()
+
+    def calls(self, path: str = VIDEO_DETAIL) -> int:
+        """Requests the vendor got on `path`, faulted ones included."""
+        return sum(1 for r in self.sim.requests if r.path == path)
+
+    def metric(self, name: str, outcome: str) -> float:
+        value = self.bridge.metrics.registry.get_sample_value(name, {"outcome": outcome})
+        return value or 0.0
+
+    def events(self, type_: str, ticket: str) -> list[dict[str, Any]]:
+        return [e for e in self.hook.of_type(type_) if e["data"]["ticket"] == ticket]
+
+    async def new_event(self, **overrides: Any) -> str:
+        """An event arriving now (a few seconds before the next poll)."""
+        item = self.sim.add_event(**overrides)
+        self.clock.advance(5)
+        return str(item["ticket"])
+
+
+@pytest.fixture
+def make_rig(aiohttp_server: ServerFactory, tmp_path: Path) -> Callable[..., Awaitable[Rig]]:
+    async def factory(
+        *,
+        events: dict[str, Any] | None = None,
+        upstream: dict[str, Any] | None = None,
+        extra_targets: tuple[dict[str, Any], ...] = (),
+        **sim: Any,
+    ) -> Rig:
+        # Real "now", so standardwebhooks accepts the signed timestamps.
+        clock = FakeClock(start=time.time())
+        simulator = Simulator(
+            SimulatorConfig(
+                **{"seed": 13, "devices": 6, "rate": 0.0, "base_time": clock.now(), **sim}
+            ),
+            clock=clock,
+        )
+        sim_server = await aiohttp_server(simulator.app())
+        hook = Receiver()
+        hook_server = await aiohttp_server(hook.app())
+        slack = FakeSlack()
+        slack_server = await aiohttp_server(slack.app())
+        raw = {
+            "upstream": {
+                "base_url": str(sim_server.make_url("")),
+                "api_key": "sim-key",
+                "auth": {"token": "sim-token"},
+                "page_size": 50,
+                "max_requests_per_s": 1000,
+                **(upstream or {}),
+            },
+            "poll": {"events": {"interval_s": 3600, "start_from": "1h", **(events or {})}},
+            "store": {"url": f"sqlite:///{tmp_path / 'bridge.db'}"},
+            "logging": {"format": "json"},
+            "targets": [
+                {
+                    "name": "hook",
+                    "type": "webhook",
+                    "url": str(hook_server.make_url("/hook")),
+                    "secret": SECRET,
+                    "max_in_flight": 1,  # receipt order is creation order
+                },
+                {
+                    "name": "slack",
+                    "type": "slack",
+                    "bot_token": BOT_TOKEN,
+                    "channel": "#fleet-safety",
+                    "api_base_url": str(slack_server.make_url("/api")),
+                    # No pacing: it runs on the fake clock, which only the test moves.
+                    "rate_limit_per_s": None,
+                    "max_in_flight": 1,
+                },
+                *extra_targets,
+            ],
+        }
+        app = build_app(settings_from_dict(raw, {}), clock=clock, upstream_clock=SystemClock())
+        await aiohttp_server(app)
+        rig = Rig(clock=clock, sim=simulator, bridge=app[BRIDGE], hook=hook, slack=slack)
+        # The scheduler polls once at start: wait for it, so it never runs amid a test.
+        poller = rig.bridge.events_poller
+        assert poller is not None
+        await wait_for(lambda: poller.status.last_success_at is not None, message="first poll")
+        return rig
+
+    return factory
+
+
+@pytest.fixture
+async def broker(tmp_path: Path) -> AsyncIterator[Mosquitto]:
+    async with Mosquitto(tmp_path / "broker") as b:
+        yield b
+
+
+def slack_links(hit: Hit) -> list[str]:
+    """The `<url|name>` links of a Slack message's Videos section."""
+    for block in hit.body["blocks"]:
+        text = block.get("text", {}).get("text", "")
+        if text.startswith("*Videos*"):
+            return [line.removeprefix("• ").split(">")[0] + ">" for line in text.splitlines()[1:]]
+    return []
+
+
+def slack_link(video: dict[str, Any]) -> str:
+    return f"<{video['url'].replace('&', '&amp;')}|{CAMERA_NAMES[video['cam_id']]}>"
+
+
+async def test_a_videos_urls_reach_webhook_mqtt_and_the_slack_thread(
+    make_rig: Callable[..., Awaitable[Rig]], broker: Mosquitto
+) -> None:
+    mqtt = {"name": "mq", "type": "mqtt", "url": f"mqtt://127.0.0.1:{broker.port}"}
+    async with Subscriber(broker.port, ("fleet/event/#",)) as sub:
+        rig = await make_rig(extra_targets=[mqtt])
+        device = next(d for d in rig.sim.devices if len(d.cameras) >= 2)
+        ticket = await rig.new_event(video=True, media_delay_s=10_000, device_cid=device.device_cid)
+        await rig.poll()
+        await wait_for(lambda: rig.events("event.created", ticket), message="event.created")
+
+        rig.sim.set_media(ticket, has_video=True, uploading=False)  # the upload finished
+        rig.clock.advance(30)
+        await rig.poll()
+        await wait_for(lambda: rig.events("event.updated", ticket), message="event.updated")
+        await wait_for(lambda: len(rig.slack.delivered()) == 2, message="slack thread reply")
+        await wait_for(lambda: len(sub.messages) == 2, message="both on MQTT")
+        await rig.settle()
+
+    (created,) = rig.events("event.created", ticket)
+    (updated,) = rig.events("event.updated", ticket)
+    assert created["data"]["media"]["videos"] is None  # nothing uploaded yet: no fetch
+    data = updated["data"]
+    assert data["revision"] == 2
+    assert data["changed"] == [
+        "media.has_video",
+        "media.uploading",
+        "media.videos_count",
+        "media.videos",
+    ]
+    videos = data["media"]["videos"]
+    assert [v["cam_id"] for v in videos] == list(device.cameras)
+    for v in videos:
+        assert v["url"].startswith("http://127.0.0.1:")
+        assert "signature=" in v["url"]
+        assert v["duration_s"] is not None
+        assert v["expires_at"].endswith("Z")
+    validate_envelope(updated)
+    assert rig.calls() == 1
+    assert rig.sim.video_detail_calls[ticket] == 1
+
+    # MQTT carries the same envelope, URLs and all.
+    payloads = {json.loads(m.payload)["type"]: json.loads(m.payload) for m in sub.messages}
+    assert payloads["event.updated"] == updated
+
+    # Slack: the update is a reply in the event's thread, one link per camera by name.
+    first, reply = rig.slack.delivered()
+    assert "thread_ts" not in first.body
+    assert reply.body["thread_ts"] == first.ts
+    assert slack_links(reply) == [slack_link(v) for v in videos]
+    assert "video links: Front, In-cabin" in reply.body["text"]
+
+
+async def test_a_failing_fetch_sends_the_alert_and_later_the_links(
+    make_rig: Callable[..., Awaitable[Rig]],
+) -> None:
+    rig = await make_rig()
+    rig.sim.queue_faults("result_false", path_prefix=VIDEO_DETAIL)
+    with capture_logs() as logs:
+        ticket = await rig.new_event(video=True, media_delay_s=0)  # has_video from the start
+        await rig.poll()
+        await wait_for(lambda: rig.events("event.created", ticket), message="the alert")
+    (created,) = rig.events("event.created", ticket)
+    assert created["data"]["media"]["has_video"] is True
+    assert created["data"]["media"]["videos"] is None  # not held back by the failure
+    assert rig.metric("bridge_video_link_fetches_total", "failed") == 1
+    (warning,) = [e for e in logs if e["event"].startswith("video links unavailable")]
+    assert warning["ticket"] == ticket
+    assert warning["code"] is not None
+
+    # The next re-scan tries again; its success is an update naming only the links.
+    rig.clock.advance(30)
+    with capture_logs() as logs:
+        await rig.poll()
+    await wait_for(lambda: rig.events("event.updated", ticket), message="the links")
+    (updated,) = rig.events("event.updated", ticket)
+    assert updated["data"]["revision"] == 2
+    assert updated["data"]["changed"] == ["media.videos"]
+    assert updated["data"]["media"]["videos"]
+    assert [e["event"] for e in logs if e["event"].startswith("video links")] == [
+        "video links recovered"
+    ]
+    # Owed no more: later re-scans ask nothing and send nothing.
+    for _ in range(3):
+        rig.clock.advance(30)
+        await rig.poll()
+    await rig.settle()
+    assert rig.calls() == 2
+    assert rig.metric("bridge_video_link_fetches_total", "ok") == 1
+    assert len(rig.events("event.updated", ticket)) == 1
+    # Slack threads the late links under the alert too.
+    first, reply = rig.slack.delivered()
+    assert reply.body["thread_ts"] == first.ts
+    assert slack_links(reply) == [slack_link(v) for v in updated["data"]["media"]["videos"]]
+
+
+async def test_resigned_urls_make_no_update_but_a_new_camera_does(
+    make_rig: Callable[..., Awaitable[Rig]],
+) -> None:
+    rig = await make_rig()
+    device = next(d for d in rig.sim.devices if len(d.cameras) >= 2)
+    ticket = await rig.new_event(video=True, media_delay_s=10_000, device_cid=device.device_cid)
+    rig.sim.set_media(ticket, has_video=True, uploading=True, videos_count=1)
+    await rig.poll()
+    await wait_for(lambda: rig.events("event.created", ticket))
+    (created,) = rig.events("event.created", ticket)
+    first_url = created["data"]["media"]["videos"][0]["url"]
+
+    # Re-scans see the same media: no fetch, so no new signature and no update. Even a
+    # fetch that gets a fresh signature for the same camera is no change (below).
+    for _ in range(4):
+        rig.clock.advance(30)
+        await rig.poll()
+    assert rig.calls() == 1
+
+    # An unrelated media change makes one fetch: new URL, same camera, so `changed`
+    # names only that field, not media.videos.
+    rig.sim.set_media(ticket, videos_count=1, expiry=int(rig.clock.now()) + 86_400)
+    rig.clock.advance(30)
+    await rig.poll()
+    await wait_for(lambda: rig.events("event.updated", ticket))
+    (resigned,) = rig.events("event.updated", ticket)
+    assert resigned["data"]["changed"] == ["media.expires_at"]
+    (video,) = resigned["data"]["media"]["videos"]
+    assert video["cam_id"] == device.cameras[0]
+    assert video["url"] != first_url  # re-signed by the vendor
+
+    # A second camera's file arrives: one fetch, one update naming the new set.
+    rig.sim.set_media(ticket, uploading=False, videos_count=2)
+    rig.clock.advance(30)
+    await rig.poll()
+    await wait_for(lambda: len(rig.events("event.updated", ticket)) == 2)
+    second = rig.events("event.updated", ticket)[1]["data"]
+    assert second["revision"] == 3
+    assert second["changed"] == ["media.uploading", "media.videos_count", "media.videos"]
+    assert [v["cam_id"] for v in second["media"]["videos"]] == list(device.cameras[:2])
+    for _ in range(3):
+        rig.clock.advance(30)
+        await rig.poll()
+    await rig.settle()
+    # One fetch per ticket sighting that changed: created, expiry, second camera.
+    assert rig.calls() == 3 == rig.sim.video_detail_calls[ticket]
+    assert len(rig.hook.envelopes) == 3
+
+
+async def test_fetches_are_bounded_to_four_at_once_and_counted(
+    make_rig: Callable[..., Awaitable[Rig]],
+) -> None:
+    rig = await make_rig(faults=FaultSpec(slow_s=0.2))
+    tickets = [rig.sim.add_event(video=True, media_delay_s=0)["ticket"] for _ in range(10)]
+    rig.sim.queue_faults(*["slow"] * 10, path_prefix=VIDEO_DETAIL)  # each held open 0.2 s
+    rig.clock.advance(5)
+    await rig.poll()
+    await wait_for(lambda: len(rig.hook.envelopes) == 10, message="ten alerts")
+    assert rig.sim.peak_in_flight[VIDEO_DETAIL] == 4
+    assert rig.calls() == 10
+    assert rig.metric("bridge_video_link_fetches_total", "ok") == 10
+    assert all(e["data"]["media"]["videos"] for e in rig.hook.envelopes)
+    assert {e["data"]["ticket"] for e in rig.hook.envelopes} == set(tickets)
+    await wait_for(lambda: len(rig.slack.delivered()) == 10, message="ten Slack messages")
+
+
+async def test_a_slow_fetch_never_holds_the_alert_back(
+    make_rig: Callable[..., Awaitable[Rig]],
+) -> None:
+    # upstream.timeout_s is also the deadline of a batch's fetches, retries included.
+    rig = await make_rig(faults=FaultSpec(timeout_s=30), upstream={"timeout_s": 0.5})
+    ticket = await rig.new_event(video=True, media_delay_s=0)
+    rig.sim.queue_faults("timeout", path_prefix=VIDEO_DETAIL)  # answers after 30 s
+    started = time.monotonic()
+    await rig.poll()
+    elapsed = time.monotonic() - started
+    await wait_for(lambda: rig.events("event.created", ticket), message="the alert")
+    assert elapsed < 3  # not 30 s, nor in-call retries: the re-scan retries
+    assert rig.events("event.created", ticket)[0]["data"]["media"]["videos"] is None
+    assert rig.metric("bridge_video_link_fetches_total", "failed") == 1
+    rig.clock.advance(30)
+    await rig.poll()
+    await wait_for(lambda: rig.events("event.updated", ticket), message="the links later")
+
+
+async def test_old_events_cost_no_fetch(make_rig: Callable[..., Awaitable[Rig]]) -> None:
+    rig = await make_rig(events={"video_links_max_age_s": 600})
+    old = rig.sim.add_event(video=True, media_delay_s=0, timestamp=int(rig.clock.now()) - 700)
+    rig.clock.advance(5)
+    await rig.poll()
+    await wait_for(lambda: rig.events("event.created", old["ticket"]))
+    assert rig.events("event.created", old["ticket"])[0]["data"]["media"]["videos"] is None
+    assert rig.calls() == 0
+
+
+async def test_video_links_can_be_switched_off(make_rig: Callable[..., Awaitable[Rig]]) -> None:
+    off = await make_rig(events={"video_links": False})
+    ticket = await off.new_event(video=True, media_delay_s=0)
+    await off.poll()
+    await wait_for(lambda: off.events("event.created", ticket))
+    assert off.calls() == 0
+
+
+async def test_detail_goes_into_event_created_once_and_is_never_retried(
+    make_rig: Callable[..., Awaitable[Rig]],
+) -> None:
+    rig = await make_rig(events={"detail": True, "video_links": False})
+    ticket = await rig.new_event(video=True, media_delay_s=10_000)
+    await rig.poll()
+    await wait_for(lambda: rig.events("event.created", ticket))
+    (record,) = rig.events("event.created", ticket)[0]["data"]["detail"]
+    assert record["ticket"] == ticket
+    assert record["serial_number"]  # a field only detailV2 has, kept as it came
+
+    rig.sim.queue_faults("result_false", path_prefix=DETAIL)
+    failing = await rig.new_event(video=False)
+    await rig.poll()
+    await wait_for(lambda: rig.events("event.created", failing))
+    assert rig.events("event.created", failing)[0]["data"]["detail"] is None
+    assert rig.metric("bridge_event_detail_fetches_total", "failed") == 1
+
+    rig.sim.set_media(ticket, has_video=True)
+    for _ in range(3):
+        rig.clock.advance(30)
+        await rig.poll()
+    await wait_for(lambda: rig.events("event.updated", ticket))
+    await rig.settle()
+    assert rig.events("event.updated", ticket)[0]["data"]["detail"] is None
+    assert rig.calls(DETAIL) == 2  # one per new ticket; neither re-scans nor updates ask
+    for env in rig.hook.envelopes:
+        validate_envelope(env)

@@ -81,6 +81,11 @@ def _load(path: str | None) -> Settings:
 
 def _check(path: str | None) -> int:
     settings = _load(path)
+    from bridge.formats.check import template_problems
+
+    problems = template_problems(settings)
+    if problems:
+        raise ConfigError(problems)
     sys.stdout.write(yaml.safe_dump(masked_dump(settings), sort_keys=False))
     return EXIT_OK
 

@@ -27,6 +27,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -339,11 +340,60 @@ def _check_whsec(secret: SecretStr) -> SecretStr:
     return secret
 
 
+_TCHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # RFC 9110
+_MEDIA_TYPE = rf"^{_TCHARS}/{_TCHARS}(\s*;[^\r\n\x00]*)?$"  # type/subtype; parameters
+
+
 class WebhookTarget(_TargetBase):
     type: Literal["webhook"]
     url: AnyHttpUrl
     secret: SecretStr | list[SecretStr] | None = None
     headers: dict[str, str] = Field(default_factory=dict)
+    # The body (SPEC §6.1): the envelope, a CloudEvent, or a rendered template.
+    format: Literal["standard", "cloudevents", "template"] = "standard"
+    cloudevents_mode: Literal["structured", "binary"] = "structured"
+    cloudevents_type_prefix: str = Field("com.visionmax.", max_length=200)
+    template: str | None = Field(None, max_length=65536)
+    template_file: Path | None = None
+    preset: Literal["pagerduty", "teams", "discord"] | None = None
+    vars: dict[str, SecretStr] = Field(default_factory=dict)
+    content_type: str = Field("application/json", pattern=_MEDIA_TYPE, max_length=200)
+
+    @field_validator("template", "template_file", "preset")
+    @classmethod
+    def _template(cls, v: Any, info: ValidationInfo) -> Any:
+        if v is None:
+            return v
+        if info.data.get("format") != "template":
+            raise ValueError("needs format: template")
+        v_text: str | None = None
+        if isinstance(v, Path):
+            try:
+                v_text = v.read_text("utf-8")
+            except OSError as err:
+                raise ValueError(f"cannot read ({err.strerror})") from None
+            except UnicodeDecodeError:
+                raise ValueError("not UTF-8 text") from None
+        elif info.field_name == "template":
+            v_text = v
+        if v_text is not None:
+            # Compiled here so `run` and `check` alike report a broken template as a
+            # config error; rendering against examples is `check`'s job.
+            from bridge.formats.template import syntax_error
+
+            problem = syntax_error(v_text)
+            if problem:
+                raise ValueError(problem)
+        return v
+
+    @model_validator(mode="after")
+    def _one_template(self) -> WebhookTarget:
+        given = [k for k in ("template", "template_file", "preset") if getattr(self, k) is not None]
+        if self.format == "template" and len(given) != 1:
+            raise ValueError(
+                "format: template takes exactly one of template, template_file, preset"
+            )
+        return self
 
     @field_validator("secret")
     @classmethod

@@ -137,6 +137,9 @@ def test_shipped_configs_are_valid() -> None:
         "FLEET_API_KEY": "k-123456",
         "FLEET_TOKEN": "t-123456",
         "WEBHOOK_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "PD_ROUTING_KEY": "R0123456789abcdef0123456789abcde",
+        "TEAMS_WORKFLOW_URL": "https://prod-00.westeurope.logic.azure.com/workflows/x",
+        "DISCORD_WEBHOOK_URL": "https://discord.com/api/webhooks/1/abc",
     }
     for name in ("example.yaml", "demo.yaml"):
         out = run_cli("check", "--config", str(root / "config" / name), env=env)

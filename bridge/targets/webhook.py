@@ -1,6 +1,10 @@
 """The webhook target (SPEC §6.1): a signed POST per the Standard Webhooks spec.
 
-Each attempt sends the stored body with `webhook-id` (the notification id, the
+The body is the target's `format` (bridge/formats/): the stored envelope as is, a
+CloudEvent, or a rendered template. A body that cannot be rendered is a permanent
+failure: the delivery goes dead at once with the render error as `last_error`.
+
+Each attempt sends the body with `webhook-id` (the notification id, the
 receiver's idempotency key, the same on every attempt), `webhook-timestamp` (now,
 per attempt: receivers reject stale timestamps) and `webhook-signature`
 (`v1,<base64 HMAC-SHA256>` per secret, space-separated, so a receiver keeps
@@ -10,7 +14,8 @@ How the answer is classified (retrying is the dispatcher's job):
 
     2xx                      ok
     410 Gone                 pause the target (the receiver is gone until resumed)
-    408, 429, 5xx            retryable; 429/503 `Retry-After` holds the target
+    408, 429, 5xx            retryable; 429/503 `Retry-After` holds the target; so does
+                             a 429's JSON `retry_after` (Discord), the longer wins
     3xx                      retryable: redirects are not followed (a signed POST
                              must not be replayed elsewhere), and a misrouted
                              receiver may come back
@@ -27,6 +32,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import json
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -38,6 +44,7 @@ from yarl import URL
 
 from bridge import __version__
 from bridge.clock import Clock, SystemClock
+from bridge.formats import RenderError, body_format
 from bridge.retry import parse_retry_after
 from bridge.settings import WebhookTarget
 from bridge.store.base import Delivery
@@ -124,6 +131,7 @@ class WebhookSender:
         self._url = URL(str(cfg.url), encoded=True)
         self._keys = [secret_key(s.get_secret_value()) for s in cfg.secrets]
         self._headers = _custom_headers(cfg.headers)
+        self._format = body_format(cfg)
         self._timeout = aiohttp.ClientTimeout(total=cfg.timeout_s)
         self._timeout_s = cfg.timeout_s
         # Values that must never reach an error string even if a receiver echoes them.
@@ -132,6 +140,7 @@ class WebhookSender:
         self._scrub += [self._url.raw_query_string, self._url.query_string]
         self._scrub += [self._url.password or ""]
         self._scrub += [s.get_secret_value() for s in cfg.secrets]
+        self._scrub += [v.get_secret_value() for v in cfg.vars.values()]
 
     async def start(self) -> None:
         """Nothing to open: the session is shared and owned by the app."""
@@ -144,9 +153,15 @@ class WebhookSender:
         # The notification id is the envelope id (redaction never touches it); using
         # it spares parsing the body.
         msg_id = delivery.notification_id
+        try:
+            rendered = self._format.render(envelope, body)
+        except RenderError as err:
+            return SendResult(ok=False, error=self._scrubbed(str(err)), retryable=False)
+        body = rendered.body
         timestamp = int(self._clock.now())
         headers: CIMultiDict[str] = CIMultiDict(self._headers)
-        headers["content-type"] = "application/json"
+        headers.update(rendered.headers)
+        headers["content-type"] = rendered.content_type
         headers["user-agent"] = USER_AGENT
         headers["webhook-id"] = msg_id
         headers["webhook-timestamp"] = str(timestamp)
@@ -178,6 +193,9 @@ class WebhookSender:
             return SendResult(ok=False, status=status, error=error, retryable=False, pause=True)
         if status in (429, 503):
             retry_after = parse_retry_after(headers.get("Retry-After"), self._clock.now())
+            from_body = json_retry_after(snippet) if status == 429 else None
+            if from_body is not None and (retry_after is None or from_body > retry_after):
+                retry_after = from_body
             return SendResult(ok=False, status=status, error=error, retry_after=retry_after)
         if 300 <= status < 400:
             return SendResult(ok=False, status=status, error=f"{error} (redirect not followed)")
@@ -186,11 +204,14 @@ class WebhookSender:
 
     def _error_text(self, status: int, snippet: bytes, signature: str) -> str:
         text = _WHITESPACE.sub(" ", snippet.decode("utf-8", errors="replace")).strip()
-        for value in [*self._scrub, *signature.split(" ")]:
+        text = self._scrubbed(text, signature.split(" "))[:SNIPPET_CHARS]
+        return f"HTTP {status}: {text}" if text else f"HTTP {status}"
+
+    def _scrubbed(self, text: str, extra: Sequence[str] = ()) -> str:
+        for value in [*self._scrub, *extra]:
             if len(value) >= 4:
                 text = text.replace(value, "***")
-        text = text[:SNIPPET_CHARS]
-        return f"HTTP {status}: {text}" if text else f"HTTP {status}"
+        return text
 
 
 async def read_limited(resp: aiohttp.ClientResponse, limit: int = SNIPPET_BYTES) -> bytes:
@@ -208,6 +229,20 @@ async def read_limited(resp: aiohttp.ClientResponse, limit: int = SNIPPET_BYTES)
     except (TimeoutError, aiohttp.ClientError):
         pass
     return b"".join(chunks)
+
+
+def json_retry_after(snippet: bytes) -> float | None:
+    """Seconds from a JSON answer's `retry_after` (Discord's 429), or None.
+
+    Capped at an hour, so a garbled answer cannot hold the target for days.
+    """
+    try:
+        value = json.loads(snippet).get("retry_after")
+    except (ValueError, AttributeError):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        return None
+    return min(float(value), 3600.0)
 
 
 def describe_client_error(err: aiohttp.ClientError) -> str:

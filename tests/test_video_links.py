@@ -17,25 +17,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestServer
+from bridge_rig import ClientFactory, Rig, ServerFactory
+from bridge_rig import make_rig as make_bridge_rig
 from conftest import wait_for
 from mosquitto import Mosquitto, Subscriber
 from structlog.testing import capture_logs
 from test_slack_target import BOT_TOKEN, FakeSlack, Hit
-from webhook_receiver import SECRET, Receiver
+from webhook_receiver import Receiver
 
-from bridge.app import BRIDGE, Bridge, build_app
-from bridge.clock import FakeClock, SystemClock
+from bridge.clock import FakeClock
 from bridge.dedup import VIDEOS, VIDEOS_DUE, decide
 from bridge.event_types import EventTypeTable
 from bridge.normalize import event_videos, normalize_event
 from bridge.schema import validate_envelope
-from bridge.settings import settings_from_dict
-from bridge.simulator import FaultSpec, Simulator, SimulatorConfig
+from bridge.simulator import FaultSpec, Simulator
 from bridge.slack_format import CAMERA_NAMES
 from bridge.video_links import wants_videos, with_videos
 
-ServerFactory = Callable[..., Awaitable[TestServer]]
 TABLE = EventTypeTable({})
 VIDEO_DETAIL = "/V2/event/GetVideoDetail"
 DETAIL = "/V2/event/detailV2"
@@ -94,27 +92,36 @@ def test_with_videos_puts_files_in_data_and_only_cameras_in_the_fingerprint() ->
 
 
 @dataclass
-class Rig:
-    clock: FakeClock
-    sim: Simulator
-    bridge: Bridge
-    hook: Receiver
+class VRig:
+    """The shared bridge rig (simulator, webhook receiver) plus a fake Slack (bot token)."""
+
+    rig: Rig
     slack: FakeSlack
 
+    @property
+    def clock(self) -> FakeClock:
+        return self.rig.clock
+
+    @property
+    def sim(self) -> Simulator:
+        return self.rig.sim
+
+    @property
+    def hook(self) -> Receiver:
+        return self.rig.receiver
+
     async def poll(self) -> None:
-        assert self.bridge.scheduler is not None
-        await self.bridge.scheduler.run_now("events")
+        await self.rig.run("events")
 
     async def settle(self) -> None:
-        for d in self.bridge.dispatchers.values():
-            await d.wait_idle()
+        await self.rig.settle()
 
     def calls(self, path: str = VIDEO_DETAIL) -> int:
         """Requests the vendor got on `path`, faulted ones included."""
         return sum(1 for r in self.sim.requests if r.path == path)
 
     def metric(self, name: str, outcome: str) -> float:
-        value = self.bridge.metrics.registry.get_sample_value(name, {"outcome": outcome})
+        value = self.rig.bridge.metrics.registry.get_sample_value(name, {"outcome": outcome})
         return value or 0.0
 
     def events(self, type_: str, ticket: str) -> list[dict[str, Any]]:
@@ -128,68 +135,36 @@ class Rig:
 
 
 @pytest.fixture
-def make_rig(aiohttp_server: ServerFactory, tmp_path: Path) -> Callable[..., Awaitable[Rig]]:
+def make_rig(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, tmp_path: Path
+) -> Callable[..., Awaitable[VRig]]:
     async def factory(
         *,
-        events: dict[str, Any] | None = None,
-        upstream: dict[str, Any] | None = None,
+        config: dict[str, Any] | None = None,
         extra_targets: tuple[dict[str, Any], ...] = (),
         **sim: Any,
-    ) -> Rig:
-        # Real "now", so standardwebhooks accepts the signed timestamps.
-        clock = FakeClock(start=time.time())
-        simulator = Simulator(
-            SimulatorConfig(
-                **{"seed": 13, "devices": 6, "rate": 0.0, "base_time": clock.now(), **sim}
-            ),
-            clock=clock,
-        )
-        sim_server = await aiohttp_server(simulator.app())
-        hook = Receiver()
-        hook_server = await aiohttp_server(hook.app())
+    ) -> VRig:
         slack = FakeSlack()
         slack_server = await aiohttp_server(slack.app())
-        raw = {
-            "upstream": {
-                "base_url": str(sim_server.make_url("")),
-                "api_key": "sim-key",
-                "auth": {"token": "sim-token"},
-                "page_size": 50,
-                "max_requests_per_s": 1000,
-                **(upstream or {}),
-            },
-            "poll": {"events": {"interval_s": 3600, "start_from": "1h", **(events or {})}},
-            "store": {"url": f"sqlite:///{tmp_path / 'bridge.db'}"},
-            "logging": {"format": "json"},
-            "targets": [
-                {
-                    "name": "hook",
-                    "type": "webhook",
-                    "url": str(hook_server.make_url("/hook")),
-                    "secret": SECRET,
-                    "max_in_flight": 1,  # receipt order is creation order
-                },
-                {
-                    "name": "slack",
-                    "type": "slack",
-                    "bot_token": BOT_TOKEN,
-                    "channel": "#fleet-safety",
-                    "api_base_url": str(slack_server.make_url("/api")),
-                    # No pacing: it runs on the fake clock, which only the test moves.
-                    "rate_limit_per_s": None,
-                    "max_in_flight": 1,
-                },
-                *extra_targets,
-            ],
+        slack_target = {
+            "name": "slack",
+            "type": "slack",
+            "bot_token": BOT_TOKEN,
+            "channel": "#fleet-safety",
+            "api_base_url": str(slack_server.make_url("/api")),
+            # No pacing: it runs on the fake clock, which only the test moves.
+            "rate_limit_per_s": None,
+            "max_in_flight": 1,
         }
-        app = build_app(settings_from_dict(raw, {}), clock=clock, upstream_clock=SystemClock())
-        await aiohttp_server(app)
-        rig = Rig(clock=clock, sim=simulator, bridge=app[BRIDGE], hook=hook, slack=slack)
-        # The scheduler polls once at start: wait for it, so it never runs amid a test.
-        poller = rig.bridge.events_poller
-        assert poller is not None
-        await wait_for(lambda: poller.status.last_success_at is not None, message="first poll")
-        return rig
+        rig = await make_bridge_rig(
+            aiohttp_server,
+            aiohttp_client,
+            tmp_path,
+            config=config,
+            sim={"seed": 13, **sim},
+            extra_targets=(slack_target, *extra_targets),
+        )
+        return VRig(rig, slack)
 
     return factory
 
@@ -214,20 +189,20 @@ def slack_link(video: dict[str, Any]) -> str:
 
 
 async def test_a_videos_urls_reach_webhook_mqtt_and_the_slack_thread(
-    make_rig: Callable[..., Awaitable[Rig]], broker: Mosquitto
+    make_rig: Callable[..., Awaitable[VRig]], broker: Mosquitto
 ) -> None:
     mqtt = {"name": "mq", "type": "mqtt", "url": f"mqtt://127.0.0.1:{broker.port}"}
     async with Subscriber(broker.port, ("fleet/event/#",)) as sub:
-        rig = await make_rig(extra_targets=[mqtt])
+        rig = await make_rig(extra_targets=(mqtt,))
         device = next(d for d in rig.sim.devices if len(d.cameras) >= 2)
         ticket = await rig.new_event(video=True, media_delay_s=10_000, device_cid=device.device_cid)
         await rig.poll()
-        await wait_for(lambda: rig.events("event.created", ticket), message="event.created")
+        await wait_for(lambda: bool(rig.events("event.created", ticket)), message="event.created")
 
         rig.sim.set_media(ticket, has_video=True, uploading=False)  # the upload finished
         rig.clock.advance(30)
         await rig.poll()
-        await wait_for(lambda: rig.events("event.updated", ticket), message="event.updated")
+        await wait_for(lambda: bool(rig.events("event.updated", ticket)), message="event.updated")
         await wait_for(lambda: len(rig.slack.delivered()) == 2, message="slack thread reply")
         await wait_for(lambda: len(sub.messages) == 2, message="both on MQTT")
         await rig.settle()
@@ -267,14 +242,14 @@ async def test_a_videos_urls_reach_webhook_mqtt_and_the_slack_thread(
 
 
 async def test_a_failing_fetch_sends_the_alert_and_later_the_links(
-    make_rig: Callable[..., Awaitable[Rig]],
+    make_rig: Callable[..., Awaitable[VRig]],
 ) -> None:
     rig = await make_rig()
     rig.sim.queue_faults("result_false", path_prefix=VIDEO_DETAIL)
     with capture_logs() as logs:
         ticket = await rig.new_event(video=True, media_delay_s=0)  # has_video from the start
         await rig.poll()
-        await wait_for(lambda: rig.events("event.created", ticket), message="the alert")
+        await wait_for(lambda: bool(rig.events("event.created", ticket)), message="the alert")
     (created,) = rig.events("event.created", ticket)
     assert created["data"]["media"]["has_video"] is True
     assert created["data"]["media"]["videos"] is None  # not held back by the failure
@@ -287,7 +262,7 @@ async def test_a_failing_fetch_sends_the_alert_and_later_the_links(
     rig.clock.advance(30)
     with capture_logs() as logs:
         await rig.poll()
-    await wait_for(lambda: rig.events("event.updated", ticket), message="the links")
+    await wait_for(lambda: bool(rig.events("event.updated", ticket)), message="the links")
     (updated,) = rig.events("event.updated", ticket)
     assert updated["data"]["revision"] == 2
     assert updated["data"]["changed"] == ["media.videos"]
@@ -310,14 +285,14 @@ async def test_a_failing_fetch_sends_the_alert_and_later_the_links(
 
 
 async def test_resigned_urls_make_no_update_but_a_new_camera_does(
-    make_rig: Callable[..., Awaitable[Rig]],
+    make_rig: Callable[..., Awaitable[VRig]],
 ) -> None:
     rig = await make_rig()
     device = next(d for d in rig.sim.devices if len(d.cameras) >= 2)
     ticket = await rig.new_event(video=True, media_delay_s=10_000, device_cid=device.device_cid)
     rig.sim.set_media(ticket, has_video=True, uploading=True, videos_count=1)
     await rig.poll()
-    await wait_for(lambda: rig.events("event.created", ticket))
+    await wait_for(lambda: bool(rig.events("event.created", ticket)))
     (created,) = rig.events("event.created", ticket)
     first_url = created["data"]["media"]["videos"][0]["url"]
 
@@ -333,7 +308,7 @@ async def test_resigned_urls_make_no_update_but_a_new_camera_does(
     rig.sim.set_media(ticket, videos_count=1, expiry=int(rig.clock.now()) + 86_400)
     rig.clock.advance(30)
     await rig.poll()
-    await wait_for(lambda: rig.events("event.updated", ticket))
+    await wait_for(lambda: bool(rig.events("event.updated", ticket)))
     (resigned,) = rig.events("event.updated", ticket)
     assert resigned["data"]["changed"] == ["media.expires_at"]
     (video,) = resigned["data"]["media"]["videos"]
@@ -359,7 +334,7 @@ async def test_resigned_urls_make_no_update_but_a_new_camera_does(
 
 
 async def test_fetches_are_bounded_to_four_at_once_and_counted(
-    make_rig: Callable[..., Awaitable[Rig]],
+    make_rig: Callable[..., Awaitable[VRig]],
 ) -> None:
     rig = await make_rig(faults=FaultSpec(slow_s=0.2))
     tickets = [rig.sim.add_event(video=True, media_delay_s=0)["ticket"] for _ in range(10)]
@@ -376,49 +351,49 @@ async def test_fetches_are_bounded_to_four_at_once_and_counted(
 
 
 async def test_a_slow_fetch_never_holds_the_alert_back(
-    make_rig: Callable[..., Awaitable[Rig]],
+    make_rig: Callable[..., Awaitable[VRig]],
 ) -> None:
     # upstream.timeout_s is also the deadline of a batch's fetches, retries included.
-    rig = await make_rig(faults=FaultSpec(timeout_s=30), upstream={"timeout_s": 0.5})
+    rig = await make_rig(config={"upstream": {"timeout_s": 0.5}}, faults=FaultSpec(timeout_s=30))
     ticket = await rig.new_event(video=True, media_delay_s=0)
     rig.sim.queue_faults("timeout", path_prefix=VIDEO_DETAIL)  # answers after 30 s
     started = time.monotonic()
     await rig.poll()
     elapsed = time.monotonic() - started
-    await wait_for(lambda: rig.events("event.created", ticket), message="the alert")
+    await wait_for(lambda: bool(rig.events("event.created", ticket)), message="the alert")
     assert elapsed < 3  # not 30 s, nor in-call retries: the re-scan retries
     assert rig.events("event.created", ticket)[0]["data"]["media"]["videos"] is None
     assert rig.metric("bridge_video_link_fetches_total", "failed") == 1
     rig.clock.advance(30)
     await rig.poll()
-    await wait_for(lambda: rig.events("event.updated", ticket), message="the links later")
+    await wait_for(lambda: bool(rig.events("event.updated", ticket)), message="the links later")
 
 
-async def test_old_events_cost_no_fetch(make_rig: Callable[..., Awaitable[Rig]]) -> None:
-    rig = await make_rig(events={"video_links_max_age_s": 600})
+async def test_old_events_cost_no_fetch(make_rig: Callable[..., Awaitable[VRig]]) -> None:
+    rig = await make_rig(config={"poll": {"events": {"video_links_max_age_s": 600}}})
     old = rig.sim.add_event(video=True, media_delay_s=0, timestamp=int(rig.clock.now()) - 700)
     rig.clock.advance(5)
     await rig.poll()
-    await wait_for(lambda: rig.events("event.created", old["ticket"]))
+    await wait_for(lambda: bool(rig.events("event.created", old["ticket"])))
     assert rig.events("event.created", old["ticket"])[0]["data"]["media"]["videos"] is None
     assert rig.calls() == 0
 
 
-async def test_video_links_can_be_switched_off(make_rig: Callable[..., Awaitable[Rig]]) -> None:
-    off = await make_rig(events={"video_links": False})
+async def test_video_links_can_be_switched_off(make_rig: Callable[..., Awaitable[VRig]]) -> None:
+    off = await make_rig(config={"poll": {"events": {"video_links": False}}})
     ticket = await off.new_event(video=True, media_delay_s=0)
     await off.poll()
-    await wait_for(lambda: off.events("event.created", ticket))
+    await wait_for(lambda: bool(off.events("event.created", ticket)))
     assert off.calls() == 0
 
 
 async def test_detail_goes_into_event_created_once_and_is_never_retried(
-    make_rig: Callable[..., Awaitable[Rig]],
+    make_rig: Callable[..., Awaitable[VRig]],
 ) -> None:
-    rig = await make_rig(events={"detail": True, "video_links": False})
+    rig = await make_rig(config={"poll": {"events": {"detail": True, "video_links": False}}})
     ticket = await rig.new_event(video=True, media_delay_s=10_000)
     await rig.poll()
-    await wait_for(lambda: rig.events("event.created", ticket))
+    await wait_for(lambda: bool(rig.events("event.created", ticket)))
     (record,) = rig.events("event.created", ticket)[0]["data"]["detail"]
     assert record["ticket"] == ticket
     assert record["serial_number"]  # a field only detailV2 has, kept as it came
@@ -426,7 +401,7 @@ async def test_detail_goes_into_event_created_once_and_is_never_retried(
     rig.sim.queue_faults("result_false", path_prefix=DETAIL)
     failing = await rig.new_event(video=False)
     await rig.poll()
-    await wait_for(lambda: rig.events("event.created", failing))
+    await wait_for(lambda: bool(rig.events("event.created", failing)))
     assert rig.events("event.created", failing)[0]["data"]["detail"] is None
     assert rig.metric("bridge_event_detail_fetches_total", "failed") == 1
 
@@ -434,7 +409,7 @@ async def test_detail_goes_into_event_created_once_and_is_never_retried(
     for _ in range(3):
         rig.clock.advance(30)
         await rig.poll()
-    await wait_for(lambda: rig.events("event.updated", ticket))
+    await wait_for(lambda: bool(rig.events("event.updated", ticket)))
     await rig.settle()
     assert rig.events("event.updated", ticket)[0]["data"]["detail"] is None
     assert rig.calls(DETAIL) == 2  # one per new ticket; neither re-scans nor updates ask

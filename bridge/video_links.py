@@ -1,10 +1,10 @@
 """Video links of events (SPEC §5.1): `POST /V2/event/GetVideoDetail` into `media.videos`.
 
 When an event that occurred within `poll.events.video_links_max_age_s` has
-`has_video` true at its first sighting, or a media field changes while it is true
-(it turns true, more clips arrive), the ingest path fetches the event's video files
-once and puts them into `media.videos` of that `event.created` / `event.updated`, so
-a Slack thread reply can link each camera.
+`has_video` true at its first sighting, or it turns true, or its `videos_count` moves
+while it is true (the only signs that the camera set may have changed), the ingest
+path fetches the event's video files once and puts them into `media.videos` of that
+`event.created` / `event.updated`, so a Slack thread reply can link each camera.
 
 The camera set goes into the ticket's fingerprint (`bridge.dedup.VIDEOS`): a
 revision (`media.videos`) only when the *set* changes, never for re-signed URLs. A
@@ -12,7 +12,8 @@ failed fetch never holds the alert back: it goes out with `media.videos: null`, 
 the fingerprint remembers the fetch is owed (`VIDEOS_DUE`), so the next sighting in
 the re-scan window tries again; success then makes an `event.updated` with
 `changed: ["media.videos"]`. A ticket whose links are known is not fetched again
-until its media changes: one fetch per ticket and camera-set change, not per poll.
+until one of those signs: one fetch per ticket and camera-set change, not per poll.
+Other updates (upload finished, expiry) carry `media.videos: null`: not asked.
 
 `wants_videos` and `with_videos` are pure; `fetch_videos` is the I/O, bounded by the
 caller (`bridge.enrich`: at most 4 fetches at once, a deadline, outcomes counted) and
@@ -22,12 +23,15 @@ paced by the upstream client's rate limit like every other vendor request.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Final
 
 from bridge.dedup import VIDEOS, VIDEOS_DUE, decide
 from bridge.normalize import NormalizedEvent, event_videos
 from bridge.store.base import SeenTicket
 from bridge.upstream.client import UpstreamClient
+
+
+_MAY_CHANGE_CAMERAS: Final = frozenset({"media.has_video", "media.videos_count"})
 
 
 def wants_videos(
@@ -43,9 +47,11 @@ def wants_videos(
         return True
     if VIDEOS not in prev.fingerprint or prev.fingerprint.get(VIDEOS_DUE):
         return True  # never fetched (has_video came with a push) or a fetch is owed
-    # Known links are fetched again only when the media changed (more clips, a new
-    # camera): re-scans of an unchanged ticket cost nothing.
-    return bool(decide(prev, ev.ticket, ev.fingerprint, now).changed)
+    # Known links are fetched again only when the camera set may have changed: the
+    # video came back or the uploaded count moved. Re-scans of an unchanged ticket,
+    # and changes that bring no file (uploading, expiry), cost nothing.
+    changed = decide(prev, ev.ticket, ev.fingerprint, now).changed
+    return any(path in _MAY_CHANGE_CAMERAS for path in changed)
 
 
 def camera_set(videos: list[dict[str, Any]]) -> list[str]:

@@ -64,6 +64,8 @@ def test_wants_videos_once_per_ticket_and_media_change() -> None:
     assert not wants_videos(ev, known, T0 + 30, 900)  # re-scan of an unchanged ticket
     more = normalize_event(ITEM | {"videos_count": 2}, TABLE)
     assert wants_videos(more, known, T0 + 30, 900)  # another clip arrived
+    done = normalize_event(ITEM | {"asset_info": {"has_video": True, "uploading": True}}, TABLE)
+    assert not wants_videos(done, known, T0 + 30, 900)  # no file came with that change
 
     failed = with_videos(ev, None)
     owed = decide(None, ev.ticket, failed.fingerprint, T0).ticket_state
@@ -284,7 +286,7 @@ async def test_a_failing_fetch_sends_the_alert_and_later_the_links(
     assert slack_links(reply) == [slack_link(v) for v in updated["data"]["media"]["videos"]]
 
 
-async def test_resigned_urls_make_no_update_but_a_new_camera_does(
+async def test_one_fetch_per_camera_set_change_and_resigned_urls_are_no_change(
     make_rig: Callable[..., Awaitable[VRig]],
 ) -> None:
     rig = await make_rig()
@@ -296,41 +298,54 @@ async def test_resigned_urls_make_no_update_but_a_new_camera_does(
     (created,) = rig.events("event.created", ticket)
     first_url = created["data"]["media"]["videos"][0]["url"]
 
-    # Re-scans see the same media: no fetch, so no new signature and no update. Even a
-    # fetch that gets a fresh signature for the same camera is no change (below).
+    # Re-scans see the same media: no fetch, so no new signature and no update.
     for _ in range(4):
         rig.clock.advance(30)
         await rig.poll()
     assert rig.calls() == 1
 
-    # An unrelated media change makes one fetch: new URL, same camera, so `changed`
-    # names only that field, not media.videos.
+    # A change that brings no file (the expiry) is an update, but asks nothing.
     rig.sim.set_media(ticket, videos_count=1, expiry=int(rig.clock.now()) + 86_400)
     rig.clock.advance(30)
     await rig.poll()
-    await wait_for(lambda: bool(rig.events("event.updated", ticket)))
-    (resigned,) = rig.events("event.updated", ticket)
-    assert resigned["data"]["changed"] == ["media.expires_at"]
-    (video,) = resigned["data"]["media"]["videos"]
+    await wait_for(lambda: len(rig.events("event.updated", ticket)) == 1)
+    expiry = rig.events("event.updated", ticket)[0]["data"]
+    assert expiry["changed"] == ["media.expires_at"]
+    assert expiry["media"]["videos"] is None  # not asked: the cameras cannot have changed
+    assert rig.calls() == 1
+
+    # The vendor drops the video and lists it again: asked again, the same camera comes
+    # back under a newly signed URL, which is no change of `media.videos`.
+    rig.sim.set_media(ticket, has_video=False)
+    rig.clock.advance(30)
+    await rig.poll()
+    rig.sim.set_media(ticket, has_video=True, videos_count=1)
+    rig.clock.advance(30)
+    await rig.poll()
+    await wait_for(lambda: len(rig.events("event.updated", ticket)) == 3)
+    back = rig.events("event.updated", ticket)[2]["data"]
+    assert back["changed"] == ["media.has_video"]
+    (video,) = back["media"]["videos"]
     assert video["cam_id"] == device.cameras[0]
     assert video["url"] != first_url  # re-signed by the vendor
+    assert rig.calls() == 2
 
     # A second camera's file arrives: one fetch, one update naming the new set.
     rig.sim.set_media(ticket, uploading=False, videos_count=2)
     rig.clock.advance(30)
     await rig.poll()
-    await wait_for(lambda: len(rig.events("event.updated", ticket)) == 2)
-    second = rig.events("event.updated", ticket)[1]["data"]
-    assert second["revision"] == 3
+    await wait_for(lambda: len(rig.events("event.updated", ticket)) == 4)
+    second = rig.events("event.updated", ticket)[3]["data"]
+    assert second["revision"] == 5
     assert second["changed"] == ["media.uploading", "media.videos_count", "media.videos"]
     assert [v["cam_id"] for v in second["media"]["videos"]] == list(device.cameras[:2])
     for _ in range(3):
         rig.clock.advance(30)
         await rig.poll()
     await rig.settle()
-    # One fetch per ticket sighting that changed: created, expiry, second camera.
+    # Created, video back, second camera: nothing per poll, nothing for the expiry.
     assert rig.calls() == 3 == rig.sim.video_detail_calls[ticket]
-    assert len(rig.hook.envelopes) == 3
+    assert len(rig.hook.envelopes) == 5
 
 
 async def test_fetches_are_bounded_to_four_at_once_and_counted(

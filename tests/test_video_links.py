@@ -22,6 +22,7 @@ from bridge_rig import make_rig as make_bridge_rig
 from conftest import wait_for
 from mosquitto import Mosquitto, Subscriber
 from structlog.testing import capture_logs
+from test_push import PUSH_CONFIG, drained, event_push, push
 from test_slack_target import BOT_TOKEN, FakeSlack, Hit
 from webhook_receiver import Receiver
 
@@ -430,3 +431,23 @@ async def test_detail_goes_into_event_created_once_and_is_never_retried(
     assert rig.calls(DETAIL) == 2  # one per new ticket; neither re-scans nor updates ask
     for env in rig.hook.envelopes:
         validate_envelope(env)
+
+
+async def test_a_pushed_video_is_fetched_once_for_push_and_poll_together(
+    make_rig: Callable[..., Awaitable[VRig]],
+) -> None:
+    rig = await make_rig(config=PUSH_CONFIG)
+    ticket, body = event_push(rig.rig, "ASSET_UPLOADED", video=True, media_delay_s=0)
+    resp = await push(rig.rig, body)
+    assert resp.status == 200
+    await drained(rig.rig)
+    await wait_for(lambda: bool(rig.events("event.created", ticket)), message="pushed event")
+    (created,) = rig.events("event.created", ticket)
+    assert created["data"]["media"]["videos"]  # the push said "video": fetched at once
+    # The poll then sees every media field, the same video: no second fetch, no update.
+    for _ in range(3):
+        rig.clock.advance(30)
+        await rig.poll()
+    await rig.settle()
+    assert rig.calls() == 1
+    assert rig.events("event.updated", ticket) == []

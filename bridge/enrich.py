@@ -16,10 +16,11 @@ transaction that only reads, and only when the batch holds a candidate. The inge
 transaction decides again with what it reads itself, so a race with the other ingest
 path (push vs poll) costs at most a spare fetch, never a wrong revision.
 
-An alert is never held back: at most 4 fetches run at once (inside the upstream
-client's `max_requests_per_s`, which paces them with every other vendor request),
-and the batch waits for them at most `upstream.timeout_s` in all; a fetch cut off
-by that deadline counts as failed (video links are then retried on the next re-scan).
+An alert is never held back: each fetch is one attempt (no in-call backoff; video
+links have their own retry, the next re-scan), at most 4 run at once (inside the
+upstream client's `max_requests_per_s`, which paces them with every other vendor
+request), and the batch waits for them at most `upstream.timeout_s` in all; a fetch
+cut off by that deadline counts as failed.
 """
 
 from __future__ import annotations

@@ -446,13 +446,15 @@ def _change(path: str, media: Any, tz: tzinfo) -> str:
 
 def _camera_names(videos: Any) -> str | None:
     """ "Front, In-cabin" for the cameras of `media.videos` (escaped); None if none."""
-    names = []
-    for video in _list(videos)[:LIST_BLOCKS_MAX]:
+    names: list[str] = []
+    for video in _list(videos)[:100]:  # a hostile list is not walked to its end
         name = escape_mrkdwn(camera_name(_get(video, "cam_id")))
         if name not in names:
             names.append(name)
-    more = len(_list(videos)) - LIST_BLOCKS_MAX
-    return ", ".join(names) + (f" and {more:,} more" if more > 0 else "") if names else None
+    if not names:
+        return None
+    more = len(names) - LIST_BLOCKS_MAX
+    return ", ".join(names[:LIST_BLOCKS_MAX]) + (f" and {more:,} more" if more > 0 else "")
 
 
 def what_changed(data: Mapping[str, Any], tz: tzinfo) -> str:

@@ -460,6 +460,19 @@ def test_only_http_video_urls_become_links_and_vendor_text_stays_inert() -> None
     assert "video links: Camera &lt;!channel&gt;" in texts
 
 
+def test_many_cameras_are_named_once_each_and_the_rest_counted() -> None:
+    videos = [
+        {"cam_id": f"X{i % 12}", "url": f"https://m.example.com/{i}", "duration_s": None,
+         "expires_at": None}
+        for i in range(30)
+    ]  # fmt: skip
+    msg = format_message(video_update_env(videos))
+    changed = msg["blocks"][1]["text"]["text"]
+    assert changed.endswith("Camera X6, Camera X7 and 4 more")
+    assert changed.count("Camera X0") == 1
+    assert block_problems(msg) == []
+
+
 def test_redacted_fields_render_as_missing() -> None:
     env = event_env()
     del env["data"]["driver"]["name"]

@@ -30,7 +30,6 @@ from bridge.normalize import NormalizedEvent, event_videos
 from bridge.store.base import SeenTicket
 from bridge.upstream.client import UpstreamClient
 
-
 _MAY_CHANGE_CAMERAS: Final = frozenset({"media.has_video", "media.videos_count"})
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 import structlog
 from prometheus_client import Counter
@@ -36,8 +36,10 @@ from prometheus_client import Counter
 from bridge.clock import Clock
 from bridge.metrics import Metrics
 from bridge.normalize import NormalizedEvent
+from bridge.notifications import dumps
 from bridge.settings import EventsPoll
 from bridge.store.base import IngestTx, SeenTicket, Store
+from bridge.upstream.client import EVENT_DETAIL as DETAIL_ENDPOINT
 from bridge.upstream.client import UpstreamClient
 from bridge.upstream.errors import UpstreamError
 from bridge.video_links import fetch_videos, wants_videos, with_videos
@@ -46,6 +48,11 @@ log = structlog.get_logger(__name__)
 
 MAX_CONCURRENT_FETCHES: Final = 4
 """Enrichment requests in flight at once (SPEC §5.1), across both ingest paths."""
+
+DETAIL_MAX_BYTES: Final = 256 * 1024
+"""Larger detailV2 records are left out (`detail: null`): every target would carry
+them, and brokers and receivers cap message sizes (Mosquitto's default is 256 MB,
+many receivers take 1 MB); the vendor documents no bound."""
 
 _T = TypeVar("_T")
 
@@ -130,12 +137,7 @@ class EventEnricher:
             self._fetch_all(
                 video_tickets, deadline, self._videos_outcomes, lambda t: fetch_videos(client, t)
             ),
-            self._fetch_all(
-                detail_tickets,
-                deadline,
-                self._detail_outcomes,
-                lambda t: client.event_detail(t, retry=False),  # never retried (SPEC §5.1)
-            ),
+            self._fetch_all(detail_tickets, deadline, self._detail_outcomes, self._fetch_detail),
         )
         out = []
         for ev in events:
@@ -145,6 +147,16 @@ class EventEnricher:
                 ev = dataclasses.replace(ev, data={**ev.data, "detail": details[ev.ticket]})
             out.append(ev)
         return out
+
+    async def _fetch_detail(self, ticket: str) -> list[dict[str, Any]]:
+        # One attempt: detail is never retried (SPEC §5.1).
+        records = await self._client.event_detail(ticket, retry=False)
+        size = len(dumps(records).encode())
+        if size > DETAIL_MAX_BYTES:
+            raise UpstreamError(
+                f"detail of {size} bytes is over {DETAIL_MAX_BYTES}", endpoint=DETAIL_ENDPOINT
+            )
+        return records
 
     def _may_want_videos(self, ev: NormalizedEvent, now: float) -> bool:
         # The cheap part of `wants_videos`, so a batch without one reads nothing.

@@ -28,6 +28,7 @@ from webhook_receiver import Receiver
 
 from bridge.clock import FakeClock
 from bridge.dedup import VIDEOS, VIDEOS_DUE, decide
+from bridge.enrich import DETAIL_MAX_BYTES
 from bridge.event_types import EventTypeTable
 from bridge.normalize import event_videos, normalize_event
 from bridge.schema import validate_envelope
@@ -421,6 +422,13 @@ async def test_detail_goes_into_event_created_once_and_is_never_retried(
     assert rig.events("event.created", failing)[0]["data"]["detail"] is None
     assert rig.metric("bridge_event_detail_fetches_total", "failed") == 1
 
+    # Records too large to carry to every target are left out, like a failure.
+    huge = await rig.new_event(video=False, driver_name="x" * (DETAIL_MAX_BYTES + 1))
+    await rig.poll()
+    await wait_for(lambda: bool(rig.events("event.created", huge)))
+    assert rig.events("event.created", huge)[0]["data"]["detail"] is None
+    assert rig.metric("bridge_event_detail_fetches_total", "failed") == 2
+
     rig.sim.set_media(ticket, has_video=True)
     for _ in range(3):
         rig.clock.advance(30)
@@ -428,7 +436,7 @@ async def test_detail_goes_into_event_created_once_and_is_never_retried(
     await wait_for(lambda: bool(rig.events("event.updated", ticket)))
     await rig.settle()
     assert rig.events("event.updated", ticket)[0]["data"]["detail"] is None
-    assert rig.calls(DETAIL) == 2  # one per new ticket; neither re-scans nor updates ask
+    assert rig.calls(DETAIL) == 3  # one per new ticket; neither re-scans nor updates ask
     for env in rig.hook.envelopes:
         validate_envelope(env)
 

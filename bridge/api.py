@@ -16,7 +16,6 @@ import hmac
 import json
 import math
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from importlib import resources
 from typing import Any, Final, TypeVar
 
@@ -33,7 +32,7 @@ from pydantic import (
 
 from bridge.app import BRIDGE, Bridge
 from bridge.clips import ClipRequest, ClipTracker, clip_view
-from bridge.clock import utc_iso
+from bridge.clock import parse_rfc3339, utc_iso
 from bridge.dispatch import Dispatcher
 from bridge.notifications import build_notification
 from bridge.pollers import PollerStatus
@@ -52,6 +51,7 @@ from bridge.upstream.errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
+from bridge.vendor_ids import is_ticket
 
 log = structlog.get_logger(__name__)
 
@@ -230,6 +230,14 @@ class DiscardBody(BaseModel):
 @routes.post(API_PREFIX + "/events/{ticket}/discard")
 async def discard_event(request: web.Request) -> web.Response:
     """Proxy to `POST /V2/event/discard` once the caller confirmed."""
+    ticket = request.match_info["ticket"]
+    if not is_ticket(ticket):
+        raise ApiError(
+            400,
+            "invalid_field",
+            "ticket: expected the vendor's ticket form (a UUID)",
+            field="ticket",
+        )
     body = await parse_body(request, DiscardBody)
     if not body.confirm:
         raise ApiError(
@@ -238,7 +246,6 @@ async def discard_event(request: web.Request) -> web.Response:
             "confirm: must be true (discard is irreversible)",
             field="confirm",
         )
-    ticket = request.match_info["ticket"]
     b = _bridge(request)
     assert b.client is not None
     try:
@@ -515,13 +522,7 @@ async def test_target(request: web.Request) -> web.Response:
 def parse_time(value: object) -> float:
     """Unix seconds, or an RFC 3339 string with a zone, → Unix seconds."""
     if isinstance(value, str):
-        try:
-            dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError:
-            raise ValueError("expected Unix seconds or an RFC 3339 time") from None
-        if dt.tzinfo is None:
-            raise ValueError("an RFC 3339 time needs a zone (e.g. Z)")
-        value = dt.timestamp()
+        value = parse_rfc3339(value).timestamp()
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError("expected Unix seconds or an RFC 3339 time")
     if not math.isfinite(value) or not 0 <= value < 2**33:

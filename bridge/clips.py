@@ -19,31 +19,48 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+)
 
-from bridge.clock import Clock, utc_iso
+from bridge.clock import Clock, parse_rfc3339, utc_iso
+from bridge.ingest import SeenOnce
 from bridge.metrics import Metrics
 from bridge.normalize import CLIP_TERMINAL_STATES, clip_data, clip_type
 from bridge.notifications import Notification, build_notification, notification_from_envelope
 from bridge.routing import SEVERITY_ORDER, route
 from bridge.settings import CAMERA_IDS, ClipRule, Settings
-from bridge.store.base import IngestTx, NewNotification, Store
+from bridge.store.base import (
+    IngestTx,
+    NewNotification,
+    Store,
+    StoreRejected,
+    StoreUnavailable,
+    is_outage,
+)
 from bridge.upstream.client import UpstreamClient
 from bridge.upstream.errors import UpstreamApiError, UpstreamError
+from bridge.vendor_ids import is_file_name, is_serial
 
 log = structlog.get_logger(__name__)
 
 CLIP_KIND: Final = "clip"
+CLIP_JOB: Final = "clips"  # the metrics label of the tracking job
 AUTO_KIND: Final = "auto_clip"
 # Events matching an auto_request rule, stored in their ingest transaction.
 CANDIDATE_KIND: Final = "auto_clip_candidate"
-BAD_FILE_NAME_PARTS: Final = ("../", '"', "'", "&", "/", "\\", "?", "#", ":")
-"""What the vendor refuses in a clip's `file_name` (seed: videoClip)."""
+AUTO_QUEUE_MAX: Final = 1000
+"""Auto-request candidates held in memory; past it they wait in the store (re-read later)."""
 
 FIRST_CHECK_S: Final = 5.0
 MAX_CHECK_S: Final = 300.0
@@ -66,13 +83,7 @@ def parse_target_timestamp(value: int | str) -> int:
         if not 0 < value < 2**31:
             raise ValueError("Unix seconds out of range")
         return value
-    try:
-        dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError("expected Unix seconds or an RFC 3339 time") from None
-    if dt.tzinfo is None:
-        raise ValueError("an RFC 3339 time needs a zone (e.g. Z)")
-    ts = int(dt.timestamp())
+    ts = int(parse_rfc3339(value).timestamp())
     if not 0 < ts < 2**31:
         raise ValueError("time out of range")
     return ts
@@ -93,9 +104,9 @@ class ClipRequest(BaseModel):
     @field_validator("serial_number")
     @classmethod
     def _serial(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("must not be blank")
-        return v.strip()
+        if not is_serial(v):
+            raise ValueError("expected a serial number (letters and digits) or a device CID (UUID)")
+        return v
 
     @field_validator("cam_id")
     @classmethod
@@ -107,9 +118,10 @@ class ClipRequest(BaseModel):
     @field_validator("file_name")
     @classmethod
     def _file_name(cls, v: str) -> str:
-        bad = [part for part in BAD_FILE_NAME_PARTS if part in v]
-        if bad:
-            raise ValueError(f"must not contain {' '.join(BAD_FILE_NAME_PARTS)} (found {bad[0]})")
+        # Stricter than the vendor's own list (../ " ' & / \\ ? # :): no control,
+        # bidi or other characters a device or a download page may mishandle.
+        if not is_file_name(v):
+            raise ValueError("use letters, digits, _ - ( ) and single spaces or dots between them")
         return v
 
     @field_validator("target_timestamp")
@@ -157,6 +169,12 @@ def clip_view(record: Mapping[str, Any]) -> dict[str, Any]:
         "updated_at": utc_iso(record.get("updated_at", record["requested_at"])),
         "next_check_at": None if next_at is None or record.get("done") else utc_iso(next_at),
     }
+
+
+@dataclass
+class _TaskLock:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
 
 
 @dataclass
@@ -219,6 +237,8 @@ class ClipTracker:
         client: UpstreamClient,
         clock: Clock,
         metrics: Metrics,
+        *,
+        auto_queue_max: int = AUTO_QUEUE_MAX,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -228,8 +248,11 @@ class ClipTracker:
         self._base_url = settings.upstream.base
         self._give_up_s = settings.poll.clips.give_up_after_s
         self._rules = settings.clips.auto_request
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._auto: asyncio.Queue[Notification] = asyncio.Queue()
+        # One lock per task being checked, dropped when its last user leaves.
+        self._locks: dict[str, _TaskLock] = {}
+        self._auto: asyncio.Queue[Notification] = asyncio.Queue(auto_queue_max)
+        self._auto_overflow = False  # candidates left in the store: re-read when drained
+        self._failed_tasks = SeenOnce()  # tasks whose check failed: logged once
         self._auto_worker: asyncio.Task[None] | None = None
 
     # -- requests --------------------------------------------------------------------
@@ -292,7 +315,7 @@ class ClipTracker:
         for task_id, record in await self._store.list_json(CLIP_KIND):
             if record.get("done") or float(record.get("next_check_at") or 0) > now:
                 continue
-            await self._check(task_id, stats)
+            await self._check_isolated(task_id, stats)
         if stats.checked:
             log.info(
                 "clip tracking run",
@@ -308,15 +331,39 @@ class ClipTracker:
         record = await self.get(task_id)
         if record is None or record.get("done"):
             return False
-        await self._check(task_id, TrackStats())
+        await self._check_isolated(task_id, TrackStats())
         return True
 
+    async def _check_isolated(self, task_id: str, stats: TrackStats) -> None:
+        """Check one task; a task that cannot be handled is logged once, counted and
+        rescheduled with backoff, and never stops the other tasks."""
+        try:
+            await self._check(task_id, stats)
+        except Exception as err:
+            if is_outage(err):
+                raise  # the store is down: the whole run fails and is retried
+            stats.errors += 1
+            self._metrics.items_malformed.labels(job=CLIP_JOB).inc()
+            if self._failed_tasks.first_time(task_id):
+                log.warning("clip task skipped", task_id=task_id, error=type(err).__name__)
+            with contextlib.suppress(StoreRejected):
+                await self._reschedule(task_id, self._clock.now())
+            return
+
     async def _check(self, task_id: str, stats: TrackStats) -> None:
-        lock = self._locks.setdefault(task_id, asyncio.Lock())
-        # One check of a task at a time (the job and a TASK_UPDATE push may race), so
-        # an older taskResult is never applied after a newer one.
-        async with lock:
-            await self._check_locked(task_id, stats)
+        entry = self._locks.get(task_id)
+        if entry is None:
+            entry = self._locks[task_id] = _TaskLock()
+        entry.users += 1
+        try:
+            # One check of a task at a time (the job and a TASK_UPDATE push may race),
+            # so an older taskResult is never applied after a newer one.
+            async with entry.lock:
+                await self._check_locked(task_id, stats)
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._locks[task_id]
 
     async def _check_locked(self, task_id: str, stats: TrackStats) -> None:
         record = await self.get(task_id)
@@ -422,7 +469,20 @@ class ClipTracker:
         """`EventIngestor.on_stored`: queue `event.created` that match a rule (no I/O)."""
         for n in notifications:
             if rule_for(self._rules, n) is not None:
-                self._auto.put_nowait(n)
+                self._queue_auto(n)
+
+    def _queue_auto(self, n: Notification) -> bool:
+        """Queue a candidate; when the queue is full it stays in the store for later."""
+        try:
+            self._auto.put_nowait(n)
+        except asyncio.QueueFull:
+            if not self._auto_overflow:
+                log.warning(
+                    "auto clip queue full; candidates wait in the store", max=self._auto.maxsize
+                )
+            self._auto_overflow = True
+            return False
+        return True
 
     async def record_candidates(self, tx: IngestTx, notifications: list[Notification]) -> None:
         """`EventIngestor.in_tx`: keep matching events durably with their notification, so
@@ -437,7 +497,8 @@ class ClipTracker:
         for ticket, envelope in await self._store.list_json(CANDIDATE_KIND):
             if await self._store.get_json(AUTO_KIND, ticket) is not None:
                 continue
-            self._auto.put_nowait(notification_from_envelope(envelope))
+            if not self._queue_auto(notification_from_envelope(envelope)):
+                break
             queued += 1
         return queued
 
@@ -460,6 +521,13 @@ class ClipTracker:
 
     async def _auto_loop(self) -> None:
         while True:
+            if self._auto_overflow and self._auto.empty():
+                # Drained after an overflow: the candidates left out are in the store.
+                self._auto_overflow = False
+                try:
+                    await self.requeue_candidates()
+                except StoreUnavailable:
+                    log.warning("auto clip candidates not re-read: the store is unavailable")
             n = await self._auto.get()
             try:
                 await self.auto_request(n)
@@ -481,25 +549,33 @@ class ClipTracker:
         occurred = n.data.get("occurred_at")
         if not serial or not occurred:
             return None
-        req = ClipRequest(
-            serial_number=serial,
-            cam_id=rule.cam_id,
-            target_timestamp=occurred,
-            duration_s=rule.duration_s,
-            file_name=f"auto_{ticket}"[:255],
-        )
         try:
-            return await self.request(req, source="auto", event_ticket=ticket)
-        except UpstreamError as err:
-            # Never retried blindly (a videoClip creates work): remember the attempt.
-            log.warning("auto clip request failed", ticket=ticket, **err.log_fields())
-            now = self._clock.now()
-            failed = {"task_id": None, "requested_at": now, "error": str(err)}
-            if isinstance(err, UpstreamApiError):
-                failed["code"] = err.code
+            req = ClipRequest(
+                serial_number=serial,
+                cam_id=rule.cam_id,
+                target_timestamp=occurred,
+                duration_s=rule.duration_s,
+                file_name=f"auto_{ticket}"[:255],
+            )
+        except ValidationError as err:
+            # The vendor's own device id or ticket is not something we pass back to it.
+            reason = err.errors()[0]
+            where = ".".join(str(p) for p in reason["loc"])
+            log.warning("auto clip not requested", ticket=ticket, field=where)
+            failed: dict[str, Any] = {"task_id": None, "requested_at": self._clock.now()}
+            failed["error"] = f"{where}: {reason['msg']}"
+        else:
+            try:
+                return await self.request(req, source="auto", event_ticket=ticket)
+            except UpstreamError as err:
+                # Never retried blindly (a videoClip creates work): remember the attempt.
+                log.warning("auto clip request failed", ticket=ticket, **err.log_fields())
+                failed = {"task_id": None, "requested_at": self._clock.now(), "error": str(err)}
+                if isinstance(err, UpstreamApiError):
+                    failed["code"] = err.code
 
-            async def work(tx: IngestTx) -> None:
-                await tx.put_json(AUTO_KIND, ticket, failed)
+        async def work(tx: IngestTx) -> None:
+            await tx.put_json(AUTO_KIND, ticket, failed)
 
-            await self._store.ingest(work)
-            return None
+        await self._store.ingest(work)
+        return None

@@ -91,6 +91,30 @@ class FakeClock:
         return sum(1 for _, _, f in self._sleepers if not f.done())
 
 
+def parse_rfc3339(value: str) -> datetime:
+    """An RFC 3339 instant (`…Z` or `…+08:00`) as an aware UTC datetime.
+
+    The one parser for times from config, API bodies, the vendor and the store.
+    `ValueError` (naming the problem) when `value` is not such a time, has no zone
+    or lies outside what a datetime holds.
+    """
+    text = value.strip()
+    if len(text) > 64:
+        raise ValueError("expected an RFC 3339 time")
+    if text[-1:] in ("z", "Z"):
+        text = text[:-1] + "+00:00"
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError("expected an RFC 3339 time") from None
+    if dt.tzinfo is None:
+        raise ValueError("an RFC 3339 time needs a time zone (e.g. Z)")
+    try:
+        return dt.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("time out of range") from None
+
+
 def utc_iso(unix_seconds: float, *, millis: bool = False) -> str:
     """RFC 3339 UTC with `Z`, e.g. `2026-11-24T09:59:50Z`."""
     dt = datetime.fromtimestamp(unix_seconds, tz=UTC)

@@ -25,7 +25,13 @@ from bridge.normalize import MalformedItem, NormalizedEvent, normalize_event
 from bridge.notifications import Notification, build_notification
 from bridge.routing import route
 from bridge.settings import Settings
-from bridge.store.base import IngestTx, NewNotification, SeenTicket, Store
+from bridge.store.base import (
+    IngestTx,
+    NewNotification,
+    SeenTicket,
+    Store,
+    is_outage,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -51,8 +57,8 @@ class IngestStats:
         self.malformed += other.malformed
 
 
-class _SeenMalformed:
-    """Remembers malformed items already logged, so each is logged once."""
+class SeenOnce:
+    """Remembers (a bounded number of) items already logged, so each is logged once."""
 
     def __init__(self, capacity: int = 10_000) -> None:
         self._keys: OrderedDict[str, None] = OrderedDict()
@@ -96,7 +102,7 @@ class EventIngestor:
         )
         self._base_url = settings.upstream.base
         self._notify_updates = settings.poll.events.notify_updates
-        self._malformed = _SeenMalformed()
+        self._malformed = SeenOnce()
         self._on_stored = on_stored
         # Runs inside the ingest transaction: for state that must commit (or not) with
         # the notifications, e.g. auto-request clip candidates.
@@ -120,16 +126,22 @@ class EventIngestor:
                 out.append(normalizer(item, self._table))
             except MalformedItem as err:
                 malformed += 1
-                self._metrics.items_malformed.labels(job=job).inc()
-                if self._malformed.first_time(item):
-                    ticket = item.get("ticket") if isinstance(item, Mapping) else None
-                    log.warning(
-                        "skipped malformed upstream item",
-                        job=job,
-                        reason=err.reason,
-                        ticket=ticket if isinstance(ticket, str) else None,
-                    )
+                self._skipped(job, item, err.reason)
+            except Exception as err:  # a reader's blind spot costs one item, not the page
+                malformed += 1
+                self._skipped(job, item, f"unreadable ({type(err).__name__})")
         return out, malformed
+
+    def _skipped(self, job: str, item: object, reason: str) -> None:
+        self._metrics.items_malformed.labels(job=job).inc()
+        if self._malformed.first_time(item):
+            ticket = item.get("ticket") if isinstance(item, Mapping) else None
+            log.warning(
+                "skipped malformed upstream item",
+                job=job,
+                reason=reason,
+                ticket=ticket if isinstance(ticket, str) else None,
+            )
 
     async def ingest(
         self,
@@ -139,11 +151,49 @@ class EventIngestor:
         cursor: float | None = None,
         normalizer: Normalizer = normalize_event,
     ) -> IngestStats:
-        """Normalize, de-dup and store `items`; move `job`'s cursor in the same transaction."""
+        """Normalize, de-dup and store `items`; move `job`'s cursor in the same transaction.
+
+        One transaction for the batch; if the store rejects it (or building it fails)
+        for anything but being unavailable, the items go in one by one so only the
+        culprit is skipped (logged once, counted as malformed) and the rest is stored.
+        """
         events, malformed = self.normalize(items, job=job, normalizer=normalizer)
         if self._enrich is not None and events:
             events = await self._enrich(events)
         stats = IngestStats(fetched=len(items), malformed=malformed)
+        try:
+            stored = await self._store_events(events, job=job, cursor=cursor)
+        except Exception as err:
+            if is_outage(err):
+                raise
+            stored = await self._store_each(events, job=job, cursor=cursor)
+        stats.add(stored)
+        stats.notifications = stored.notifications
+        return stats
+
+    async def _store_each(
+        self, events: Sequence[NormalizedEvent], *, job: str, cursor: float | None
+    ) -> IngestStats:
+        total = IngestStats()
+        for ev in events:
+            try:
+                one = await self._store_events([ev], job=job, cursor=None)
+            except Exception as err:
+                if is_outage(err):
+                    raise
+                total.malformed += 1
+                self._skipped(job, ev.data, f"not storable ({type(err).__name__})")
+                continue
+            total.add(one)
+            total.notifications += one.notifications
+        if cursor is not None:
+            await self.move_cursor(job, cursor)
+        return total
+
+    async def _store_events(
+        self, events: Sequence[NormalizedEvent], *, job: str, cursor: float | None
+    ) -> IngestStats:
+        stats = IngestStats()
         now = self._clock.now()
 
         async def work(tx: IngestTx) -> None:

@@ -17,10 +17,9 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Final
 
-from bridge.clock import utc_iso
+from bridge.clock import parse_rfc3339, utc_iso
 from bridge.event_types import EventTypeTable, category_from_name
 from bridge.settings import Category, Severity
 
@@ -168,13 +167,7 @@ def _time(value: Any) -> str | None:
 def _iso_time(value: str) -> str | None:
     """An ISO-8601 instant with a zone, re-rendered as RFC 3339 UTC; else None."""
     try:
-        dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if dt.tzinfo is None:
-        return None
-    try:
-        return utc_iso(dt.astimezone(UTC).timestamp())
+        return utc_iso(parse_rfc3339(value).timestamp())
     except (OverflowError, OSError, ValueError):
         return None
 

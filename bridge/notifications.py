@@ -11,11 +11,10 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from functools import cached_property
 from typing import Any
 
-from bridge.clock import utc_iso
+from bridge.clock import parse_rfc3339, utc_iso
 
 ENVELOPE_VERSION = 1
 SOURCE_SYSTEM = "visionmax"
@@ -123,7 +122,7 @@ def routing_keys(type_: str, data: dict[str, Any]) -> RoutingKeys:
 
 def notification_from_envelope(envelope: dict[str, Any]) -> Notification:
     """Rebuild a Notification from its envelope (e.g. one kept in the store)."""
-    created = datetime.fromisoformat(str(envelope["created_at"]).replace("Z", "+00:00"))
+    created = parse_rfc3339(str(envelope["created_at"]))
     data = envelope.get("data") or {}
     return Notification(
         id=envelope["id"],

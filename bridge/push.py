@@ -29,11 +29,14 @@ from bridge.ingest import EventIngestor
 from bridge.normalize import MalformedItem, normalize_push_event
 from bridge.settings import VendorWebhookIngest
 from bridge.upstream.models import VendorPush
+from bridge.vendor_text import clean_json, loads_clean
 
 log = structlog.get_logger(__name__)
 
 MAX_PUSH_BYTES: Final = 1024 * 1024
-QUEUE_SIZE: Final = 10_000
+MAX_QUEUED_BYTES: Final = 32 * 1024 * 1024
+"""Push bodies waiting for the worker, by their size on the wire; past it: 503 + Retry-After.
+Queued as the raw bytes (parsed again by the worker), so this is what they hold in memory."""
 BATCH: Final = 200
 EVENT_HOOKS: Final = frozenset({"EVENT_TRIGGERED", "ASSET_UPLOADED"})
 TASK_HOOK: Final = "TASK_UPDATE"
@@ -54,23 +57,26 @@ def parse_push(raw: bytes) -> tuple[str, dict[str, Any]]:
     """(hookName, decoded message) of a vendor push body; `PushRejected` when malformed."""
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # includes UnicodeDecodeError; nesting too deep
         raise PushRejected(400, "invalid_json", "body: not valid JSON") from None
     if not isinstance(body, dict):
         raise PushRejected(400, "invalid_body", "body: expected a JSON object")
+    raw_message = body.get("message")
+    # Vendor text is cleaned once: the envelope's fields here, `message` (JSON in a
+    # string, often longer than one vendor string may be) once it is decoded.
+    body = clean_json({k: v for k, v in body.items() if k != "message"})
     try:
         push = VendorPush.model_validate(body)
     except ValidationError as err:
         raise PushRejected(400, "invalid_body", f"body: {err.errors()[0]['msg']}") from None
     if not push.hookName:
         raise PushRejected(400, "invalid_body", "hookName: required")
-    raw_message = body.get("message")
     if isinstance(raw_message, dict):  # tolerate a vendor that stops double-encoding
-        message: Any = raw_message
+        message: Any = clean_json(raw_message)
     elif isinstance(raw_message, str):
         try:
-            message = json.loads(raw_message)
-        except ValueError:
+            message = loads_clean(raw_message)
+        except (ValueError, RecursionError):
             raise PushRejected(400, "invalid_message", "message: not a JSON string") from None
     elif push.hookName in EVENT_HOOKS or push.hookName == TASK_HOOK:
         raise PushRejected(400, "invalid_message", "message: required (a JSON string)")
@@ -89,11 +95,17 @@ class PushIngest:
         cfg: VendorWebhookIngest,
         ingestor: EventIngestor,
         clips: ClipTracker | None,
+        *,
+        max_queued_bytes: int = MAX_QUEUED_BYTES,
     ) -> None:
         self._cfg = cfg
+        self._max_queued_bytes = max_queued_bytes
         self._ingestor = ingestor
         self._clips = clips
-        self._queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(QUEUE_SIZE)
+        # Raw bodies, bounded by their total size (`_queued_bytes`), not their count.
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._queued_bytes = 0
+        self._full = False  # logged once per full streak
         self._worker: asyncio.Task[None] | None = None
         self._closing = False
         self.processed = 0
@@ -133,12 +145,22 @@ class PushIngest:
             return web.json_response(_OK)  # TRIP_*, GPS_UPDATE …: not ours
         if self._closing:
             return _error(503, "unavailable", "shutting down", retry_after="5")
-        try:
-            self._queue.put_nowait((hook, message))
-        except asyncio.QueueFull:
-            log.warning("vendor push queue full", size=QUEUE_SIZE)
+        if self._queued_bytes + len(raw) > self._max_queued_bytes:
+            if not self._full:
+                self._full = True
+                log.warning("vendor push queue full", max_bytes=self._max_queued_bytes)
             return _error(503, "unavailable", "push queue full", retry_after="5")
+        if self._full:
+            self._full = False
+            log.info("vendor push queue accepting again")
+        self._queued_bytes += len(raw)
+        self._queue.put_nowait(raw)
         return web.json_response(_OK)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of push bodies waiting for the worker."""
+        return self._queued_bytes
 
     # -- worker ------------------------------------------------------------------
 
@@ -169,21 +191,27 @@ class PushIngest:
                 batch.append(self._queue.get_nowait())
             try:
                 await self._process(batch)
-            except Exception:  # a failed batch is logged; polling still covers events
+            except Exception:  # the store is down; polling still covers events
                 log.exception("vendor push processing failed", count=len(batch))
             finally:
-                for _ in batch:
+                for raw in batch:
+                    self._queued_bytes -= len(raw)
                     self._queue.task_done()
                 self.processed += len(batch)
 
-    async def _process(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
-        events = [m for hook, m in batch if hook in EVENT_HOOKS]
+    async def _process(self, batch: list[bytes]) -> None:
+        pushes = []
+        for raw in batch:
+            with contextlib.suppress(PushRejected):  # checked by the handler already
+                pushes.append(parse_push(raw))
+        events = [m for hook, m in pushes if hook in EVENT_HOOKS]
         if events:
+            # Per message: one the store rejects is skipped (logged, counted), not the batch.
             await self._ingestor.ingest(events, job="push", normalizer=normalize_push_event)
         if self._clips is None:
             return
         for task_id in dict.fromkeys(
-            str(m.get("task_id") or "") for h, m in batch if h == TASK_HOOK
+            str(m.get("task_id") or "") for h, m in pushes if h == TASK_HOOK
         ):
             if task_id:
                 await self._clips.check_now(task_id)

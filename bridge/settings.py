@@ -13,7 +13,6 @@ import os
 import re
 import string
 from collections.abc import Iterator, Mapping
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -32,6 +31,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from bridge.clock import parse_rfc3339
 
 NOTIFICATION_TYPES = (
     "event.created",
@@ -142,10 +143,7 @@ def parse_start_from(value: str, now: float) -> float:
     if m:
         unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
         return now - float(m.group(1)) * unit
-    dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
-    if dt.tzinfo is None:
-        raise ValueError("an ISO-8601 start_from needs a time zone (e.g. Z)")
-    return dt.timestamp()
+    return parse_rfc3339(v).timestamp()
 
 
 class EventsPoll(_Strict):

@@ -27,10 +27,12 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, tzinfo
 from typing import Any, Final, TypedDict
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from bridge.clock import parse_rfc3339
 
 HEADER_MAX: Final = 150
 SECTION_TEXT_MAX: Final = 3000
@@ -225,10 +227,7 @@ def local_time(value: Any, tz: tzinfo) -> str | None:
     if not isinstance(value, str) or len(value) > 64:
         return None
     try:
-        when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        if when.tzinfo is None:
-            return None
-        local = when.astimezone(tz)
+        local = parse_rfc3339(value).astimezone(tz)
     except (ValueError, OverflowError, OSError):
         return None
     name = local.tzname() or ""

@@ -17,12 +17,13 @@ import structlog
 
 from bridge.clips import really_changed
 from bridge.clock import Clock
+from bridge.ingest import SeenOnce
 from bridge.metrics import Metrics
 from bridge.normalize import upload_data
 from bridge.notifications import Notification, build_notification
 from bridge.routing import route
 from bridge.settings import Settings
-from bridge.store.base import IngestTx, NewNotification, Store
+from bridge.store.base import IngestTx, NewNotification, Store, is_outage
 from bridge.upstream.client import UpstreamClient
 
 log = structlog.get_logger(__name__)
@@ -61,6 +62,7 @@ class UploadsPoller:
         # older uploads cannot change state any more.
         self._window_s = settings.poll.clips.give_up_after_s
         self._base_url = settings.upstream.base
+        self._skipped = SeenOnce()
 
     async def run_once(self) -> UploadStats:
         """One scan: every page of the window, one transaction per page."""
@@ -91,6 +93,31 @@ class UploadsPoller:
         return stats
 
     async def _store_page(self, items: list[dict[str, Any]], now: float, *, baseline: bool) -> int:
+        """One transaction for the page; if the store refuses it for its data, item by
+        item, skipping (logged once, counted) only what it refuses."""
+        try:
+            return await self._store_items(items, now, baseline=baseline)
+        except Exception as err:
+            if is_outage(err):
+                raise
+        notified = 0
+        for item in items:
+            try:
+                notified += await self._store_items([item], now, baseline=baseline)
+            except Exception as err:
+                if is_outage(err):
+                    raise
+                self._metrics.items_malformed.labels(job=JOB).inc()
+                if self._skipped.first_time(item):
+                    log.warning(
+                        "skipped malformed upstream item",
+                        job=JOB,
+                        reason=f"not storable ({type(err).__name__})",
+                        task_id=item.get("task_id") if isinstance(item, dict) else None,
+                    )
+        return notified
+
+    async def _store_items(self, items: list[Any], now: float, *, baseline: bool) -> int:
         notified: list[Notification] = []
 
         async def work(tx: IngestTx) -> None:

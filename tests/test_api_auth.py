@@ -98,8 +98,9 @@ async def test_discard_requires_confirm_then_proxies_once(rig_factory: RigFactor
     assert upstream_calls(rig, "/V2/event/discard") == 1
     assert rig.sim.item(item["ticket"]) is None
 
+    unknown = "00000000-0000-4000-8000-000000000000"  # well-formed, not the vendor's
     resp = await rig.client.post(
-        "/api/v1/events/no-such-ticket/discard", json={"confirm": True}, headers=rig.auth
+        f"/api/v1/events/{unknown}/discard", json={"confirm": True}, headers=rig.auth
     )
     assert resp.status == 404
     assert (await resp.json())["error"]["code"] == "not_found"

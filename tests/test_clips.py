@@ -14,9 +14,18 @@ from typing import Any
 import pytest
 from bridge_rig import Rig, make_rig
 from conftest import wait_for
+from structlog.testing import capture_logs
 
-from bridge.clips import AUTO_KIND, CLIP_KIND, GIVE_UP_CODE, check_delay, really_changed
+from bridge.clips import (
+    AUTO_KIND,
+    CLIP_KIND,
+    GIVE_UP_CODE,
+    ClipTracker,
+    check_delay,
+    really_changed,
+)
 from bridge.clock import utc_iso
+from bridge.metrics import Metrics
 from bridge.normalize import CAMERA_ERRORS
 
 RigFactory = Callable[..., Awaitable[Rig]]
@@ -312,3 +321,40 @@ async def test_auto_request_candidate_survives_a_crash_before_the_request(
     await rig.restart()
     await rig.bridge.clips.wait_auto_idle()  # type: ignore[union-attr]
     assert rig.videoclip_calls() == 1
+
+
+async def test_auto_request_queue_overflow_waits_in_the_store_and_is_re_read(
+    rig_factory: RigFactory,
+) -> None:
+    """The in-memory auto-request queue is bounded; candidates past it are not lost:
+    they are in the store (written with their event) and read again once it drains."""
+    rule = {"match": {"min_severity": "severe"}, "duration_s": 20}
+    rig = await rig_factory(config={"clips": {"auto_request": [rule]}})
+    own = rig.bridge.clips
+    assert own is not None
+    await own.stop()  # the app's worker stays out of the way
+    tickets = [
+        rig.sim.add_event(type=4, severity_level=3, timestamp=int(rig.clock.now()) - 30 + i)[
+            "ticket"
+        ]
+        for i in range(5)
+    ]
+    rig.clock.advance(1)
+    stats = await rig.run("events")
+    assert stats.created == 5
+    store, client = rig.bridge.store, rig.bridge.client
+    assert store is not None
+    assert client is not None
+    tracker = ClipTracker(rig.settings, store, client, rig.clock, Metrics(), auto_queue_max=2)
+    with capture_logs() as logs:
+        assert await tracker.requeue_candidates() == 2  # as at a start-up
+    assert [e["event"] for e in logs] == ["auto clip queue full; candidates wait in the store"]
+    tracker.start()
+    try:
+        await wait_for(lambda: rig.videoclip_calls() == 5, message="all five auto clips")
+        await tracker.wait_auto_idle()
+    finally:
+        await tracker.stop()
+    for ticket in tickets:
+        assert await store.get_json(AUTO_KIND, ticket) is not None
+    assert rig.videoclip_calls() == 5

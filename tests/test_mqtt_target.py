@@ -34,7 +34,7 @@ from structlog.testing import capture_logs
 from bridge.clock import SystemClock
 from bridge.dispatch import Dispatcher, dispatch_options
 from bridge.metrics import Metrics
-from bridge.mqtt_topics import render_topic, status_topic, topic_values
+from bridge.mqtt_topics import render_topic, status_topic, topic_problem, topic_values
 from bridge.notifications import Notification, build_notification
 from bridge.settings import MqttTarget, StoreSettings
 from bridge.simulator import Simulator, SimulatorConfig
@@ -631,3 +631,83 @@ async def test_killed_bridge_process_leaves_offline_by_last_will(
             env = json.loads(m.payload)
             assert m.topic == f"fleet/event/created/{env['data']['ticket']}"
             assert m.qos == 1
+
+
+# -- content the broker refuses -------------------------------------------------------------
+
+
+def test_topic_values_never_carry_control_characters() -> None:
+    env = event("t\x7f1", cid="a\x01b\nc\x85d\ufffee", severity="\x00").envelope()
+    topic = render_topic(ALL, topic_values("fl\x1bt", env))
+    assert topic == "fl_t/event.created/event/created/a_b_c_d_e/1/_/t_1"
+    assert topic_problem(topic) is None
+    assert topic_problem("fleet/\x01/x") == "character U+0001 in the topic"
+    assert topic_problem("fleet/#") is not None
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_control_characters_from_the_vendor_never_drop_the_connection(
+    tmp_path: Path, broker: Mosquitto, protocol: str
+) -> None:
+    """`\\x01` or `\\n` in a device CID used to make Mosquitto drop the client, and the
+    bridge reconnect and retry forever; now the value stays a clean level."""
+    cfg = target_cfg(f"mqtt://127.0.0.1:{broker.port}", protocol=protocol)
+    notes = [event("t-1", cid="dev\x01one"), event("t-2", cid="dev\ntwo"), event("t-3")]
+    sub_protocol = V5 if protocol == "5" else V311
+    with capture_logs() as logs:
+        async with (
+            Subscriber(broker.port, ("fleet/#",), protocol=sub_protocol) as sub,
+            running(tmp_path, cfg) as rig,
+        ):
+            await rig.enqueue(notes)
+            await wait_for(lambda: ids_received(sub) >= {n.id for n in notes})
+            await rig.dispatcher.wait_idle()
+            assert await rig.counts() == {}
+            topics = {by_id(sub, n.id)[0].topic for n in notes}
+    assert topics == {"fleet/event/created/dev_one", "fleet/event/created/dev_two",
+                      "fleet/event/created/dev-1"}  # fmt: skip
+    assert events_named(logs, "mqtt disconnected") == []
+
+
+async def test_a_topic_the_broker_would_refuse_is_dead_at_once_not_retried(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """A control character the operator put in the template: the delivery fails for
+    good on the first attempt and the connection (and other topics) stay up."""
+    cfg = target_cfg(f"mqtt://127.0.0.1:{broker.port}", topic="{prefix}/\x01/{type_path}")
+    n = event("t-1")
+    with capture_logs() as logs:
+        async with running(tmp_path, cfg) as rig:
+            await rig.enqueue([n])
+            await wait_for(
+                lambda: _counts_are(rig, {"dead": 1}), message="the delivery dead after one try"
+            )
+            (row,), _ = await rig.store.list_deliveries(target="mq")
+            assert row.attempts == 1
+            assert "U+0001" in (row.last_error or "")
+            assert rig.sender.connected
+    assert events_named(logs, "mqtt disconnected") == []
+
+
+async def _counts_are(rig: Rig, want: dict[str, int]) -> bool:
+    return await rig.counts() == want
+
+
+async def test_payload_characters_mqtt5_refuses_arrive_escaped(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """With the UTF-8 payload flag (MQTT 5), Mosquitto answers a payload holding C1 or
+    noncharacters with a PUBACK error that the client library reports as success: the
+    message was lost while counted delivered. Escaped, the same JSON arrives."""
+    cfg = target_cfg(f"mqtt://127.0.0.1:{broker.port}", protocol="5")
+    data = {"ticket": "t-1", "driver": {"name": "Jo\x85\x7fe\ufdd0\U0010ffff"}}
+    n = build_notification("event.created", data, base_url="https://x", now=time.time())
+    async with (
+        Subscriber(broker.port, ("fleet/#",), protocol=V5) as sub,
+        running(tmp_path, cfg) as rig,
+    ):
+        await rig.enqueue([n])
+        await wait_for(lambda: ids_received(sub) == {n.id}, message="the escaped payload")
+    (m,) = by_id(sub, n.id)
+    assert json.loads(m.payload) == json.loads(n.body)
+    assert m.payload.decode("ascii", errors="replace").count("\\u") >= 4

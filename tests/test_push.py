@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from bridge_rig import PUSH_PATH, PUSH_TOKEN, Rig, make_rig
 from conftest import wait_for
 from structlog.testing import capture_logs
 
 from bridge.clock import utc_iso
-from bridge.push import MAX_PUSH_BYTES
+from bridge.push import MAX_PUSH_BYTES, PushIngest
 from bridge.simulator import push as sim_push
 
 RigFactory = Callable[..., Awaitable[Rig]]
@@ -187,4 +188,73 @@ async def test_task_update_push_advances_a_tracked_clip_before_the_next_poll(
     )
     assert resp.status == 200
     await drained(rig)
+    rig.assert_all_valid()
+
+
+async def test_push_queue_is_bounded_by_bytes_with_503_and_retry_after(
+    rig_factory: RigFactory, aiohttp_client: Any
+) -> None:
+    """The queue holds bodies up to a byte budget, not a count: past it the vendor gets
+    503 + Retry-After (and retries), and room comes back as the worker drains."""
+    rig = await rig_factory()
+    assert rig.bridge.ingestor is not None
+    bodies = [event_push(rig, video=False) for _ in range(4)]
+    sizes = [len(json.dumps(body).encode()) for _, body in bodies]
+    cfg = rig.settings.ingest.vendor_webhook
+    ingest = PushIngest(cfg, rig.bridge.ingestor, None, max_queued_bytes=sum(sizes[:3]))
+    app = web.Application()
+    app.router.add_post("/push", ingest.handle)
+    client = await aiohttp_client(app)
+    headers = {"X-Bridge-Token": PUSH_TOKEN, "Content-Type": "application/json"}
+    rig.clock.advance(1)
+    with capture_logs() as logs:
+        for _, body in bodies[:3]:  # the worker is not started: nothing drains yet
+            assert (await client.post("/push", json=body, headers=headers)).status == 200
+        for _ in range(2):
+            resp = await client.post("/push", json=bodies[3][1], headers=headers)
+            assert resp.status == 503
+            assert resp.headers["Retry-After"] == "5"
+            assert (await resp.json())["error"]["code"] == "unavailable"
+    assert ingest.queued_bytes == sum(sizes[:3])
+    assert len([e for e in logs if e["event"] == "vendor push queue full"]) == 1
+    ingest.start()
+    try:
+        await ingest.wait_idle()
+        assert ingest.queued_bytes == 0
+        assert (await client.post("/push", json=bodies[3][1], headers=headers)).status == 200
+        await ingest.wait_idle()
+    finally:
+        await ingest.stop(1)
+    store = rig.bridge.store
+    assert store is not None
+    assert await store.count_notifications("event.created") == 4
+
+
+async def test_deeply_nested_push_is_400_not_500(rig_factory: RigFactory) -> None:
+    rig = await rig_factory()
+    deep = '{"hookName":"EVENT_TRIGGERED","message":' + "[" * 100_000 + "]" * 100_000 + "}"
+    resp = await push(rig, deep)
+    assert resp.status == 400
+    inner = json.dumps({"hookName": "EVENT_TRIGGERED", "message": "[" * 100_000 + "]" * 100_000})
+    resp = await push(rig, inner)
+    assert resp.status == 400
+
+
+async def test_a_push_message_longer_than_one_vendor_string_is_ingested(
+    rig_factory: RigFactory,
+) -> None:
+    """`message` is JSON in a string: the 4 KiB bound applies to the strings inside it
+    once decoded, never to the encoded message itself."""
+    rig = await rig_factory()
+    ticket, body = event_push(rig, video=False)
+    message = json.loads(body["message"])
+    message["detail"] = "https://fleet.example.com/detail?" + "q" * 6000
+    message["driver_name"] = f"Jo{chr(0xD800)}e"
+    body = {**body, "message": json.dumps(message)}
+    assert len(body["message"]) > 6000
+    rig.clock.advance(1)
+    resp = await push(rig, body)
+    assert resp.status == 200, await resp.text()
+    await drained(rig)
+    await wait_for(lambda: rig.receiver.tickets()[ticket] == 1, message="the long push")
     rig.assert_all_valid()

@@ -37,6 +37,20 @@ class StoreUnavailable(Exception):
     """The store cannot be reached or answered with an I/O error."""
 
 
+class StoreRejected(StoreUnavailable):
+    """The store cannot hold this data (it cannot be encoded, or a value is out of range).
+
+    Retrying the same data fails the same way, so callers that write many items
+    (ingest) retry them one by one and skip the ones rejected; everyone else may
+    treat it as any other store error.
+    """
+
+
+def is_outage(err: BaseException) -> bool:
+    """The store is down (retry the whole batch later), not refusing this data."""
+    return isinstance(err, StoreUnavailable) and not isinstance(err, StoreRejected)
+
+
 @dataclass(frozen=True)
 class SeenTicket:
     """What de-dup remembers of a ticket: its last revision and media fingerprint."""

@@ -5,7 +5,8 @@ never blocks on disk. An `asyncio.Lock` serializes callers: a transaction (an
 ingest, a claim, a batch of outcomes) never interleaves with another caller's
 statements on the shared connection, and reads never see uncommitted writes.
 
-Every `sqlite3.Error` or `OSError` leaves this module as `StoreUnavailable`.
+Every `sqlite3.Error` or `OSError` leaves this module as `StoreUnavailable`; a value
+SQLite cannot take (unencodable text, an int past 64 bits) as `StoreRejected`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from bridge.store.base import (
     DeliveryState,
     IngestFn,
     Outcome,
+    StoreRejected,
     StoreUnavailable,
     TargetState,
 )
@@ -126,6 +128,9 @@ class SqliteStore:
             self._owner = asyncio.current_task()
             try:
                 yield self._db
+            except (UnicodeError, OverflowError, sqlite3.DataError) as err:
+                # A value SQLite cannot take (unencodable text, an int past 64 bits).
+                raise StoreRejected(f"SQLite {what} refused a value: {err}") from err
             except (sqlite3.Error, OSError) as err:
                 raise StoreUnavailable(f"SQLite {what} failed: {err}") from err
             finally:

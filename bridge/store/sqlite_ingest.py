@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import aiosqlite
 
-from bridge.clock import Clock
+from bridge.clock import Clock, parse_rfc3339
 from bridge.notifications import Notification, dumps
 from bridge.store import sqlite_sql as sql
 from bridge.store.base import NewNotification, SeenTicket
@@ -118,7 +117,6 @@ def _event_at(n: Notification) -> float | None:
     if not isinstance(occurred, str):
         return None
     try:
-        at = datetime.fromisoformat(occurred)
+        return parse_rfc3339(occurred).timestamp()
     except ValueError:
         return None
-    return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()  # SPEC §3: times are UTC

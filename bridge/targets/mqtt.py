@@ -19,6 +19,8 @@ counts once written to the socket). How an attempt ends:
                                      at-least-once, receivers de-duplicate by `id`)
     no ack within timeout_s          retryable
     topic/payload refused by paho    permanent (it would be refused every time)
+    topic the broker would refuse    permanent, never sent (a control character in
+                                     the template: the broker would drop the client)
 
 Nothing here logs or returns the password: broker errors are scrubbed of it, and the
 URL is only ever shown as host:port.
@@ -47,9 +49,11 @@ from paho.mqtt.properties import Properties
 from bridge.clock import Clock, SystemClock
 from bridge.mqtt_topics import (
     TYPE_ONLY_PLACEHOLDERS,
+    payload_bytes,
     placeholders,
     render_topic,
     status_topic,
+    topic_problem,
     topic_values,
     type_values,
 )
@@ -212,13 +216,18 @@ class MqttSender:
     async def send(self, delivery: Delivery, envelope: Mapping[str, Any], body: str) -> SendResult:
         """Publish one notification and wait for the broker's acknowledgement."""
         topic = self.topic_for(delivery, envelope)
+        problem = topic_problem(topic)
+        if problem is not None:
+            # Sent anyway, the broker would drop the connection (and again after each
+            # reconnect): this delivery can never succeed, so it fails for good.
+            return SendResult(ok=False, error=f"topic refused: {problem}", retryable=False)
         conn = await self._wait_connected()
         if conn is None:
             return SendResult(ok=False, error="broker unavailable")
         error = await self._publish(
             conn,
             topic,
-            body.encode("utf-8"),
+            payload_bytes(body),
             qos=self._cfg.qos,
             retain=self._cfg.retain,
             properties=self._properties,

@@ -8,7 +8,6 @@ without the envelope, which counts as success on 2xx (UPSTREAM.md, "Common").
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +18,7 @@ from bridge.upstream.errors import (
     UpstreamRateLimited,
     UpstreamUnavailable,
 )
+from bridge.vendor_text import loads_clean
 
 SUCCESS_CODE = "S00000"
 _MAX_MESSAGE = 500  # vendor messages end up in logs and errors; keep them bounded
@@ -43,9 +43,10 @@ def _text(value: object) -> str | None:
 def parse_reply(endpoint: str, status: int, raw: bytes, retry_after: float | None) -> Reply:
     """Turn one HTTP answer into a `Reply`, or raise the matching `UpstreamError`."""
     try:
-        parsed: Any = json.loads(raw) if raw.strip() else None
+        # Cleaned once here, for every endpoint: what leaves this module encodes.
+        parsed: Any = loads_clean(raw) if raw.strip() else None
         decoded = True
-    except ValueError:  # includes JSONDecodeError and UnicodeDecodeError
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, deep nesting
         parsed, decoded = None, False
     vendor = parsed if isinstance(parsed, dict) else {}
     code, uq = _text(vendor.get("code")), _text(vendor.get("uq"))

@@ -39,6 +39,10 @@ from bridge.upstream.errors import UpstreamRateLimited, UpstreamUnavailable
 
 log = structlog.get_logger(__name__)
 
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+"""Largest vendor answer read (a full events page is well under 1 MiB); past it the
+call fails instead of the bridge buffering whatever a broken proxy streams."""
+
 # Failures that happen before a single byte of the request reached the vendor.
 _NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
@@ -164,7 +168,11 @@ class Transport:
                 allow_redirects=False,
             ) as resp:
                 status = resp.status
-                raw = await resp.read()
+                try:
+                    raw = await _read_capped(resp, endpoint)
+                except UpstreamUnavailable:
+                    self._record(endpoint, "too_large")
+                    raise
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"), self._clock.now())
         except TimeoutError as err:  # also aiohttp's ServerTimeoutError family
             self._record(endpoint, "timeout")
@@ -183,3 +191,20 @@ class Transport:
     def _record(self, endpoint: str, status: str) -> None:
         if self._on_request is not None:
             self._on_request(endpoint, status)
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, endpoint: str) -> bytes:
+    """The body, or `UpstreamUnavailable` as soon as it is known to pass the cap."""
+    too_big = UpstreamUnavailable(
+        f"response body over {MAX_RESPONSE_BYTES} bytes", endpoint=endpoint, status=resp.status
+    )
+    if resp.content_length is not None and resp.content_length > MAX_RESPONSE_BYTES:
+        raise too_big
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(65536):
+        size += len(chunk)
+        if size > MAX_RESPONSE_BYTES:
+            raise too_big
+        parts.append(chunk)
+    return b"".join(parts)

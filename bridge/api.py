@@ -33,7 +33,7 @@ from pydantic import (
 from bridge.app import BRIDGE, Bridge
 from bridge.clips import ClipRequest, ClipTracker, clip_view
 from bridge.clock import parse_rfc3339, utc_iso
-from bridge.dispatch import Dispatcher
+from bridge.dispatch import Dispatcher, orphaned_counts
 from bridge.notifications import build_notification
 from bridge.pollers import PollerStatus
 from bridge.routing import TEST_TYPE
@@ -297,6 +297,7 @@ def _poller_view(status: PollerStatus, now: float) -> dict[str, Any]:
         "cursor": _iso(status.cursor),
         "lag_s": None if status.cursor is None else round(max(0.0, now - status.cursor), 3),
         "failing": status.failing,
+        "reason": status.reason,
     }
 
 
@@ -337,8 +338,22 @@ async def status(request: web.Request) -> web.Response:
             "last_status": health.last_status,
             "last_success_at": _iso(health.last_success_at),
             "delivered": health.delivered,  # since this process started
+            "reason": d.reason,
         }
-    return web.json_response({"pollers": pollers, "targets": targets})
+    login = b.client.login_state if b.client is not None else None
+    upstream = {
+        "login_failing": bool(login and login.failing),
+        "login_retry_at": _iso(login.retry_at) if login else None,
+        "reason": login.reason if login else None,
+    }
+    return web.json_response(
+        {
+            "pollers": pollers,
+            "targets": targets,
+            "orphaned": orphaned_counts(counts, b.dispatchers),
+            "upstream": upstream,
+        }
+    )
 
 
 # --------------------------------------------------------------------------- deliveries
@@ -423,8 +438,10 @@ async def list_deliveries(request: web.Request) -> web.Response:
                 400, "invalid_field", f"state: expected one of {allowed}", field="state"
             ) from None
     target = q.get("target")
-    if target is not None:
-        _known_target(b, target, field="target")
+    # A removed target's deliveries are kept and listable (SPEC §4).
+    removed = target is not None and target not in b.dispatchers
+    if removed and target not in await _queue_counts(b):
+        _known_target(b, target or "", field="target")
     limit = _limit(q.get("limit"))
     cursor = _cursor(q.get("cursor"))
     try:

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from bridge import __version__
 from bridge.clock import Clock, SystemClock
-from bridge.dispatch import Dispatcher, dispatch_options
+from bridge.dispatch import Dispatcher, dispatch_options, orphaned_counts
 from bridge.enrich import EventEnricher
 from bridge.ingest import EventIngestor
 from bridge.logs import SecretScrubber
@@ -181,11 +181,27 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
         for d in b.dispatchers.values():
             await d.start()
             started.append(d)
+        await _report_orphans(b.store, b.dispatchers)
         yield
     finally:
         grace = b.settings.server.shutdown_grace_s
         for d in started:
             await d.stop(grace)
+
+
+async def _report_orphans(store: Store, dispatchers: dict[str, Dispatcher]) -> None:
+    """Log, once at start, pending deliveries of targets removed from the config (SPEC §4).
+
+    They are kept (a re-added target resumes them), shown under `orphaned` in the
+    status API and pruned with everything else.
+    """
+    orphaned = orphaned_counts(await store.queue_counts(), dispatchers)
+    if orphaned:
+        log.warning(
+            "pending deliveries kept for targets no longer configured",
+            orphaned=orphaned,
+            hint="add the target again to deliver them, or they are pruned after retention",
+        )
 
 
 async def _clips_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -227,8 +243,20 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
     assert b.ingestor is not None
     assert b.store is not None
     b.scheduler = PollScheduler(b.clock)
-    b.events_poller = EventsPoller(b.settings.poll.events, b.client, b.ingestor, b.clock, b.metrics)
-    b.scheduler.add_interval("events", b.events_poller.run_once, b.settings.poll.events.interval_s)
+    b.events_poller = EventsPoller(
+        b.settings.poll.events,
+        b.client,
+        b.ingestor,
+        b.clock,
+        b.metrics,
+        max_requests_per_s=b.settings.upstream.max_requests_per_s,
+    )
+    b.scheduler.add_interval(
+        "events",
+        b.events_poller.run_once,
+        b.settings.poll.events.interval_s,
+        stop=b.events_poller.request_stop,
+    )
     poll = b.settings.poll
     if b.clips is not None:
         b.scheduler.add_interval("clips", b.clips.run_once, poll.clips.interval_s)

@@ -8,6 +8,14 @@ backoff, Retry-After holds of the whole target, pausing on 410 Gone, and metrics
 Outcomes are written in small batches (one transaction per batch) rather than
 one per delivery: the rows stay `in_flight` until written, so a crash before a
 flush only means those notifications are sent again (at-least-once).
+
+A failing target is probed, not hammered (SPEC §4): after `FAILING_AFTER`
+consecutive transient failures only one delivery (the oldest) goes out, at the
+backoff cadence capped at `max_delay_s`; the others wait without spending
+attempts. The first success ends it and makes every waiting delivery due at once.
+The failing state lives in the store's target state, so a restart keeps probing.
+While a target is paused or failing its deliveries are not attempted, so
+`max_age_s` is applied to them directly (they die as they would have on a retry).
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import json
 import random
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -30,7 +38,15 @@ from bridge.ratelimit import RateLimiter
 from bridge.retry import plan_after_failure
 from bridge.routing import redact
 from bridge.settings import RetrySettings
-from bridge.store.base import Delivery, DeliveryState, Outcome, Store, TargetState
+from bridge.store.base import (
+    Delivery,
+    DeliveryState,
+    Outcome,
+    Store,
+    StoreUnavailable,
+    TargetState,
+)
+from bridge.streak import Streak, failure_reason
 from bridge.targets.base import LazyEnvelope, SendResult, Target
 
 log = structlog.get_logger(__name__)
@@ -70,6 +86,10 @@ class Dispatcher:
     FLUSH_INTERVAL_S = 0.05
     FLUSH_BATCH = 200
     IDLE_RECHECK_S = 5.0
+    # Consecutive transient failures after which the target is failing (SPEC §4).
+    FAILING_AFTER = 5
+    # How often deliveries of a paused or failing target are checked against max_age_s.
+    EXPIRY_CHECK_S = 60.0
 
     def __init__(
         self,
@@ -98,9 +118,16 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._outcomes: list[Outcome] = []
+        self._outcomes_written = False
         self._flush_now = asyncio.Event()
         self._flush_lock = asyncio.Lock()
         self._state = TargetState()
+        self._state_dirty = False  # in-memory state the store has not taken yet
+        self._release_due = False  # waiting deliveries still to be made due (recovery)
+        self._failures = 0  # consecutive transient failures
+        self._probe_id: int | None = None  # the delivery probing a failing target
+        self._dead_logged = False  # a dead delivery was logged since the last success
+        self._next_expiry_check = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._workers: list[asyncio.Task[None]] = []
         self.health = TargetHealth()
@@ -114,13 +141,29 @@ class Dispatcher:
         self._m_seconds = m.delivery_seconds.labels(target=self.name)
         self._m_latency = m.event_to_delivery.labels(target=self.name)
         self._m_paused = m.target_paused.labels(target=self.name)
+        self._m_failing = m.target_failing.labels(target=self.name)
+        # Each loop that retries on its own logs a failure once per streak (SPEC §7).
+        self._feed_streak = Streak(
+            "dispatcher store access",
+            on_failure=m.store_errors.labels(component="dispatcher").inc,
+            target=self.name,
+        )
+        self._flush_streak = Streak(
+            "recording delivery outcomes",
+            on_failure=m.store_errors.labels(component="outcome_flusher").inc,
+            target=self.name,
+        )
+        self._send_streak = Streak("target send", expected=(), target=self.name)
 
     # -- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
         """Load persisted state, start the target, the feeder and the workers."""
         self._state = await self._store.get_target_state(self.name)
+        self._failures = self._state.failures
+        self.health.failing = self._state.failing
         self._m_paused.set(int(self._state.paused))
+        self._m_failing.set(int(self._state.failing))
         self._store.subscribe(self.name, self.wake)
         await self._target.start()
         self._tasks = [
@@ -168,11 +211,31 @@ class Dispatcher:
     def state(self) -> TargetState:
         return self._state
 
+    @property
+    def in_progress(self) -> int:
+        """Deliveries claimed and not yet finished (queued here or being sent)."""
+        return self._pending_work
+
+    @property
+    def reason(self) -> str | None:
+        """Why the target is not delivering freely, for people (status API)."""
+        state = self._state
+        if state.paused:
+            return f"paused: {state.paused_reason or 'until resumed'}"
+        if state.failing:
+            return f"failing: {self.health.last_error or 'transient failures'}"
+        if state.hold_until is not None and state.hold_until > self._clock.now():
+            return "held by the receiver's Retry-After"
+        for streak in (self._feed_streak, self._flush_streak):
+            if streak.failing:
+                return failure_reason(StoreUnavailable(streak.last_error or ""))
+        return None
+
     async def resume(self) -> bool:
         """Un-pause the target; returns False if it was not paused."""
         if not self._state.paused:
             return False
-        self._state = TargetState(paused=False, hold_until=self._state.hold_until)
+        self._state = replace(self._state, paused=False, paused_reason=None)
         await self._store.set_target_state(self.name, self._state)
         self._m_paused.set(0)
         log.info("target resumed", target=self.name)
@@ -190,18 +253,28 @@ class Dispatcher:
         while not self._stopping.is_set():
             try:
                 await self._feed_once()
-            except Exception:  # the loop must survive a store hiccup
-                log.exception("dispatcher step failed; retrying", target=self.name)
+            except Exception as err:  # the loop must survive a store outage
+                self._feed_streak.failed(err)
                 await self._wait(1.0)
+            else:
+                self._feed_streak.ok()
 
     async def _feed_once(self) -> None:
         now = self._clock.now()
+        if self._state_dirty:
+            await self._save_state()
+        if self._release_due:
+            await self._release_waiting(now)
+        await self._expire_if_due(now)
         if self._state.paused:
             await self._wait(self.IDLE_RECHECK_S)
             return
         hold = self._state.hold_until
         if hold is not None and hold > now:
             await self._wait(hold - now)
+            return
+        if self._state.failing:
+            await self._feed_probe(now)
             return
         if self._pending_work > self._queue_size // 2:
             # Workers are busy; they wake us when half the queue is free. Claiming
@@ -219,10 +292,50 @@ class Dispatcher:
             wait = self.IDLE_RECHECK_S if due is None else due - self._clock.now()
             await self._wait(max(0.0, min(wait, self.IDLE_RECHECK_S)))
             return
+        self._enqueue(claimed)
+
+    async def _feed_probe(self, now: float) -> None:
+        """A failing target: one probe delivery at a time, when the probe is due."""
+        probe_at = self._state.probe_at or now
+        if self._probe_id is not None or self._pending_work > 0:
+            # The probe is out, or rows claimed before the target failed are still
+            # being handed back: their outcomes wake us.
+            await self._wait(self.IDLE_RECHECK_S)
+            return
+        if probe_at > now:
+            await self._wait(min(probe_at - now, self.IDLE_RECHECK_S))
+            return
+        self._wake.clear()
+        probe = await self._store.claim_probe(self.name, now)
+        if probe is None:
+            await self._wait(self.IDLE_RECHECK_S)  # nothing to send: stay failing
+            return
+        self._probe_id = probe.id
+        self._enqueue([probe])
+
+    def _enqueue(self, claimed: list[Delivery]) -> None:
         self._pending_work += len(claimed)
         self._idle.clear()
         for delivery in claimed:
             self._queue.put_nowait(delivery)
+
+    async def _expire_if_due(self, now: float) -> None:
+        """Apply max_age_s to deliveries that wait on a paused or failing target."""
+        if not (self._state.paused or self._state.failing) or now < self._next_expiry_check:
+            return
+        self._next_expiry_check = now + self.EXPIRY_CHECK_S
+        expired = await self._store.expire_pending(
+            self.name, now - self.options.retry.max_age_s, now
+        )
+        if expired:
+            self._m_dead.inc(expired)
+            log.warning(
+                "deliveries dead after max_age_s while the target was not delivering",
+                target=self.name,
+                count=expired,
+                paused=self._state.paused,
+                failing=self._state.failing,
+            )
 
     async def _wait(self, seconds: float | None) -> None:
         """Sleep until woken, stopped, or `seconds` of clock time pass."""
@@ -248,17 +361,21 @@ class Dispatcher:
             if delivery is None:
                 return
             try:
-                if self._stopping.is_set() or self._blocked():
+                if self._stopping.is_set() or self._blocked(delivery):
                     self._give_back(delivery)
                     continue
                 await self._limiter.acquire()
-                if self._blocked():
+                if self._blocked(delivery):
                     self._give_back(delivery)
                     continue
                 await self._attempt(delivery)
                 if self._fifo:
-                    # The next head is decided only after this one's outcome is stored.
-                    await self._flush()
+                    # The next head is decided only after this one's outcome is stored
+                    # (if the store is away, the row stays in flight and blocks the head).
+                    try:
+                        await self._flush()
+                    except Exception as err:
+                        self._flush_streak.failed(err)
             finally:
                 self._done_with_one()
 
@@ -269,12 +386,17 @@ class Dispatcher:
         if self._pending_work == 0:
             self._idle.set()
 
-    def _blocked(self) -> bool:
+    def _blocked(self, delivery: Delivery | None = None) -> bool:
         hold = self._state.hold_until
-        return self._state.paused or (hold is not None and hold > self._clock.now())
+        if self._state.paused or (hold is not None and hold > self._clock.now()):
+            return True
+        # A failing target sends its probe and nothing else.
+        return self._state.failing and (delivery is None or delivery.id != self._probe_id)
 
     def _give_back(self, delivery: Delivery) -> None:
         """Return a claimed-but-unsent row to pending without spending an attempt."""
+        if delivery.id == self._probe_id:
+            self._probe_id = None  # the probe goes again when it is due
         at = self._state.hold_until or self._clock.now()
         self._queue_outcome(
             Outcome(
@@ -289,8 +411,10 @@ class Dispatcher:
             result = await self._target.send(delivery, envelope, body)
             self._m_seconds.observe(time.perf_counter() - started)
         except Exception as err:  # a target bug must not kill the worker; retry later
-            log.exception("target raised", target=self.name)
+            self._send_streak.failed(err)
             result = SendResult(ok=False, error=f"internal error: {type(err).__name__}")
+        else:
+            self._send_streak.ok()
         await self._record(delivery, result)
 
     def _payload(self, delivery: Delivery) -> tuple[Mapping[str, Any], str]:
@@ -302,6 +426,9 @@ class Dispatcher:
     async def _record(self, delivery: Delivery, result: SendResult) -> None:
         now = self._clock.now()
         attempts = delivery.attempts + 1
+        was_probe = delivery.id == self._probe_id
+        if was_probe:
+            self._probe_id = None
         self.health.last_status = result.status
         if result.ok:
             self._queue_outcome(
@@ -312,16 +439,11 @@ class Dispatcher:
                 self._m_latency.observe(max(0.0, now - delivery.event_at))
             self.health.delivered += 1
             self.health.last_success_at = now
-            if self.health.failing:
-                self.health.failing = False
-                log.info("target recovered", target=self.name)
+            self.health.last_error = None  # recovered: the status shows no stale error
+            self._dead_logged = False
+            await self._receiver_answered(now)
             return
         self.health.last_error = result.error
-        if not self.health.failing:
-            self.health.failing = True
-            log.warning(
-                "target failing", target=self.name, status=result.status, error=result.error
-            )
         if result.pause:
             await self._pause(f"receiver answered {result.status}: {result.error or 'gone'}")
             # The delivery stays pending and flows after the resume.
@@ -351,12 +473,75 @@ class Dispatcher:
         )
         self._queue_outcome(outcome)
         (self._m_dead if outcome.state is DeliveryState.DEAD else self._m_retry).inc()
+        if outcome.state is DeliveryState.DEAD and not self._dead_logged:
+            # Once until the next success: a receiver refusing everything would
+            # otherwise log every delivery (the API lists each dead one).
+            self._dead_logged = True
+            log.warning("delivery dead", target=self.name, status=result.status, error=result.error)
+        if result.retryable:
+            await self._transient_failure(now, result, was_probe=was_probe)
+        else:
+            # A permanent answer (a 400 for this one delivery) means the receiver is up.
+            await self._receiver_answered(now)
+
+    async def _transient_failure(self, now: float, result: SendResult, *, was_probe: bool) -> None:
+        self._failures += 1
+        if self._state.failing:
+            if was_probe:
+                await self._set_state(failures=self._failures, probe_at=now + self._probe_delay())
+            return  # a send that was already under way when the target began failing
+        if self._failures < self.FAILING_AFTER:
+            return
+        self._state_changed_to_failing()
+        await self._set_state(failures=self._failures, probe_at=now + self._probe_delay())
+        log.warning(
+            "target failing; probing with one delivery at a time",
+            target=self.name,
+            failures=self._failures,
+            status=result.status,
+            error=result.error,
+        )
+
+    def _state_changed_to_failing(self) -> None:
+        self.health.failing = True
+        self._m_failing.set(1)
+
+    def _probe_delay(self) -> float:
+        """The backoff cadence of the probes: base, twice base, … capped at max_delay_s."""
+        retry = self.options.retry
+        probes = max(1, self._failures - self.FAILING_AFTER + 1)
+        return float(min(retry.max_delay_s, retry.base_delay_s * 2.0 ** min(probes - 1, 60)))
+
+    async def _receiver_answered(self, now: float) -> None:
+        """The receiver works again: end a failure streak, release a failing target."""
+        self._failures = 0
+        if not self._state.failing:
+            if self._state.failures:
+                await self._set_state(failures=0, probe_at=None)
+            return
+        self.health.failing = False
+        self._m_failing.set(0)
+        await self._set_state(failures=0, probe_at=None)
+        log.info("target recovered", target=self.name)
+        self._release_due = True
+        await self._release_waiting(now)
+
+    async def _release_waiting(self, now: float) -> None:
+        """Make the deliveries that waited on the failing target due now."""
+        try:
+            released = await self._store.release_waiting(self.name, now)
+        except StoreUnavailable as err:
+            self._feed_streak.failed(err)  # the feeder tries again
+            return
+        self._release_due = False
+        if released:
+            log.info("waiting deliveries released", target=self.name, count=released)
+        self.wake()
 
     async def _pause(self, reason: str) -> None:
         if self._state.paused:
             return
-        self._state = TargetState(paused=True, paused_reason=reason, hold_until=None)
-        await self._store.set_target_state(self.name, self._state)
+        await self._set_state(paused=True, paused_reason=reason, hold_until=None)
         self._m_paused.set(1)
         log.error("target paused until resumed through the API", target=self.name, reason=reason)
 
@@ -364,10 +549,22 @@ class Dispatcher:
         current = self._state.hold_until
         if current is not None and current >= until:
             return
-        self._state = TargetState(
-            paused=self._state.paused, paused_reason=self._state.paused_reason, hold_until=until
-        )
-        await self._store.set_target_state(self.name, self._state)
+        await self._set_state(hold_until=until)
+
+    async def _set_state(self, **changes: Any) -> None:
+        """Change the target state in memory at once, and in the store when it answers."""
+        self._state = replace(self._state, **changes)
+        self._state_dirty = True
+        try:
+            await self._save_state()
+        except StoreUnavailable as err:
+            self._feed_streak.failed(err)  # the feeder saves it once the store is back
+
+    async def _save_state(self) -> None:
+        state = self._state
+        await self._store.set_target_state(self.name, state)
+        if state is self._state:
+            self._state_dirty = False
 
     # -- outcome batching ------------------------------------------------------------
 
@@ -384,8 +581,17 @@ class Dispatcher:
                 self._flush_now.clear()
             try:
                 await self._flush()
-            except Exception:
-                log.exception("recording delivery outcomes failed; will retry", target=self.name)
+            except Exception as err:
+                self._flush_streak.failed(err)
+                if self._stopping.is_set():
+                    return  # stop() makes the last attempt itself
+                # Back off while failing: a store outage is not fixed by asking every 50 ms.
+                await asyncio.sleep(
+                    min(1.0, self.FLUSH_INTERVAL_S * 2**self._flush_streak.failures)
+                )
+            else:
+                if self._outcomes_written:
+                    self._flush_streak.ok()
 
     async def _flush(self) -> None:
         # One flush at a time: a caller that finds the list empty must still wait for
@@ -394,11 +600,13 @@ class Dispatcher:
             if not self._outcomes:
                 return
             batch, self._outcomes = self._outcomes, []
+            self._outcomes_written = False
             try:
                 await self._store.record_outcomes(batch, self._clock.now())
             except Exception:
                 self._outcomes[:0] = batch  # keep them for the next flush
                 raise
+            self._outcomes_written = True
         # A retry may now be due earlier than what the feeder sleeps for.
         if any(o.state is DeliveryState.PENDING for o in batch):
             self.wake()
@@ -413,3 +621,15 @@ def dispatch_options(cfg: Any) -> DispatchOptions:
         rate_limit_per_s=cfg.rate_limit_per_s,
         redact=tuple(cfg.redact),
     )
+
+
+def orphaned_counts(
+    counts: dict[str, dict[str, int]], configured: Mapping[str, object]
+) -> dict[str, int]:
+    """Unfinished deliveries of targets no longer in the config (SPEC §4), by target."""
+    out: dict[str, int] = {}
+    for name, c in counts.items():
+        n = c.get("pending", 0) + c.get("in_flight", 0)
+        if name not in configured and n > 0:
+            out[name] = n
+    return out

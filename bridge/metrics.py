@@ -67,6 +67,18 @@ class Metrics:
         self.target_paused = Gauge(
             "bridge_target_paused", "1 while a target is paused", ["target"], registry=r
         )
+        self.target_failing = Gauge(
+            "bridge_target_failing",
+            "1 while a target is failing: only a probe delivery goes out (SPEC §4)",
+            ["target"],
+            registry=r,
+        )
+        self.store_errors = Counter(
+            "bridge_store_errors_total",
+            "Store operations that failed, by the component that retries them",
+            ["component"],
+            registry=r,
+        )
         self.cursor_lag = Gauge(
             "bridge_cursor_lag_seconds",
             "How far a poller's cursor is behind now",

@@ -1,16 +1,34 @@
 """Poll jobs: the events poller and the scheduler that runs poll jobs.
 
 The events poller's only duty is to get items into the store and then move its
-cursor (SPEC §5.1): windows `[cursor - lookback_s, now]` split by `max_window_s`,
-each paged with offset/limit to the end, the cursor moved to a window's end only
-after all of the window's items are stored. De-dup absorbs every overlap.
+cursor (SPEC §5.1). Each run has two parts:
+
+* the **head**: windows `[cursor - head_lookback_s, now]` (split by `max_window_s`),
+  each paged with offset/limit to the end; the cursor moves to a window's end only
+  after all of its items are stored. This is what keeps new events within
+  twice `interval_s` however busy the fleet is: it reads only what is new.
+* the **re-scan** of the `lookback_s` window (devices upload late, media changes):
+  a sweep that starts every `rescan_interval_s` and reads at most `rescan_budget *
+  max_requests_per_s * interval_s` pages per run, continuing in the next run where
+  it stopped. So a busy fleet stretches the sweep over several runs instead of each
+  run re-reading the whole window (issue #9: 17,080 items fetched per run to find
+  715 new ones), and the re-scan never takes more than its share of the vendor budget.
+
+What a sweep reads: every head run from cursor `c` leaves `[c - lookback_s, c]` to
+re-scan (an item up to `lookback_s` late may still arrive there), and a sweep
+starting at cursor `T` adds `[T - lookback_s, T]`. Those intervals, merged, are the
+sweep's windows: in steady operation one window of about `lookback_s` plus the time
+since the last sweep; after an outage or a restart two short ones around its ends,
+not the whole gap (the head read the gap). The start of the last finished sweep is
+stored (cursor `events:rescan`), so after a restart `[that - lookback_s, cursor]` is
+owed again. De-dup absorbs every overlap.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,10 +40,14 @@ from bridge.clock import Clock, SystemClock
 from bridge.ingest import EventIngestor, IngestStats
 from bridge.metrics import Metrics
 from bridge.settings import EventsPoll, parse_start_from
-from bridge.upstream.client import UpstreamClient
+from bridge.store.base import StoreUnavailable
+from bridge.streak import failure_reason
+from bridge.upstream.client import Page, UpstreamClient
 from bridge.upstream.errors import UpstreamError
 
 log = structlog.get_logger(__name__)
+
+RESCAN_SUFFIX = ":rescan"
 
 
 def poll_windows(start: float, end: float, max_window_s: float) -> Iterator[tuple[int, int]]:
@@ -54,6 +76,23 @@ class PollerStatus:
     last_error: str | None = None
     cursor: float | None = None
     failing: bool = False
+    reason: str | None = None  # why it is failing, for people: "auth failed", …
+
+
+@dataclass
+class _Sweep:
+    """A re-scan in progress: its windows and the page iterator of the current one."""
+
+    base: float  # the cursor when it started: the next sweep starts at base - lookback_s
+    windows: list[tuple[int, int]]
+    pages: AsyncIterator[Page] | None = None
+    fetched: int = 0
+    requests: int = 0
+    started_mono: float = 0.0
+
+
+class _Stopped(Exception):
+    """Shutdown asked the poll to stop at the next page boundary."""
 
 
 class EventsPoller:
@@ -68,6 +107,8 @@ class EventsPoller:
         ingestor: EventIngestor,
         clock: Clock,
         metrics: Metrics,
+        *,
+        max_requests_per_s: float | None = None,
     ) -> None:
         self._cfg = cfg
         self._client = client
@@ -75,33 +116,72 @@ class EventsPoller:
         self._clock = clock
         self._metrics = metrics
         self.status = PollerStatus()
+        self._stopping = False
+        self._head_back = min(cfg.head_lookback_s, cfg.lookback_s)
+        # Pages the re-scan may read per run: its share of the vendor budget over one
+        # interval (at least one, or a sweep would never end) and, with the head's
+        # pages, no more than fit in 90% of the interval, so a run ends in time.
+        if max_requests_per_s is None:
+            self._rescan_pages = self._run_pages = 1_000_000
+        else:
+            share = cfg.rescan_budget * max_requests_per_s * cfg.interval_s
+            self._rescan_pages = max(1, int(share))
+            self._run_pages = max(1, int(0.9 * max_requests_per_s * cfg.interval_s))
+        self._sweep: _Sweep | None = None
+        self._pages_this_run = 0
+        self._rescan_loaded = False
+        self._owed: list[tuple[float, float]] = []  # merged intervals the next sweep reads
+        self._last_sweep_mono: float | None = None
+
+    @property
+    def rescan_pages_per_run(self) -> int:
+        """The re-scan's page budget per run."""
+        return self._rescan_pages
+
+    def request_stop(self) -> None:
+        """Stop at the next page boundary (SIGTERM): the cursor stays at the last stored window."""
+        self._stopping = True
 
     async def run_once(self) -> IngestStats:
-        """One poll run: every window from the cursor to now, then the cursor moved."""
+        """One poll run: the head windows (cursor moved after each), then a slice of the re-scan."""
         started = time.perf_counter()
         now = self._clock.now()
         self.status.last_run_at = now
         total = IngestStats()
+        self._pages_this_run = 0
         windows = 0
+        rescan_done = False
+        cursor: float | None = None
         try:
-            cursor = await self._ingestor.get_cursor(self.job)
-            if cursor is None:
-                cursor = parse_start_from(self._cfg.start_from, now)
-            for since, until in poll_windows(
-                cursor - self._cfg.lookback_s, now, self._cfg.max_window_s
-            ):
+            stored = await self._ingestor.get_cursor(self.job)
+            fresh = stored is None
+            cursor = parse_start_from(self._cfg.start_from, now) if stored is None else stored
+            if not self._rescan_loaded:
+                await self._load_rescan(cursor, fresh=fresh)
+            self._owe(cursor)
+            for since, until in poll_windows(cursor - self._head_back, now, self._cfg.max_window_s):
                 windows += 1
                 await self._scan_window(since, until, total)
-                # Everything up to `until` is stored: only now may the cursor pass it.
-                if until > cursor:
-                    cursor = float(until)
+                # Everything up to `until` is stored: only now may the cursor pass it. The
+                # first poll stores its cursor whatever start_from said (issue #9: with
+                # `now` the float start was never passed by a whole-second window end,
+                # so no cursor was ever stored and any outage lost its older part).
+                moved = max(cursor, float(until))
+                if fresh or moved > cursor:
+                    cursor, fresh = moved, False
                     await self._ingestor.move_cursor(self.job, cursor)
                     self.status.cursor = cursor
-        except UpstreamError as err:
-            self._failed(err.log_fields(), str(err), started, total)
+            self.status.cursor = cursor
+            rescan_done = await self._rescan(cursor, total)
+        except _Stopped:
+            log.info("poll stopped at a page boundary for shutdown", job=self.job, cursor=cursor)
+            return total
+        except (UpstreamError, StoreUnavailable) as err:
+            fields = err.log_fields() if isinstance(err, UpstreamError) else {"error": str(err)}
+            self._failed(fields, err, started, total)
             raise
         except Exception as err:
-            self._failed({"error": type(err).__name__}, str(err), started, total)
+            self._failed({"error": type(err).__name__}, err, started, total)
             raise
         duration = time.perf_counter() - started
         self._metrics.poll_runs.labels(job=self.job, outcome="success").inc()
@@ -109,6 +189,7 @@ class EventsPoller:
         self._metrics.cursor_lag.labels(job=self.job).set(max(0.0, self._clock.now() - cursor))
         self.status.last_success_at = self._clock.now()
         self.status.last_error = None
+        self.status.reason = None
         if self.status.failing:
             self.status.failing = False
             log.info("poll recovered", job=self.job)
@@ -121,40 +202,139 @@ class EventsPoller:
             duplicates=total.duplicates,
             malformed=total.malformed,
             windows=windows,
+            rescan="done" if rescan_done else ("running" if self._sweep else "idle"),
             cursor=int(cursor),
             duration_s=round(duration, 3),
         )
         return total
 
     async def _scan_window(self, since: int, until: int, total: IngestStats) -> None:
-        pages = self._client.iter_event_pages(
+        async for page in self._pages(since, until):
+            await self._ingest_page(page, total)
+
+    def _pages(self, since: int, until: int) -> AsyncIterator[Page]:
+        return self._client.iter_event_pages(
             since=since,
             until=until,
             types=self._cfg.types,
             device_cids=self._cfg.device_cids,
             serial_number=self._cfg.serial_number,
         )
-        async for page in pages:
-            self._metrics.items_fetched.labels(job=self.job).inc(len(page.items))
-            if page.items:
-                total.add(await self._ingestor.ingest(page.items, job=self.job))
+
+    async def _ingest_page(self, page: Page, total: IngestStats) -> None:
+        self._pages_this_run += 1
+        self._metrics.items_fetched.labels(job=self.job).inc(len(page.items))
+        if page.items:
+            total.add(await self._ingestor.ingest(page.items, job=self.job))
+        if self._stopping:
+            raise _Stopped
+
+    async def _rescan(self, cursor: float, total: IngestStats) -> bool:
+        """Read up to the run's page budget of the re-scan; True when a sweep finished."""
+        lookback = self._cfg.lookback_s
+        if lookback <= self._head_back:
+            return False  # the head already reads the whole lookback window
+        if self._sweep is None:
+            mono = self._clock.monotonic()
+            due = (
+                self._last_sweep_mono is None
+                or mono - self._last_sweep_mono >= self._cfg.rescan_interval_s
+            )
+            if not due:
+                return False
+            self._owe(cursor)
+            windows = [
+                w for lo, hi in self._owed for w in poll_windows(lo, hi, self._cfg.max_window_s)
+            ]
+            self._owed = []
+            self._sweep = _Sweep(base=cursor, windows=windows, started_mono=mono)
+            self._last_sweep_mono = mono
+        sweep = self._sweep
+        budget = max(1, min(self._rescan_pages, self._run_pages - self._pages_this_run))
+        while budget > 0:
+            if sweep.pages is None:
+                if not sweep.windows:
+                    break
+                since, until = sweep.windows[0]
+                sweep.pages = self._pages(since, until)
+            try:
+                page = await anext(sweep.pages)
+            except StopAsyncIteration:
+                sweep.windows.pop(0)
+                sweep.pages = None
+                continue
+            except BaseException:
+                sweep.pages = None  # a failed iterator is finished: redo this window
+                raise
+            budget -= 1
+            sweep.requests += 1
+            sweep.fetched += len(page.items)
+            await self._ingest_page(page, total)
+        if sweep.windows:
+            return False
+        self._sweep = None
+        await self._ingestor.move_cursor(self.job + RESCAN_SUFFIX, sweep.base)
+        log.debug(
+            "rescan finished",
+            job=self.job,
+            fetched=sweep.fetched,
+            requests=sweep.requests,
+            duration_s=round(self._clock.monotonic() - sweep.started_mono, 3),
+        )
+        return True
+
+    async def _load_rescan(self, cursor: float, *, fresh: bool) -> None:
+        """What the first sweep after a start owes: since the last finished sweep's start."""
+        last = await self._ingestor.get_cursor(self.job + RESCAN_SUFFIX)
+        self._rescan_loaded = True
+        if fresh:
+            # A fresh store's head reads everything since start_from: the first sweep
+            # is due one rescan interval from now.
+            self._last_sweep_mono = self._clock.monotonic()
+            return
+        start = cursor if last is None else min(last, cursor)
+        self._owed = [(start - self._cfg.lookback_s, cursor)]
+
+    def _owe(self, cursor: float) -> None:
+        """Add `[cursor - lookback_s, cursor]` to what the next sweep reads (merged)."""
+        if self._cfg.lookback_s <= self._head_back:
+            return  # the head reads the whole lookback window itself
+        lo, hi = cursor - self._cfg.lookback_s, cursor
+        merged: list[tuple[float, float]] = []
+        for a, b in sorted([*self._owed, (lo, hi)]):
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        self._owed = merged
 
     def _failed(
-        self, fields: dict[str, Any], message: str, started: float, total: IngestStats
+        self, fields: dict[str, Any], err: BaseException, started: float, total: IngestStats
     ) -> None:
         self._metrics.poll_runs.labels(job=self.job, outcome="failure").inc()
         self._metrics.poll_duration.labels(job=self.job).observe(time.perf_counter() - started)
-        self.status.last_error = message
-        if not self.status.failing:
+        self.status.last_error = str(err) or type(err).__name__
+        reason = failure_reason(err)
+        if not self.status.failing or reason != self.status.reason:
             self.status.failing = True
-            log.warning("poll failed", job=self.job, stored_before_failure=total.created, **fields)
+            log.warning(
+                "poll failed",
+                job=self.job,
+                reason=reason,
+                stored_before_failure=total.created,
+                **fields,
+            )
+        self.status.reason = reason
 
 
 class PollScheduler:
     """APScheduler 3 wrapper that can wait for a running job on shutdown.
 
     APScheduler 3.x cancels a running asyncio job when it shuts down; we pause it,
-    await the running poll (bounded by the grace period), then shut it down.
+    ask running jobs to stop at their next safe point, await them (bounded by the
+    grace period), then shut it down. A scheduled run that finds the previous run of
+    its job still going is skipped quietly (APScheduler would log a warning for it
+    every interval); failures are logged once per failure streak, never per run.
     """
 
     def __init__(self, clock: Clock | None = None) -> None:
@@ -163,6 +343,9 @@ class PollScheduler:
         self._running: dict[str, asyncio.Task[Any]] = {}
         self._jobs: dict[str, Callable[[], Awaitable[Any]]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._stop_hooks: list[Callable[[], None]] = []
+        self._stopping = False
+        self.skipped: dict[str, int] = {}
         # Last run / success / error of every job, for the status API.
         self.status: dict[str, PollerStatus] = {}
 
@@ -170,15 +353,30 @@ class PollScheduler:
     def running(self) -> bool:
         return bool(self._scheduler.running)
 
-    def add_interval(self, name: str, fn: Callable[[], Awaitable[Any]], seconds: float) -> None:
-        """Run `fn` now and then every `seconds`, never two at once, missed runs coalesced."""
+    def add_interval(
+        self,
+        name: str,
+        fn: Callable[[], Awaitable[Any]],
+        seconds: float,
+        *,
+        stop: Callable[[], None] | None = None,
+    ) -> None:
+        """Run `fn` now and then every `seconds`, never two at once, missed runs coalesced.
+
+        `stop`, if given, asks a running `fn` to finish early at shutdown.
+        """
         self._jobs[name] = fn
+        if stop is not None:
+            self._stop_hooks.append(stop)
         self._scheduler.add_job(
-            self._run_job,
+            self._scheduled,
             IntervalTrigger(seconds=seconds),
             args=[name],
             id=name,
-            max_instances=1,
+            # 2, not 1: a second instance finds the job running and returns at once,
+            # instead of APScheduler logging "maximum number of running instances
+            # reached" every interval while a long run goes on.
+            max_instances=2,
             coalesce=True,
             misfire_grace_time=None,
             next_run_time=_utcnow(),
@@ -188,11 +386,18 @@ class PollScheduler:
         """Run `fn` on a cron trigger."""
         self._jobs[name] = fn
         self._scheduler.add_job(
-            self._run_job, trigger, args=[name], id=name, max_instances=1, coalesce=True
+            self._scheduled, trigger, args=[name], id=name, max_instances=2, coalesce=True
         )
 
     async def run_now(self, name: str) -> Any:
         """Run a job now (API trigger); waits for a run already under way first."""
+        return await self._run_job(name)
+
+    async def _scheduled(self, name: str) -> Any:
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        if lock.locked() or self._stopping:
+            self.skipped[name] = self.skipped.get(name, 0) + 1
+            return None
         return await self._run_job(name)
 
     async def _run_job(self, name: str) -> Any:
@@ -205,28 +410,53 @@ class PollScheduler:
             self._running[name] = task
             try:
                 result = await asyncio.shield(task)
-            except UpstreamError as err:
-                status.last_error, status.failing = str(err), True
-                return None  # already logged by the poller (once per failing streak)
+            except asyncio.CancelledError:
+                if not self._stopping:
+                    raise
+                # Shutdown ran out of grace: the job's cursor stays at its last stored
+                # window, which is all a restart needs. Not an error worth a traceback.
+                log.info("poll job cancelled at shutdown", job=name)
+                return None
             except Exception as err:
-                status.last_error, status.failing = f"{type(err).__name__}: {err}", True
-                log.exception("poll job crashed", job=name)
+                self._job_failed(name, status, err)
                 return None
             finally:
                 if task.done():
                     self._running.pop(name, None)
             status.last_success_at = self._clock.now()
-            status.last_error, status.failing = None, False
+            if status.failing:
+                log.info("poll job recovered", job=name)
+            status.last_error, status.failing, status.reason = None, False, None
             return result
+
+    def _job_failed(self, name: str, status: PollerStatus, err: Exception) -> None:
+        reason = failure_reason(err)
+        first = not status.failing or status.reason != reason
+        status.last_error = (
+            str(err)
+            if isinstance(err, UpstreamError | StoreUnavailable)
+            else (f"{type(err).__name__}: {err}")
+        )
+        status.failing, status.reason = True, reason
+        if not first or name == "events":
+            return  # already logged once for this streak (the events poller logs its own)
+        if isinstance(err, UpstreamError | StoreUnavailable):
+            # Expected conditions (vendor down, disk full): one line, no traceback.
+            log.warning("poll job failed", job=name, reason=reason, error=status.last_error)
+        else:
+            log.exception("poll job crashed", job=name)
 
     def start(self) -> None:
         self._scheduler.start()
 
     async def stop(self, grace_s: float) -> None:
-        """Pause, wait for running jobs up to `grace_s`, then shut down."""
+        """Pause, ask running jobs to stop, wait for them up to `grace_s`, then shut down."""
         if not self._scheduler.running:
             return
+        self._stopping = True
         self._scheduler.pause()
+        for hook in self._stop_hooks:
+            hook()
         running = [t for t in self._running.values() if not t.done()]
         if running:
             _, late = await asyncio.wait(running, timeout=grace_s)

@@ -8,7 +8,7 @@ out instead of retrying them in lockstep.
 Dead-letter rules, checked at the moment an attempt fails:
 
 1. the target said the failure is permanent (`retryable=False`),
-2. `attempts >= max_attempts` (attempts made, including the failed one),
+2. `attempts >= max_attempts` when it is set (attempts made, including the failed one),
 3. the notification is `max_age_s` old or older.
 
 Otherwise the delivery stays pending until `now + max(backoff, Retry-After)`, but
@@ -67,7 +67,8 @@ def plan_after_failure(
         # The dispatcher pauses the target; the delivery waits for the resume.
         return Outcome(delivery_id, pending, attempts, result.status, result.error, now)
     too_old = now - created_at >= retry.max_age_s
-    if not result.retryable or attempts >= retry.max_attempts or too_old:
+    too_many = retry.max_attempts is not None and attempts >= retry.max_attempts
+    if not result.retryable or too_many or too_old:
         return Outcome(delivery_id, DeliveryState.DEAD, attempts, result.status, result.error)
     delay = backoff_delay(attempts, retry.base_delay_s, retry.max_delay_s, rng)
     if result.retry_after is not None:

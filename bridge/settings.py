@@ -149,6 +149,12 @@ def parse_start_from(value: str, now: float) -> float:
 class EventsPoll(_Strict):
     interval_s: PositiveSeconds = 30
     lookback_s: NonNegativeSeconds = 900
+    # Busy fleets (SPEC §5.1): every run reads the head of the list (the last
+    # head_lookback_s); the whole lookback_s window is re-scanned every
+    # rescan_interval_s, with at most rescan_budget of max_requests_per_s.
+    head_lookback_s: NonNegativeSeconds = 30
+    rescan_interval_s: PositiveSeconds = 60
+    rescan_budget: float = Field(0.5, gt=0, le=1)
     max_window_s: PositiveSeconds = 3600
     start_from: str = "now"
     types: list[int] = Field(default_factory=list)
@@ -308,7 +314,8 @@ class TargetFilter(_Strict):
 
 
 class RetrySettings(_Strict):
-    max_attempts: int = Field(15, ge=1)
+    # None: max_age_s alone decides (SPEC §2); a count cut 1-hour outages short (issue #9).
+    max_attempts: int | None = Field(None, ge=1)
     max_age_s: PositiveSeconds = 86400
     base_delay_s: PositiveSeconds = 1
     max_delay_s: PositiveSeconds = 3600

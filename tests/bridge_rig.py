@@ -124,6 +124,7 @@ async def make_rig(
     start: float | None = None,
     webhook: bool = True,
     extra_targets: tuple[dict[str, Any], ...] = (),
+    password_auth: bool = False,
 ) -> Rig:
     clock = FakeClock(start=time.time() if start is None else start)
     simulator = Simulator(
@@ -166,6 +167,8 @@ async def make_rig(
         "logging": {"format": "json"},
         "targets": targets,
     }
+    if password_auth:
+        raw["upstream"]["auth"] = {"email": "ops@example.com", "password": "sim-password"}
     settings = settings_from_dict(deep_merge(raw, config or {}), {})
     rig = Rig(
         clock=clock,

@@ -130,7 +130,9 @@ async def test_status_shape_and_values(rig_factory: RigFactory) -> None:
     await wait_for(lambda: len(rig.receiver.envelopes) == 2, message="2 delivered")
     await rig.settle()
     status = await get_json(rig, "/api/v1/status")
-    assert set(status) == {"pollers", "targets"}
+    assert set(status) == {"pollers", "targets", "orphaned", "upstream"}
+    assert status["orphaned"] == {}
+    assert status["upstream"] == {"login_failing": False, "login_retry_at": None, "reason": None}
     events = status["pollers"]["events"]
     assert set(events) == {
         "last_run_at",
@@ -139,7 +141,9 @@ async def test_status_shape_and_values(rig_factory: RigFactory) -> None:
         "cursor",
         "lag_s",
         "failing",
+        "reason",
     }
+    assert events["reason"] is None
     assert events["last_success_at"] == utc_iso(rig.clock.now())
     assert events["last_error"] is None
     assert events["failing"] is False
@@ -167,6 +171,7 @@ async def test_status_shape_and_values(rig_factory: RigFactory) -> None:
         "last_status": 200,
         "last_success_at": utc_iso(rig.clock.now()),
         "delivered": 2,
+        "reason": None,
     }
 
 
@@ -264,7 +269,9 @@ async def test_retry_of_a_dead_delivery_makes_it_arrive(rig_factory: RigFactory)
     assert rig.receiver.envelopes == []
     status = await get_json(rig, "/api/v1/status")
     assert status["targets"]["hook"]["dead"] == 1
-    assert status["targets"]["hook"]["failing"] is True
+    # A permanent answer is about one delivery: the receiver is up, the target not failing.
+    assert status["targets"]["hook"]["failing"] is False
+    assert status["targets"]["hook"]["last_error"] is not None
 
     # Not dead (the console delivery of the same notification) → 409; unknown → 404.
     (out,) = await all_deliveries(rig, target="out")

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -41,7 +43,7 @@ from bridge.simulator import Simulator, SimulatorConfig
 from bridge.store import open_store
 from bridge.store.base import Delivery, NewNotification, Store
 from bridge.targets.base import LazyEnvelope
-from bridge.targets.mqtt import MqttSender, broker_endpoint
+from bridge.targets.mqtt import MqttSender, broker_endpoint, ignore_stale_socket_registrations
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 STATUS = "fleet/bridge/status"
@@ -711,3 +713,40 @@ async def test_payload_characters_mqtt5_refuses_arrive_escaped(
     (m,) = by_id(sub, n.id)
     assert json.loads(m.payload) == json.loads(n.body)
     assert m.payload.decode("ascii", errors="replace").count("\\u") >= 4
+
+
+async def test_a_socket_registration_after_the_connection_closed_is_not_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Issue #9: after SIGSTOP/SIGCONT, aiomqtt's add_writer for the dropped
+    # connection's socket ran after the socket was closed: a traceback in the log.
+    # This is the same call aiomqtt schedules, on a socket closed meanwhile.
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    try:
+        ignore_stale_socket_registrations(loop)
+        ignore_stale_socket_registrations(loop)  # idempotent
+
+        def run_after_close(register: Any) -> None:
+            a, b = socket.socketpair()
+            fd = a.fileno()
+            a.close()
+            b.close()
+            loop.call_soon(register, fd, lambda: None)
+
+        with caplog.at_level(logging.DEBUG, logger="asyncio"):
+            run_after_close(loop.add_writer)
+            run_after_close(loop.add_reader)
+            for _ in range(3):
+                await asyncio.sleep(0)
+        assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+        # Anything else still reaches the previous handler.
+        seen: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _loop, ctx: seen.append(ctx))
+        ignore_stale_socket_registrations(loop)
+        loop.call_soon(lambda: 1 / 0)
+        await asyncio.sleep(0)
+        assert len(seen) == 1
+        assert isinstance(seen[0]["exception"], ZeroDivisionError)
+    finally:
+        loop.set_exception_handler(previous)

@@ -175,7 +175,8 @@ async def test_tickets_appearing_during_paging_give_no_duplicate_and_no_gap(
     make_rig: Any,
 ) -> None:
     rec = Receiver()
-    rig: Rig = await make_rig({"hook": rec}, backlog=50)
+    # Every run reads the whole lookback window here, so inserts land inside the scan.
+    rig: Rig = await make_rig({"hook": rec}, backlog=50, head_lookback_s=900)
     await wait_for(lambda: len(rec.envelopes) >= 50)
     # Insert events while a poll pages through its window: every insert shifts the
     # offsets of the items after it, which is how real paging loses or repeats items.
@@ -200,11 +201,13 @@ async def test_tickets_appearing_during_paging_give_no_duplicate_and_no_gap(
 
 async def test_late_event_inside_lookback_is_delivered(make_rig: Any) -> None:
     rec = Receiver()
-    rig: Rig = await make_rig({"hook": rec}, backlog=10)
+    rig: Rig = await make_rig({"hook": rec}, backlog=10, rescan_interval_s=150)
     await wait_for(lambda: len(rec.envelopes) == 10)
     rig.clock.advance(120)
     await rig.poll()  # the cursor is now past the late event's timestamp
     late = rig.sim.add_event(timestamp=int(rig.clock.now()) - 700)
+    # Older than the head of the list: the re-scan of lookback_s finds it, which
+    # starts every rescan_interval_s.
     rig.clock.advance(30)
     await rig.poll()
     await wait_for(lambda: late["ticket"] in rec.tickets(), message="late event")

@@ -22,7 +22,7 @@ seeds = st.integers(min_value=0, max_value=2**32)
 def retry_settings() -> st.SearchStrategy[RetrySettings]:
     return st.builds(
         RetrySettings,
-        max_attempts=st.integers(min_value=1, max_value=30),
+        max_attempts=st.one_of(st.none(), st.integers(min_value=1, max_value=30)),
         max_age_s=seconds,
         base_delay_s=seconds,
         max_delay_s=seconds,
@@ -98,7 +98,7 @@ def test_plan_after_failure_follows_the_dead_letter_rules(
     )
     should_die = (
         not result.retryable
-        or attempts >= retry.max_attempts
+        or (retry.max_attempts is not None and attempts >= retry.max_attempts)
         or now - created_at >= retry.max_age_s
     )
     if should_die:
@@ -157,6 +157,39 @@ def test_boundaries_of_the_dead_letter_rules() -> None:
     assert _plan(transient, age=999.9)[0] == DeliveryState.PENDING
     assert _plan(transient, age=1000.0) == (DeliveryState.DEAD, None)
     assert _plan(SendResult(ok=False, status=404, retryable=False)) == (DeliveryState.DEAD, None)
+
+
+def test_by_default_age_alone_decides_so_an_hour_long_outage_loses_nothing() -> None:
+    # Issue #9: with 15 attempts by default, a 1-hour outage killed 11% of deliveries.
+    retry = RetrySettings()
+    assert retry.max_attempts is None
+    rng = random.Random(5)
+    created, now, attempts = 0.0, 0.0, 0
+    while now < 3 * 3600:  # a 3-hour outage: every delivery used to be dead by then
+        attempts += 1
+        out = plan_after_failure(
+            retry,
+            delivery_id=1,
+            attempts=attempts,
+            created_at=created,
+            now=now,
+            result=SendResult(ok=False, status=503),
+            rng=rng,
+        )
+        assert out.state is DeliveryState.PENDING, (attempts, now)
+        assert out.next_attempt_at is not None
+        now = max(out.next_attempt_at, now + 1.0)
+    assert attempts > 15
+    late = plan_after_failure(
+        retry,
+        delivery_id=1,
+        attempts=attempts + 1,
+        created_at=created,
+        now=86400.0,
+        result=SendResult(ok=False, status=503),
+        rng=rng,
+    )
+    assert late.state is DeliveryState.DEAD
 
 
 def test_next_attempt_is_clamped_to_the_age_limit() -> None:

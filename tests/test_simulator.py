@@ -367,6 +367,15 @@ async def test_video_urls_are_signed_anew_on_every_call_and_calls_are_counted(
     assert sim.video_detail_calls == {ticket: 2}
     assert sum(r.path == "/V2/event/GetVideoDetail" for r in sim.requests) == 3
 
+    # A ticket's videos can be made to fail until it is taken out of the set.
+    sim.failing_video_details.add(ticket)
+    status, body = await call(client, "POST", "/V2/event/GetVideoDetail", data={"ticket": ticket})
+    assert (status, body["result"]) == (500, False)
+    sim.failing_video_details.discard(ticket)
+    status, _ = await call(client, "POST", "/V2/event/GetVideoDetail", data={"ticket": ticket})
+    assert status == 200
+    assert sim.video_detail_calls == {ticket: 4}
+
 
 # ---- detail, discard ------------------------------------------------------------------
 

@@ -64,13 +64,18 @@ def raw(db_path: Path, query: str, params: Sequence[Any] = ()) -> list[Any]:
 
 # -- migrations and connection -----------------------------------------------------------
 
+MIGRATIONS = load_migrations("sqlite")
+
 
 async def test_open_creates_directory_wal_file_and_records_schema_version(
     store: SqliteStore, db_path: Path
 ) -> None:
     assert db_path.exists()
     assert raw(db_path, "PRAGMA journal_mode") == [("wal",)]
-    assert raw(db_path, "SELECT version, name FROM schema_version") == [(1, "init")]
+    assert raw(db_path, "SELECT version, name FROM schema_version ORDER BY version") == [
+        (m.version, m.name) for m in MIGRATIONS
+    ]
+    assert MIGRATIONS[0].name == "init"
     tables = {r[0] for r in raw(db_path, "SELECT name FROM sqlite_master WHERE type='table'")}
     assert {
         "notifications",
@@ -92,7 +97,7 @@ async def test_reopen_applies_nothing_twice_and_keeps_data(
     second = SqliteStore(db_path, fake_clock)
     await second.open()
     try:
-        assert raw(db_path, "SELECT count(*) FROM schema_version") == [(1,)]
+        assert raw(db_path, "SELECT count(*) FROM schema_version") == [(len(MIGRATIONS),)]
         assert await second.count_notifications() == 1
     finally:
         await second.close()
@@ -104,7 +109,8 @@ async def test_two_processes_opening_at_once_migrate_once(
     a, b = SqliteStore(db_path, fake_clock), SqliteStore(db_path, fake_clock)
     await asyncio.gather(a.open(), b.open())
     try:
-        assert raw(db_path, "SELECT version FROM schema_version") == [(1,)]
+        versions = raw(db_path, "SELECT version FROM schema_version ORDER BY version")
+        assert versions == [(m.version,) for m in MIGRATIONS]
         await add(a, [note()], ["hook"])
         assert await b.count_notifications() == 1
     finally:
@@ -455,6 +461,51 @@ async def test_target_state_round_trips(store: SqliteStore) -> None:
     assert await store.get_target_state("hook") == paused
     await store.set_target_state("hook", TargetState())
     assert await store.get_target_state("hook") == TargetState()
+    failing = TargetState(failures=7, probe_at=T0 + 4)
+    await store.set_target_state("hook", failing)
+    assert await store.get_target_state("hook") == failing
+    assert failing.failing
+    assert not TargetState().failing
+
+
+async def test_probe_claims_the_oldest_pending_row_due_or_not(store: SqliteStore) -> None:
+    await add(store, [note(T0), note(T0 + 1), note(T0 + 2)], ["hook", "other"])
+    first, second, third = await store.claim("hook", T0, 10, fifo=False)
+    later = [
+        Outcome(d.id, DeliveryState.PENDING, 1, 503, "down", T0 + 1000)
+        for d in (first, second, third)
+    ]
+    await store.record_outcomes(later, T0)
+    assert await store.claim("hook", T0 + 10, 10, fifo=False) == []
+    probe = await store.claim_probe("hook", T0 + 10)
+    assert probe is not None
+    assert (probe.id, probe.attempts) == (first.id, 1)
+    # The other target's rows are untouched; the probe row is in flight now.
+    assert await store.claim_probe("hook", T0 + 10) is not None
+    assert (await store.claim_probe("hook", T0 + 10)) is not None
+    assert await store.claim_probe("hook", T0 + 10) is None
+    await store.record_outcomes(later, T0)
+    woken: list[str] = []
+    store.subscribe("hook", lambda: woken.append("hook"))
+    assert await store.release_waiting("hook", T0 + 20) == 3
+    assert woken == ["hook"]
+    assert len(await store.claim("hook", T0 + 20, 10, fifo=False)) == 3
+    assert (await store.queue_counts())["other"]["pending"] == 3
+
+
+async def test_expire_pending_dead_letters_only_old_pending_rows_of_one_target(
+    store: SqliteStore, fake_clock: FakeClock
+) -> None:
+    await add(store, [note(T0)], ["hook", "other"])
+    fake_clock.advance(100)
+    await add(store, [note(T0 + 100)], ["hook"])
+    assert await store.expire_pending("hook", fake_clock.now() - 50, fake_clock.now()) == 1
+    counts = await store.queue_counts()
+    assert counts["hook"] == {"pending": 1, "in_flight": 0, "dead": 1}
+    assert counts["other"] == {"pending": 1, "in_flight": 0, "dead": 0}
+    (dead,), _ = await store.list_deliveries(state=DeliveryState.DEAD)
+    assert dead.last_error is not None
+    assert "max_age_s" in dead.last_error
 
 
 # -- operations -------------------------------------------------------------------------------
@@ -643,3 +694,16 @@ async def test_state_survives_close_and_reopen(db_path: Path, fake_clock: FakeCl
         assert (again.id, again.body) == (d.id, n.body)
     finally:
         await second.close()
+
+
+async def test_a_notification_is_stored_once(store: SqliteStore, db_path: Path) -> None:
+    # Issue #9 (store growth): ticket and device_cid repeated the body and were never
+    # read; the type index served only a count. bench/store_size.py measures the rest.
+    columns = {row[1] for row in raw(db_path, "PRAGMA table_info(notifications)")}
+    assert columns == {"id", "type", "created_at", "event_at", "body"}
+    indexes = {row[1] for row in raw(db_path, "PRAGMA index_list(notifications)")}
+    assert "notifications_type" not in indexes
+    n = note()
+    await add(store, [n], ["hook"])
+    assert raw(db_path, "SELECT body FROM notifications") == [(n.body,)]
+    assert await store.count_notifications("event.created") == 1

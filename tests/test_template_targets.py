@@ -219,7 +219,7 @@ async def test_render_error_is_dead_at_once_and_vars_stay_secret(
     assert party.requests == 1  # the broken target sent nothing
     [pd_body] = party.bodies
     assert pd_body["routing_key"] == ROUTING_KEY  # the secret reaches the template
-    failing = [e for e in logs if e.get("target") == "broken" and e["event"] == "target failing"]
+    failing = [e for e in logs if e.get("target") == "broken" and e["event"] == "delivery dead"]
     assert "no attribute 'ticket'" in failing[0]["error"]  # the error is logged…
     everything = json.dumps(logs, default=str) + status + listing
     for secret in (ROUTING_KEY, "an0ther-S3CRET"):

@@ -643,3 +643,57 @@ async def test_retries_are_logged_without_secrets(make_client: MakeClient, sim: 
     assert retries[0]["code"] == "E50001"
     assert retries[0]["uq"]
     assert not any(secret in repr(logs) for secret in SECRETS)
+
+
+async def test_a_retry_streak_is_logged_once_and_its_end_once(
+    make_client: MakeClient, sim: Simulator
+) -> None:
+    client = make_client()
+    sim.queue_faults("500", "503", "500", path_prefix="/V2/events")
+    with structlog.testing.capture_logs() as logs:
+        await one_page(client)  # three failures, then the answer
+        await one_page(client)
+    assert [e["event"] for e in logs] == [
+        "upstream call failed, retrying",
+        "upstream answering again",
+    ]
+    assert logs[1]["retries"] == 3
+
+
+# ---------------------------------------------------------------- login back-off
+
+
+async def test_a_refused_login_backs_off_from_a_minute_doubling_to_an_hour(
+    make_client: MakeClient, sim: Simulator, clock: InstantClock
+) -> None:
+    # Issue #9: a wrong password was tried on every poll, 720 failed logins an hour.
+    client = make_client(auth={"email": "ops@example.com", "password": "not-the-password"})
+    logins = lambda: len(seen(sim, "POST", "/V2/auth"))  # noqa: E731
+    with structlog.testing.capture_logs() as logs:
+        expected_gaps = [60, 120, 240, 480, 960, 1920, 3600, 3600]
+        for gap in expected_gaps:
+            made = logins()
+            with pytest.raises(UpstreamAuthError):
+                await one_page(client)
+            assert logins() == made + 1
+            assert client.login_state.failing
+            assert client.login_state.retry_at == pytest.approx(clock.now() + gap)
+            # Every call before the back-off ends fails at once, without a login.
+            for _ in range(3):
+                with pytest.raises(UpstreamAuthError, match="not trying again yet"):
+                    await one_page(client)
+            clock.advance(gap - 1)
+            with pytest.raises(UpstreamAuthError):
+                await one_page(client)
+            assert logins() == made + 1
+            clock.advance(1)
+        sim.config.password = "not-the-password"  # the operator fixed the account
+        await one_page(client)
+    assert client.login_state.failing is False
+    assert client.login_state.retry_at is None
+    refused = [e for e in logs if e["event"].startswith("upstream login refused")]
+    assert len(refused) == 1
+    assert refused[0]["log_level"] == "error"
+    assert [e["event"] for e in logs].count("upstream login works again") == 1
+    assert events_requests(sim)
+    assert not any(secret in repr(logs) for secret in SECRETS)

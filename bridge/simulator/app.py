@@ -23,6 +23,7 @@ from bridge.simulator.envelope import (
     BAD_API_KEY,
     BAD_CREDENTIALS,
     BAD_TOKEN,
+    INTERNAL,
     NOT_FOUND,
     ApiError,
     bad_parameter,
@@ -273,6 +274,8 @@ async def _video_detail(request: web.Request) -> web.StreamResponse:
     sim = _sim(request)
     event = _event(sim, await _form_ticket(request))
     sim.video_detail_calls[event.ticket] += 1
+    if event.ticket in sim.failing_video_details:
+        raise ApiError(500, INTERNAL, "simulated GetVideoDetail failure")
     return _ok(request, {"ticket": event.ticket, "videos": _videos(request, event)})
 
 

@@ -76,8 +76,10 @@ class Simulator:
         self._fault_rng = random.Random(f"{seed}:faults")
         self._media_key = f"{seed}:media".encode()
         self._signings = 0
-        # GetVideoDetail answers per ticket (faulted calls are in `requests` only).
+        # GetVideoDetail calls per ticket (those failed by a queued fault are in
+        # `requests` only); tickets whose GetVideoDetail fails until removed from the set.
         self.video_detail_calls: Counter[str] = Counter()
+        self.failing_video_details: set[str] = set()
         # Requests being answered now, and the most at once, by path (a client's
         # concurrency bound is visible here; a "slow" fault keeps a request open).
         self.in_flight: Counter[str] = Counter()

@@ -119,6 +119,13 @@ class TargetState:
     paused: bool = False
     paused_reason: str | None = None
     hold_until: float | None = None  # Retry-After: no sends before this time
+    failures: int = 0  # consecutive transient failures (as of the last save)
+    probe_at: float | None = None  # set while failing (SPEC §4): when the next probe may go
+
+    @property
+    def failing(self) -> bool:
+        """Whether only a probe delivery may go out."""
+        return self.probe_at is not None
 
 
 @dataclass
@@ -231,6 +238,21 @@ class Store(Protocol):
 
     async def set_target_state(self, target: str, state: TargetState) -> None:
         """Persist pause / hold state of a target."""
+        ...
+
+    async def claim_probe(self, target: str, now: float) -> Delivery | None:
+        """Claim the oldest pending delivery of `target` whatever its next attempt time
+        (the probe of a failing target); None if nothing is pending."""
+        ...
+
+    async def release_waiting(self, target: str, now: float) -> int:
+        """Make every pending delivery of `target` due now (a failing target recovered)."""
+        ...
+
+    async def expire_pending(self, target: str, created_before: float, now: float) -> int:
+        """Dead-letter pending deliveries of `target` queued before `created_before`
+        (`max_age_s` for a target that is paused or failing, whose deliveries are not
+        attempted and so never reach the age check of a failed attempt)."""
         ...
 
     # -- operations --------------------------------------------------------------

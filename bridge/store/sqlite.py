@@ -219,19 +219,40 @@ class SqliteStore:
             # claiming from the same file cannot take the same row.
             rows = await db.execute_fetchall(sql.CLAIM_FIFO if fifo else sql.CLAIM, params)
         # RETURNING yields rows in no defined order; senders expect creation order.
-        return [
-            Delivery(
-                id=row[0],
-                notification_id=row[1],
-                type=row[2],
-                target=row[3],
-                body=row[4],
-                attempts=row[5],
-                created_at=row[6],
-                event_at=row[7],
-            )
-            for row in sorted(rows, key=itemgetter(0))
-        ]
+        return [_delivery(row) for row in sorted(rows, key=itemgetter(0))]
+
+    async def claim_probe(self, target: str, now: float) -> Delivery | None:
+        """Claim the oldest pending delivery of `target`, due or not (a failing target's probe)."""
+        params = {"target": target, "now": now, "lease": now + self._lease_s}
+        async with self._session("claim_probe") as db:
+            rows = list(await db.execute_fetchall(sql.CLAIM_PROBE, params))
+        return _delivery(rows[0]) if rows else None
+
+    async def release_waiting(self, target: str, now: float) -> int:
+        """Make every pending delivery of `target` due now."""
+        params = {"target": target, "now": now}
+        async with (
+            self._session("release_waiting") as db,
+            db.execute(sql.RELEASE_WAITING, params) as cur,
+        ):
+            count = cur.rowcount
+        if count > 0:
+            self._wake([target])
+        return count
+
+    async def expire_pending(self, target: str, created_before: float, now: float) -> int:
+        """Dead-letter pending deliveries of `target` queued before `created_before`."""
+        params = {
+            "target": target,
+            "before": created_before,
+            "now": now,
+            "error": "expired: not delivered within retry.max_age_s",
+        }
+        async with (
+            self._session("expire_pending") as db,
+            db.execute(sql.EXPIRE_PENDING, params) as cur,
+        ):
+            return int(cur.rowcount)
 
     async def next_due_at(self, target: str, *, fifo: bool) -> float | None:
         """The earliest time a claim of `target` can return something (None if nothing waits).
@@ -269,12 +290,25 @@ class SqliteStore:
             rows = list(await db.execute_fetchall(sql.GET_TARGET_STATE, (target,)))
         if not rows:
             return TargetState()
-        paused, reason, hold_until = rows[0]
-        return TargetState(paused=bool(paused), paused_reason=reason, hold_until=hold_until)
+        paused, reason, hold_until, failures, probe_at = rows[0]
+        return TargetState(
+            paused=bool(paused),
+            paused_reason=reason,
+            hold_until=hold_until,
+            failures=int(failures),
+            probe_at=probe_at,
+        )
 
     async def set_target_state(self, target: str, state: TargetState) -> None:
-        """Persist pause / hold state of a target."""
-        params = (target, int(state.paused), state.paused_reason, state.hold_until)
+        """Persist pause / hold / failing state of a target."""
+        params = (
+            target,
+            int(state.paused),
+            state.paused_reason,
+            state.hold_until,
+            state.failures,
+            state.probe_at,
+        )
         async with self._session("set_target_state") as db:
             await db.execute(sql.SET_TARGET_STATE, (*params, self._clock.now()))
 
@@ -509,6 +543,19 @@ def _outcome_row(outcome: Outcome, now: float) -> tuple[Any, ...]:
         next_attempt_at,
         now,
         outcome.delivery_id,
+    )
+
+
+def _delivery(row: Sequence[Any]) -> Delivery:
+    return Delivery(
+        id=row[0],
+        notification_id=row[1],
+        type=row[2],
+        target=row[3],
+        body=row[4],
+        attempts=row[5],
+        created_at=row[6],
+        event_at=row[7],
     )
 
 

@@ -108,7 +108,7 @@ async def get_json(db: aiosqlite.Connection, kind: str, key: str) -> dict[str, A
 
 
 def _notification_row(n: Notification) -> tuple[Any, ...]:
-    return (n.id, n.type, n.created_at, _event_at(n), n.keys.ticket, n.keys.device_cid, n.body)
+    return (n.id, n.type, n.created_at, _event_at(n), n.body)
 
 
 def _event_at(n: Notification) -> float | None:

@@ -34,8 +34,8 @@ ON CONFLICT (ticket) DO UPDATE SET
     fingerprint = excluded.fingerprint,
     updated_at = excluded.updated_at"""
 INSERT_NOTIFICATION = """
-INSERT INTO notifications (id, type, created_at, event_at, ticket, device_cid, body)
-VALUES (?, ?, ?, ?, ?, ?, ?)"""
+INSERT INTO notifications (id, type, created_at, event_at, body)
+VALUES (?, ?, ?, ?, ?)"""
 INSERT_DELIVERY = """
 INSERT INTO deliveries (notification_id, target, state, attempts, next_attempt_at,
                         created_at, updated_at)
@@ -111,15 +111,44 @@ RECOVER = """
 UPDATE deliveries SET state = 'pending', lease_until = NULL, updated_at = ?
 WHERE state = 'in_flight'
 RETURNING target"""
-GET_TARGET_STATE = "SELECT paused, paused_reason, hold_until FROM target_state WHERE target = ?"
+GET_TARGET_STATE = """
+SELECT paused, paused_reason, hold_until, failures, probe_at FROM target_state WHERE target = ?"""
 SET_TARGET_STATE = """
-INSERT INTO target_state (target, paused, paused_reason, hold_until, updated_at)
-VALUES (?, ?, ?, ?, ?)
+INSERT INTO target_state (target, paused, paused_reason, hold_until, failures, probe_at,
+                          updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (target) DO UPDATE SET
     paused = excluded.paused,
     paused_reason = excluded.paused_reason,
     hold_until = excluded.hold_until,
+    failures = excluded.failures,
+    probe_at = excluded.probe_at,
     updated_at = excluded.updated_at"""
+# The probe of a failing target: the oldest claimable row, due or not (the probe
+# cadence, not each row's own backoff, decides when it goes).
+CLAIM_PROBE = """
+UPDATE deliveries
+SET state = 'in_flight', lease_until = :lease, updated_at = :now
+WHERE id = (
+    SELECT id FROM deliveries
+    WHERE target = :target
+      AND state IN ('pending', 'in_flight')
+      AND CASE state WHEN 'pending' THEN 1 ELSE lease_until < :now END
+    ORDER BY id LIMIT 1
+)
+RETURNING id, notification_id,
+    (SELECT n.type FROM notifications AS n WHERE n.id = CAST(notification_id AS TEXT)),
+    target,
+    (SELECT n.body FROM notifications AS n WHERE n.id = CAST(notification_id AS TEXT)),
+    attempts, created_at,
+    (SELECT n.event_at FROM notifications AS n WHERE n.id = CAST(notification_id AS TEXT))"""
+RELEASE_WAITING = """
+UPDATE deliveries SET next_attempt_at = :now, updated_at = :now
+WHERE target = :target AND state = 'pending' AND next_attempt_at > :now"""
+EXPIRE_PENDING = """
+UPDATE deliveries
+SET state = 'dead', last_error = :error, next_attempt_at = NULL, updated_at = :now
+WHERE target = :target AND state = 'pending' AND created_at < :before"""
 
 # -- operations -----------------------------------------------------------------------
 

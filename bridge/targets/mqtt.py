@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import math
 import random
 import secrets
@@ -74,6 +75,37 @@ RECONNECT_BASE_S = 0.5
 RECONNECT_MAX_S = 30.0
 STABLE_CONNECTION_S = 10.0  # a connection that lasted this long resets the backoff
 ERROR_CHARS = 200
+
+
+def ignore_stale_socket_registrations(loop: asyncio.AbstractEventLoop) -> None:
+    """Drop the loop's "Exception in callback add_writer(…) Bad file descriptor" errors.
+
+    aiomqtt (2.5) registers paho's socket with `loop.call_soon_threadsafe(loop.add_writer,
+    fd, …)`. When the broker has dropped the connection meanwhile — e.g. after the
+    process was stopped (SIGSTOP) longer than 1.5 x keepalive — the socket is closed by
+    the time the callback runs, and asyncio logs a traceback for a registration that no
+    longer matters: the connection loss itself is handled (`mqtt disconnected`, then a
+    reconnect). Only that case (EBADF from add_reader/add_writer) is filtered; every
+    other error goes to the handler that was there before (issue #9).
+    """
+    previous = loop.get_exception_handler()
+    if getattr(previous, "_ignores_stale_sockets", False):
+        return
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        message = str(context.get("message", ""))
+        stale = isinstance(exc, OSError) and exc.errno == errno.EBADF
+        if stale and (".add_writer(" in message or ".add_reader(" in message):
+            log.debug("ignored a socket registration after the connection closed")
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    handler._ignores_stale_sockets = True  # type: ignore[attr-defined]
+    loop.set_exception_handler(handler)
 
 
 @dataclass(frozen=True)
@@ -194,6 +226,7 @@ class MqttSender:
     async def start(self) -> None:
         """Start the connection task; it connects in the background (a down broker
         must not stop the bridge from starting: deliveries wait in the store)."""
+        ignore_stale_socket_registrations(asyncio.get_running_loop())
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"mqtt:{self.name}")
 

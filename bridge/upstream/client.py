@@ -4,7 +4,9 @@
 items (dicts); normalization happens elsewhere. Authentication: a static token is
 sent as is; with email/password the client logs in lazily on first use and, when
 a call is refused with 401/403, logs in again once and repeats that call once.
-Pacing, timeouts and retries live in `transport.Transport`.
+A refused login backs off (1 min, doubling to 1 h; SPEC §5): the vendor may lock
+an account that keeps trying a wrong password, so until then calls fail at once
+without a request. Pacing, timeouts and retries live in `transport.Transport`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import structlog
 from bridge.clock import Clock, SystemClock
 from bridge.settings import UpstreamSettings
 from bridge.upstream.envelope import Reply, malformed
-from bridge.upstream.errors import UpstreamApiError, UpstreamAuthError
+from bridge.upstream.errors import UpstreamApiError, UpstreamAuthError, UpstreamError
 from bridge.upstream.transport import Retry, Transport
 
 log = structlog.get_logger(__name__)
@@ -38,6 +40,19 @@ VIDEO_CLIP = "/V2/event/videoClip/{sn}"  # endpoint labels are templates: bounde
 TASK_RESULT = "/V2/event/taskResult/{taskId}"
 DISCARD = "/V2/event/discard"
 SAFETY = "/V2/analytics/safety"
+
+
+LOGIN_BACKOFF_S = 60.0
+LOGIN_BACKOFF_MAX_S = 3600.0
+
+
+@dataclass(frozen=True)
+class LoginState:
+    """The login back-off, for the status API."""
+
+    failing: bool = False
+    retry_at: float | None = None
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -106,10 +121,11 @@ class UpstreamClient:
         rng: random.Random | None = None,
     ) -> None:
         self._settings = settings
+        self._clock = clock or SystemClock()
         self._transport = Transport(
             settings,
             session,
-            clock or SystemClock(),
+            self._clock,
             on_request=on_request,
             retry_base_delay_s=retry_base_delay_s,
             retry_max_delay_s=retry_max_delay_s,
@@ -126,6 +142,8 @@ class UpstreamClient:
         # One login at a time: concurrent callers that find no (or a rejected)
         # token wait here and reuse the token the first one obtained.
         self._login_lock = asyncio.Lock()
+        self._login_failures = 0
+        self.login_state = LoginState()
 
     @property
     def requests_made(self) -> int:
@@ -157,11 +175,22 @@ class UpstreamClient:
         auth = self._settings.auth
         if auth.email is None or auth.password is None:
             raise UpstreamAuthError("no email/password configured to log in with", endpoint=AUTH)
+        state = self.login_state
+        if state.retry_at is not None and self._clock.now() < state.retry_at:
+            raise UpstreamAuthError(f"{state.reason}; not trying again yet", endpoint=AUTH)
         body = {"email": auth.email, "password": auth.password.get_secret_value(), "type": "email"}
-        reply = await self._transport.call(
-            "POST", AUTH, AUTH, policy=Retry.IDEMPOTENT, token=None, json=body
-        )
-        token = _token_in(reply, AUTH)
+        try:
+            reply = await self._transport.call(
+                "POST", AUTH, AUTH, policy=Retry.IDEMPOTENT, token=None, json=body
+            )
+            token = _token_in(reply, AUTH)
+        except (UpstreamAuthError, UpstreamApiError) as err:
+            self._login_refused(err)
+            raise
+        if self._login_failures:
+            log.info("upstream login works again", failed_logins=self._login_failures)
+        self._login_failures = 0
+        self.login_state = LoginState()
         self._emit_token(token)
         if auth.fleet_id is not None:
             # Switch before publishing the token, so no call runs with the wrong fleet.
@@ -169,6 +198,21 @@ class UpstreamClient:
         self._set_token(token)
         log.info("upstream login succeeded", fleet_id=auth.fleet_id)
         return token
+
+    def _login_refused(self, err: UpstreamError) -> None:
+        """Back off after a refused login: 1 min, doubling to 1 h; logged once per streak."""
+        self._login_failures += 1
+        delay = min(LOGIN_BACKOFF_MAX_S, LOGIN_BACKOFF_S * 2.0 ** (self._login_failures - 1))
+        reason = f"login refused ({err.status or err.code or 'no token'}): {err.message}"
+        self.login_state = LoginState(
+            failing=True, retry_at=self._clock.now() + delay, reason=reason
+        )
+        if self._login_failures == 1:
+            log.error(
+                "upstream login refused; backing off (1 min doubling to 1 h)",
+                retry_in_s=delay,
+                **err.log_fields(),
+            )
 
     async def _switch(self, fleet_id: int, *, relogin: bool, token: str | None = None) -> str:
         reply = await self._call(

@@ -88,6 +88,8 @@ class Transport:
         self._base = settings.base
         self.limiter = RateLimiter(settings.max_requests_per_s, clock)
         self.requests_made = 0
+        # Retries are logged once per failure streak (SPEC §5), not once per attempt.
+        self._retrying = 0
 
     async def call(
         self,
@@ -105,7 +107,7 @@ class Transport:
         attempt = 0
         while True:
             try:
-                return await self._send(method, path, endpoint, token, params, json, form)
+                reply = await self._send(method, path, endpoint, token, params, json, form)
             except UpstreamUnavailable as err:
                 if attempt >= self._settings.max_retries or not _may_retry(err, policy):
                     raise
@@ -115,14 +117,21 @@ class Transport:
                         raise  # too long to wait inside one call: let the caller reschedule
                     delay = max(delay, err.retry_after)
                 attempt += 1
-                log.warning(
-                    "upstream call failed, retrying",
-                    attempt=attempt,
-                    max_retries=self._settings.max_retries,
-                    delay_s=round(delay, 3),
-                    **err.log_fields(),
-                )
+                self._retrying += 1
+                if self._retrying == 1:
+                    log.warning(
+                        "upstream call failed, retrying",
+                        attempt=attempt,
+                        max_retries=self._settings.max_retries,
+                        delay_s=round(delay, 3),
+                        **err.log_fields(),
+                    )
                 await self._clock.sleep(delay)
+            else:
+                if self._retrying:
+                    log.info("upstream answering again", retries=self._retrying)
+                    self._retrying = 0
+                return reply
 
     async def _send(
         self,

@@ -6,6 +6,11 @@ peak RSS, and — in the same run, against the same receiver — the ceiling of 
 aiohttp client posting N signed bodies with the same concurrency, and the ratio.
 
     python bench/backlog.py [--events 50000] [--devices 500] [--concurrency 8]
+    python bench/backlog.py --store postgresql://postgres@127.0.0.1:5432/postgres [--replicas 3]
+
+With `--store postgresql://…` the run uses a throwaway database created on that
+server (dropped afterwards); `--replicas N` starts N bridge processes on it (peak RSS
+is the largest replica's, CPU the sum).
 
 Everything runs on loopback: the simulator, the receiver and the bridge are separate
 processes; this script only orchestrates and runs the plain client.
@@ -23,9 +28,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+import asyncpg
 import yaml
 
 from bridge.notifications import build_notification
@@ -73,11 +81,44 @@ def peak_rss_mb(pid: int) -> float:
     return math.nan
 
 
+async def throwaway_database(server_url: str) -> str:
+    """A fresh database on the server of `server_url` (whose database is the admin one)."""
+    parts = urlsplit(server_url)
+    name = f"fb_bench_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+async def drop_database(server_url: str, url: str) -> None:
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{urlsplit(url).path[1:]}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
 async def run_bridge(
     args: argparse.Namespace, sim_url: str, hook: str, rec: str
 ) -> dict[str, float]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-backlog-"))
-    port = free_port()
+    store_url = f"sqlite:///{tmp / 'bridge.db'}"
+    if args.store:
+        store_url = await throwaway_database(args.store)
+    try:
+        return await _run_bridge(args, sim_url, hook, rec, tmp, store_url)
+    finally:
+        if args.store:
+            await drop_database(args.store, store_url)
+
+
+async def _run_bridge(
+    args: argparse.Namespace, sim_url: str, hook: str, rec: str, tmp: Path, store_url: str
+) -> dict[str, float]:
+    ports = [free_port() for _ in range(args.replicas)]
     cfg = {
         "upstream": {
             "base_url": sim_url,
@@ -87,8 +128,8 @@ async def run_bridge(
             "max_requests_per_s": args.max_rps,
         },
         "poll": {"events": {"interval_s": 30, "start_from": "25h", "max_window_s": 3600}},
-        "store": {"url": f"sqlite:///{tmp / 'bridge.db'}"},
-        "server": {"host": "127.0.0.1", "port": port},
+        "store": {"url": store_url},
+        "server": {"host": "127.0.0.1", "port": ports[0]},
         "logging": {"format": "json", "level": os.environ.get("BENCH_LOG_LEVEL", "warning")},
         "targets": [
             {
@@ -100,7 +141,11 @@ async def run_bridge(
             }
         ],
     }
-    (tmp / "config.yaml").write_text(yaml.safe_dump(cfg))
+    configs = []
+    for port in ports:
+        path = tmp / f"config-{port}.yaml"
+        path.write_text(yaml.safe_dump({**cfg, "server": {"host": "127.0.0.1", "port": port}}))
+        configs.append(path)
     async with aiohttp.ClientSession() as session:
         await session.post(f"{rec}/reset")
         started = time.perf_counter()
@@ -108,25 +153,32 @@ async def run_bridge(
         prefix = []
         if profile := os.environ.get("BENCH_PROFILE"):
             prefix = ["py-spy", "record", "-o", profile, "-f", "raw", "-r", "200", "--"]
-        proc = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "bridge", "run", "--config", str(tmp / "config.yaml")],
-            stdout=subprocess.DEVNULL,
-        )
+        procs = [
+            subprocess.Popen(
+                [*prefix, sys.executable, "-m", "bridge", "run", "--config", str(path)],
+                stdout=subprocess.DEVNULL,
+            )
+            for path in configs
+        ]
+        metrics = ""
         try:
             peak = 0.0
             while (count := await receiver_count(session, rec)) < args.events:
-                peak = max(peak, peak_rss_mb(proc.pid))
-                if proc.poll() is not None:
-                    raise RuntimeError(f"bridge exited early with {proc.returncode}")
+                peak = max([peak, *(peak_rss_mb(p.pid) for p in procs)])
+                if any(p.poll() is not None for p in procs):
+                    raise RuntimeError("a bridge exited early")
                 await asyncio.sleep(0.05)
             wall = time.perf_counter() - started
-            peak = max(peak, peak_rss_mb(proc.pid))
-            cpu = cpu_seconds(proc.pid)
-            async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
-                metrics = await resp.text()
+            peak = max([peak, *(peak_rss_mb(p.pid) for p in procs)])
+            cpu = sum(cpu_seconds(p.pid) for p in procs)
+            for port in ports:
+                async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                    metrics += await resp.text()
         finally:
-            proc.send_signal(2 if profile else 15)
-            proc.wait(30)
+            for p in procs:
+                p.send_signal(2 if profile else 15)
+            for p in procs:
+                p.wait(30)
     requests = [
         line for line in metrics.splitlines() if line.startswith("bridge_upstream_requests_total{")
     ]
@@ -219,6 +271,8 @@ async def main(args: argparse.Namespace) -> None:
     budget = 1.1 * math.ceil(n / args.page_size) + windows
     result = {
         "events": n,
+        "store": "postgresql" if args.store else "sqlite",
+        "replicas": args.replicas,
         "devices": args.devices,
         "concurrency": args.concurrency,
         "bridge_wall_s": round(bridge["wall_s"], 2),
@@ -244,4 +298,9 @@ if __name__ == "__main__":
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--page-size", type=int, default=100)
     p.add_argument("--max-rps", type=float, default=200.0)
-    asyncio.run(main(p.parse_args()))
+    p.add_argument("--store", default=None, help="postgresql://… server (default: SQLite)")
+    p.add_argument("--replicas", type=int, default=1, help="bridge processes (PostgreSQL)")
+    parsed = p.parse_args()
+    if parsed.replicas > 1 and not parsed.store:
+        p.error("--replicas > 1 needs --store postgresql://…")
+    asyncio.run(main(parsed))

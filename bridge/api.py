@@ -44,6 +44,8 @@ from bridge.store.base import (
     NewNotification,
     Store,
     StoreUnavailable,
+    decode_cursor,
+    encode_cursor,
 )
 from bridge.upstream.errors import (
     UpstreamApiError,
@@ -265,6 +267,8 @@ async def poll_now(request: web.Request) -> web.Response:
     b = _bridge(request)
     if b.scheduler is None or b.events_poller is None:
         raise ApiError(409, "conflict", "polling is not running in this process")
+    if not await b.scheduler.may_run():
+        raise ApiError(409, "conflict", "this replica does not hold the poll lease; ask the leader")
     stats = await b.scheduler.run_now("events")
     if stats is None:
         raise ApiError(
@@ -321,6 +325,7 @@ async def status(request: web.Request) -> web.Response:
     if b.events_poller is not None:
         # The events poller's own status also knows its cursor.
         pollers["events"] = _poller_view(b.events_poller.status, now)
+    await _shared_events_status(b, pollers, now)
     counts = await _queue_counts(b)
     targets: dict[str, Any] = {}
     for name, d in b.dispatchers.items():
@@ -352,8 +357,50 @@ async def status(request: web.Request) -> web.Response:
             "targets": targets,
             "orphaned": orphaned_counts(counts, b.dispatchers),
             "upstream": upstream,
+            "replica": b.replica,
+            "leader": await _leader(b),
         }
     )
+
+
+async def _shared_events_status(b: Bridge, pollers: dict[str, Any], now: float) -> None:
+    """The events poll as any replica last ran it: only the leader polls, but every
+    replica's status shows the last success and the cursor from the store."""
+    if b.ingestor is None:
+        return
+    try:
+        last = await b.ingestor.last_success("events")
+        cursor = await b.ingestor.get_cursor("events")
+    except StoreUnavailable as err:
+        raise ApiError(503, "unavailable", f"the store is not answering: {err}") from None
+    local = b.events_poller.status if b.events_poller is not None else PollerStatus()
+    shared = PollerStatus(
+        last_run_at=local.last_run_at,
+        last_success_at=max(
+            (t for t in (local.last_success_at, last) if t is not None), default=None
+        ),
+        last_error=local.last_error,
+        cursor=cursor if cursor is not None else local.cursor,
+        failing=local.failing,
+        reason=local.reason,
+    )
+    pollers["events"] = _poller_view(shared, now)
+
+
+async def _leader(b: Bridge) -> dict[str, Any] | None:
+    """The poll lease as the store has it (any replica's), or None before anyone took it."""
+    try:
+        lease = await _store(b).get_lease()
+    except StoreUnavailable as err:
+        raise ApiError(503, "unavailable", f"the store is not answering: {err}") from None
+    if lease is None:
+        return None
+    live = lease.holder is not None and lease.expires_at > b.clock.now()
+    return {
+        "replica": lease.holder if live else None,
+        "epoch": lease.epoch,
+        "expires_at": utc_iso(lease.expires_at),
+    }
 
 
 # --------------------------------------------------------------------------- deliveries
@@ -413,13 +460,15 @@ def _limit(raw: str | None) -> int:
 
 
 def _cursor(raw: str | None) -> str | None:
-    # Cursors are the last id of the previous page (opaque to callers).
+    # Cursors are opaque tokens the store handed out; only it can read them.
     if raw is None:
         return None
-    if not raw.isdecimal() or not 1 <= int(raw) <= _MAX_ID:
+    try:
+        decode_cursor(raw)
+    except ValueError:
         raise ApiError(
             400, "invalid_field", "cursor: not a cursor this API handed out", field="cursor"
-        )
+        ) from None
     return raw
 
 
@@ -458,7 +507,7 @@ async def list_deliveries(request: web.Request) -> web.Response:
 async def _find_delivery(store: Store, delivery_id: int) -> DeliveryRecord | None:
     # The listing is newest first from `cursor` (exclusive), so the first row after
     # cursor id+1 is this id if it exists; no dedicated lookup needed in the Store.
-    records, _ = await store.list_deliveries(limit=1, cursor=str(delivery_id + 1))
+    records, _ = await store.list_deliveries(limit=1, cursor=encode_cursor(delivery_id + 1))
     return records[0] if records and records[0].id == delivery_id else None
 
 

@@ -1,9 +1,10 @@
 """Builds the aiohttp Application: every resource in a cleanup context, routes.
 
 Start-up order (shutdown is the reverse, which is what a graceful stop needs):
-store → HTTP sessions → upstream client → dispatchers → poll scheduler.
-So on SIGTERM polling stops first, then in-flight deliveries finish within the
-grace period, then sessions close, then the store is flushed and closed.
+store → HTTP sessions → upstream client → dispatchers → poll lease + scheduler.
+So on SIGTERM polling stops first and the poll lease is released (another replica
+takes over at once), then in-flight deliveries finish within the grace period,
+then sessions close, then the store is flushed and closed.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from bridge.clock import Clock, SystemClock
 from bridge.dispatch import Dispatcher, dispatch_options, orphaned_counts
 from bridge.enrich import EventEnricher
 from bridge.ingest import EventIngestor
+from bridge.lease import PollLease, replica_id
 from bridge.logs import SecretScrubber
 from bridge.metrics import Metrics
 from bridge.notifications import Notification
@@ -73,6 +75,8 @@ class Bridge:
     push: PushIngest | None = None
     uploads: UploadsPoller | None = None
     reporter: SafetyReporter | None = None
+    replica: str = field(default_factory=replica_id)
+    lease: PollLease | None = None
 
 
 BRIDGE = web.AppKey("bridge", Bridge)
@@ -99,13 +103,16 @@ def make_target(
         case MqttTarget():
             from bridge.targets.mqtt import MqttSender
 
-            return MqttSender(cfg, clock=clock)
+            # Several replicas share the availability topic (SPEC §6.3).
+            replica = replica_id() if getattr(store, "shared", False) else None
+            return MqttSender(cfg, clock=clock, replica=replica)
     raise AssertionError(cfg)
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     b = app[BRIDGE]
-    b.store = open_store(b.settings.store, b.clock)
+    # exclusive: a second `run` on the same SQLite file refuses to start (SPEC §9).
+    b.store = open_store(b.settings.store, b.clock, exclusive=True)
     await b.store.open()
     released = await b.store.recover()
     if released:
@@ -229,7 +236,11 @@ async def _push_ctx(app: web.Application) -> AsyncIterator[None]:
 
     b = app[BRIDGE]
     assert b.ingestor is not None
-    b.push = PushIngest(b.settings.ingest.vendor_webhook, b.ingestor, b.clips)
+    assert b.store is not None
+    b.push = PushIngest(b.settings.ingest.vendor_webhook, b.ingestor, b.clips, b.store)
+    left = await b.push.recover()
+    if left:
+        log.info("queued vendor pushes stored by an earlier run", count=left)
     b.push.start()
     try:
         yield
@@ -242,7 +253,21 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
     assert b.client is not None
     assert b.ingestor is not None
     assert b.store is not None
-    b.scheduler = PollScheduler(b.clock)
+    leader_gauge = b.metrics.poll_leader
+
+    def on_lease_change(leading: bool) -> None:
+        leader_gauge.set(int(leading))
+        if not leading and b.scheduler is not None:
+            b.scheduler.cancel_running()  # stop leader jobs before the lease can pass on
+
+    b.lease = PollLease(
+        b.store,
+        b.clock,
+        replica=b.replica,
+        ttl_s=b.settings.store.lease_s,
+        on_change=on_lease_change,
+    )
+    b.scheduler = PollScheduler(b.clock, gate=b.lease.ensure)
     b.events_poller = EventsPoller(
         b.settings.poll.events,
         b.client,
@@ -281,9 +306,16 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
         "safety_report": poll.safety_report.enabled,
     }
     b.metrics.start_series(types=NOTIFICATION_TYPES, jobs=[j for j, on in polled.items() if on])
+    leader_gauge.set(0)
+    # Take (or learn we cannot take) the lease before the first scheduled run.
+    await b.lease.step()
+    b.lease.start()
     b.scheduler.start()
-    yield
-    await b.scheduler.stop(b.settings.server.shutdown_grace_s)
+    try:
+        yield
+    finally:
+        await b.scheduler.stop(b.settings.server.shutdown_grace_s)
+        await b.lease.stop()
 
 
 PRUNE_INTERVAL_S = 3600.0

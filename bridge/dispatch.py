@@ -16,6 +16,12 @@ attempts. The first success ends it and makes every waiting delivery due at once
 The failing state lives in the store's target state, so a restart keeps probing.
 While a target is paused or failing its deliveries are not attempted, so
 `max_age_s` is applied to them directly (they die as they would have on a retry).
+
+Each outcome carries its claim's token; the store ignores it once the claim has
+expired. On a shared store (several replicas) the target's pause, Retry-After hold,
+rate budget and in-flight cap live in the store, so they hold for the target as a
+whole: claims are capped at `max_in_flight` live claims of all replicas, send slots
+are reserved in the store, and blocked state is re-read from the store.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import structlog
 from bridge.clock import Clock
 from bridge.metrics import Metrics
 from bridge.notifications import dumps
-from bridge.ratelimit import RateLimiter
+from bridge.ratelimit import RateLimiter, StoreRateLimiter
 from bridge.retry import plan_after_failure
 from bridge.routing import redact
 from bridge.settings import RetrySettings
@@ -85,7 +91,13 @@ class Dispatcher:
     # Flush outcomes at least this often, or when this many are waiting.
     FLUSH_INTERVAL_S = 0.05
     FLUSH_BATCH = 200
-    IDLE_RECHECK_S = 5.0
+    # Re-check the store at least this often even when nothing woke us: another
+    # replica or the replay command may have queued work (SPEC §9: every 2 s).
+    IDLE_RECHECK_S = 2.0
+    # A claimed row is sent only while its claim has this long left; otherwise it
+    # goes back (another claimer may take it once it expires).
+    CLAIM_MARGIN_S = 15.0
+    BUSY_RECHECK_S = 0.1
     # Consecutive transient failures after which the target is failing (SPEC §4).
     FAILING_AFTER = 5
     # How often deliveries of a paused or failing target are checked against max_age_s.
@@ -107,10 +119,22 @@ class Dispatcher:
         self._store = store
         self._clock = clock
         self._rng = rng or random.Random()
-        self._limiter = RateLimiter(options.rate_limit_per_s, clock)
+        self._shared = bool(getattr(store, "shared", False))
+        self._limiter: RateLimiter | StoreRateLimiter
+        if self._shared and options.rate_limit_per_s is not None:
+            self._limiter = StoreRateLimiter(store, self.name, options.rate_limit_per_s, clock)
+        else:
+            self._limiter = RateLimiter(options.rate_limit_per_s, clock)
         self._fifo = options.max_in_flight == 1
         # Claimed rows wait here for a worker; small, so little is held in flight.
         self._queue_size = 1 if self._fifo else min(128, max(32, options.max_in_flight * 4))
+        if self._shared:
+            # All replicas' live claims count against max_in_flight.
+            self._queue_size = min(self._queue_size, options.max_in_flight)
+        if options.rate_limit_per_s is not None:
+            # Never claim more than can be sent well within the claim's life.
+            budget = int(options.rate_limit_per_s * self.CLAIM_MARGIN_S)
+            self._queue_size = max(1, min(self._queue_size, budget))
         self._queue: asyncio.Queue[Delivery | None] = asyncio.Queue()
         self._pending_work = 0  # queued + being sent
         self._idle = asyncio.Event()
@@ -232,15 +256,27 @@ class Dispatcher:
         return None
 
     async def resume(self) -> bool:
-        """Un-pause the target; returns False if it was not paused."""
-        if not self._state.paused:
-            return False
+        """Un-pause the target (on every replica); returns False if it was not paused."""
+        resumed = await self._store.resume_target(self.name)
         self._state = replace(self._state, paused=False, paused_reason=None)
-        await self._store.set_target_state(self.name, self._state)
         self._m_paused.set(0)
-        log.info("target resumed", target=self.name)
+        if resumed:
+            log.info("target resumed", target=self.name)
         self.wake()
-        return True
+        return resumed
+
+    async def _refresh_state(self) -> None:
+        """Re-read pause / hold from the store (another replica may have changed them)."""
+        stored = await self._store.get_target_state(self.name)
+        state = replace(
+            self._state,
+            paused=stored.paused,
+            paused_reason=stored.paused_reason,
+            hold_until=stored.hold_until,
+        )
+        if state != self._state:
+            self._state = state
+            self._m_paused.set(int(state.paused))
 
     async def wait_idle(self) -> None:
         """Wait until nothing is queued or in flight and every outcome is written."""
@@ -266,12 +302,15 @@ class Dispatcher:
         if self._release_due:
             await self._release_waiting(now)
         await self._expire_if_due(now)
+        hold = self._state.hold_until
+        if self._shared and (self._state.paused or (hold is not None and hold > now)):
+            await self._refresh_state()  # resumed elsewhere, or the hold was lifted
+            hold = self._state.hold_until
         if self._state.paused:
             await self._wait(self.IDLE_RECHECK_S)
             return
-        hold = self._state.hold_until
         if hold is not None and hold > now:
-            await self._wait(hold - now)
+            await self._wait(min(hold - now, self.IDLE_RECHECK_S) if self._shared else hold - now)
             return
         if self._state.failing:
             await self._feed_probe(now)
@@ -284,13 +323,25 @@ class Dispatcher:
             return
         room = self._queue_size - self._pending_work
         self._wake.clear()
-        claimed = await self._store.claim(self.name, now, room, fifo=self._fifo)
+        claimed = await self._store.claim(
+            self.name,
+            now,
+            room,
+            fifo=self._fifo,
+            max_in_flight=self.options.max_in_flight if self._shared else None,
+        )
         if not claimed:
+            if self._shared:
+                await self._refresh_state()  # paused or held by another replica?
             due = await self._store.next_due_at(self.name, fifo=self._fifo)
             # Re-check now and then even when idle: another process (a replica, the
             # replay command) may have queued work without waking us.
             wait = self.IDLE_RECHECK_S if due is None else due - self._clock.now()
-            await self._wait(max(0.0, min(wait, self.IDLE_RECHECK_S)))
+            if wait <= 0:
+                # Due, yet nothing to claim: other replicas hold the target's
+                # in-flight budget (or the FIFO head). Their outcomes free it soon.
+                wait = self.BUSY_RECHECK_S
+            await self._wait(min(wait, self.IDLE_RECHECK_S))
             return
         self._enqueue(claimed)
 
@@ -365,7 +416,7 @@ class Dispatcher:
                     self._give_back(delivery)
                     continue
                 await self._limiter.acquire()
-                if self._blocked(delivery):
+                if self._blocked(delivery) or self._claim_ending(delivery):
                     self._give_back(delivery)
                     continue
                 await self._attempt(delivery)
@@ -386,6 +437,9 @@ class Dispatcher:
         if self._pending_work == 0:
             self._idle.set()
 
+    def _claim_ending(self, delivery: Delivery) -> bool:
+        return self._clock.now() > delivery.claim_until - self.CLAIM_MARGIN_S
+
     def _blocked(self, delivery: Delivery | None = None) -> bool:
         hold = self._state.hold_until
         if self._state.paused or (hold is not None and hold > self._clock.now()):
@@ -401,7 +455,8 @@ class Dispatcher:
         self._queue_outcome(
             Outcome(
                 delivery.id, DeliveryState.PENDING, attempts=delivery.attempts, next_attempt_at=at
-            )
+            ),
+            delivery,
         )
 
     async def _attempt(self, delivery: Delivery) -> None:
@@ -432,7 +487,8 @@ class Dispatcher:
         self.health.last_status = result.status
         if result.ok:
             self._queue_outcome(
-                Outcome(delivery.id, DeliveryState.DELIVERED, attempts, status=result.status)
+                Outcome(delivery.id, DeliveryState.DELIVERED, attempts, status=result.status),
+                delivery,
             )
             self._m_delivered.inc()
             if delivery.event_at is not None:
@@ -455,7 +511,8 @@ class Dispatcher:
                     status=result.status,
                     error=result.error,
                     next_attempt_at=now,
-                )
+                ),
+                delivery,
             )
             self._m_paused_outcome.inc()
             return
@@ -471,7 +528,7 @@ class Dispatcher:
             result=result,
             rng=self._rng,
         )
-        self._queue_outcome(outcome)
+        self._queue_outcome(outcome, delivery)
         (self._m_dead if outcome.state is DeliveryState.DEAD else self._m_retry).inc()
         if outcome.state is DeliveryState.DEAD and not self._dead_logged:
             # Once until the next success: a receiver refusing everything would
@@ -541,15 +598,30 @@ class Dispatcher:
     async def _pause(self, reason: str) -> None:
         if self._state.paused:
             return
-        await self._set_state(paused=True, paused_reason=reason, hold_until=None)
+        self._state = replace(self._state, paused=True, paused_reason=reason, hold_until=None)
         self._m_paused.set(1)
-        log.error("target paused until resumed through the API", target=self.name, reason=reason)
+        # Atomic in the store: of several replicas seeing the 410, one logs it.
+        try:
+            changed = await self._store.pause_target(self.name, reason)
+        except StoreUnavailable as err:
+            self._feed_streak.failed(err)
+            self._state_dirty = True  # saved with the rest once the store answers
+            changed = True
+        if changed:
+            log.error(
+                "target paused until resumed through the API", target=self.name, reason=reason
+            )
 
     async def _hold(self, until: float) -> None:
         current = self._state.hold_until
         if current is not None and current >= until:
             return
-        await self._set_state(hold_until=until)
+        self._state = replace(self._state, hold_until=until)
+        try:
+            await self._store.hold_target(self.name, until)  # never shortens another's hold
+        except StoreUnavailable as err:
+            self._feed_streak.failed(err)
+            self._state_dirty = True
 
     async def _set_state(self, **changes: Any) -> None:
         """Change the target state in memory at once, and in the store when it answers."""
@@ -562,15 +634,27 @@ class Dispatcher:
 
     async def _save_state(self) -> None:
         state = self._state
+        if self._shared:
+            # Pause and hold belong to the target as a whole (changed atomically by
+            # pause/resume/hold); this replica's save must not undo another's.
+            stored = await self._store.get_target_state(self.name)
+            state = replace(
+                state,
+                paused=stored.paused,
+                paused_reason=stored.paused_reason,
+                hold_until=stored.hold_until,
+            )
         await self._store.set_target_state(self.name, state)
-        if state is self._state:
+        if state is self._state or self._shared:
             self._state_dirty = False
 
     # -- outcome batching ------------------------------------------------------------
 
-    def _queue_outcome(self, outcome: Outcome) -> None:
-        self._outcomes.append(outcome)
-        if len(self._outcomes) >= self.FLUSH_BATCH:
+    def _queue_outcome(self, outcome: Outcome, delivery: Delivery) -> None:
+        self._outcomes.append(replace(outcome, claim=delivery.claim or None))
+        # Shared: a row counts against every replica's max_in_flight until its
+        # outcome is stored, so store it now rather than with the next batch.
+        if len(self._outcomes) >= self.FLUSH_BATCH or self._shared:
             self._flush_now.set()
 
     async def _flush_loop(self) -> None:
@@ -607,8 +691,10 @@ class Dispatcher:
                 self._outcomes[:0] = batch  # keep them for the next flush
                 raise
             self._outcomes_written = True
-        # A retry may now be due earlier than what the feeder sleeps for.
-        if any(o.state is DeliveryState.PENDING for o in batch):
+        # A retry may now be due earlier than what the feeder sleeps for; on a shared
+        # store the stored outcomes also free the target's in-flight budget, which a
+        # claim made before this flush could not see.
+        if self._shared or any(o.state is DeliveryState.PENDING for o in batch):
             self.wake()
 
 

@@ -26,14 +26,19 @@ from bridge.notifications import Notification, build_notification
 from bridge.routing import route
 from bridge.settings import Settings
 from bridge.store.base import (
+    FencedOut,
     IngestTx,
     NewNotification,
     SeenTicket,
     Store,
+    TicketConflict,
+    TicketWrite,
     is_outage,
 )
 
 log = structlog.get_logger(__name__)
+
+POLL_SUCCESS = "poll_success"  # kv kind: {"at": unix s} per poll job, shared by replicas
 
 Normalizer = Callable[[Mapping[str, Any], EventTypeTable], NormalizedEvent]
 
@@ -150,48 +155,60 @@ class EventIngestor:
         job: str,
         cursor: float | None = None,
         normalizer: Normalizer = normalize_event,
+        also: Callable[[IngestTx], Awaitable[None]] | None = None,
     ) -> IngestStats:
         """Normalize, de-dup and store `items`; move `job`'s cursor in the same transaction.
 
         One transaction for the batch; if the store rejects it (or building it fails)
         for anything but being unavailable, the items go in one by one so only the
         culprit is skipped (logged once, counted as malformed) and the rest is stored.
+        `also` runs in the (last) transaction too, e.g. forgetting the ingested pushes.
         """
         events, malformed = self.normalize(items, job=job, normalizer=normalizer)
         if self._enrich is not None and events:
             events = await self._enrich(events)
         stats = IngestStats(fetched=len(items), malformed=malformed)
         try:
-            stored = await self._store_events(events, job=job, cursor=cursor)
+            stored = await self._store_events(events, job=job, cursor=cursor, also=also)
         except Exception as err:
-            if is_outage(err):
+            if _not_the_items(err):
                 raise
-            stored = await self._store_each(events, job=job, cursor=cursor)
+            stored = await self._store_each(events, job=job, cursor=cursor, also=also)
         stats.add(stored)
         stats.notifications = stored.notifications
         return stats
 
     async def _store_each(
-        self, events: Sequence[NormalizedEvent], *, job: str, cursor: float | None
+        self,
+        events: Sequence[NormalizedEvent],
+        *,
+        job: str,
+        cursor: float | None,
+        also: Callable[[IngestTx], Awaitable[None]] | None,
     ) -> IngestStats:
         total = IngestStats()
         for ev in events:
             try:
-                one = await self._store_events([ev], job=job, cursor=None)
+                one = await self._store_events([ev], job=job, cursor=None, also=None)
             except Exception as err:
-                if is_outage(err):
+                if _not_the_items(err):
                     raise
                 total.malformed += 1
                 self._skipped(job, ev.data, f"not storable ({type(err).__name__})")
                 continue
             total.add(one)
             total.notifications += one.notifications
-        if cursor is not None:
-            await self.move_cursor(job, cursor)
+        if cursor is not None or also is not None:
+            await self._store_events([], job=job, cursor=cursor, also=also)
         return total
 
     async def _store_events(
-        self, events: Sequence[NormalizedEvent], *, job: str, cursor: float | None
+        self,
+        events: Sequence[NormalizedEvent],
+        *,
+        job: str,
+        cursor: float | None,
+        also: Callable[[IngestTx], Awaitable[None]] | None,
     ) -> IngestStats:
         stats = IngestStats()
         now = self._clock.now()
@@ -200,6 +217,11 @@ class EventIngestor:
             stats.created = stats.updated = stats.duplicates = 0
             stats.notifications = []
             known = await tx.seen_tickets(list({e.ticket for e in events}))
+            # What the decisions are based on: the store writes a ticket only if it
+            # still holds this (insert-if-absent / revision compare-and-set), else the
+            # store re-runs `work` with fresh state. So another replica (or the push
+            # path) racing on a ticket never causes a second created/updated.
+            read = dict(known)
             changed_tickets: dict[str, SeenTicket] = {}
             new: list[NewNotification] = []
             for ev in events:
@@ -227,13 +249,17 @@ class EventIngestor:
                 stats.notifications.append(n)
                 new.append(NewNotification(n, route(self._settings.targets, n)))
             if changed_tickets:
-                await tx.put_tickets(list(changed_tickets.values()))
+                await tx.put_tickets(
+                    [TicketWrite(t, read.get(ticket)) for ticket, t in changed_tickets.items()]
+                )
             if new:
                 await tx.add_notifications(new)
                 if self._in_tx is not None:
                     await self._in_tx(tx, stats.notifications)
             if cursor is not None:
                 await tx.set_cursor(job, cursor)
+            if also is not None:
+                await also(tx)
 
         await self._store.ingest(work)
         # One labels() lookup per type, not per notification (measured: ~1.5 µs each).
@@ -247,6 +273,20 @@ class EventIngestor:
         """A poller's persisted cursor."""
         return await self._store.get_cursor(job)
 
+    async def last_success(self, job: str) -> float | None:
+        """When a poll `job` last succeeded on any replica."""
+        value = await self._store.get_json(POLL_SUCCESS, job)
+        at = None if value is None else value.get("at")
+        return float(at) if isinstance(at, int | float) else None
+
+    async def note_success(self, job: str, at: float) -> None:
+        """Record a successful poll run for every replica's status API."""
+
+        async def work(tx: IngestTx) -> None:
+            await tx.put_json(POLL_SUCCESS, job, {"at": at})
+
+        await self._store.ingest(work)
+
     async def move_cursor(self, job: str, value: float) -> None:
         """Persist a cursor on its own (after a window with no items)."""
 
@@ -254,3 +294,10 @@ class EventIngestor:
             await tx.set_cursor(job, value)
 
         await self._store.ingest(work)
+
+
+def _not_the_items(err: BaseException) -> bool:
+    """Errors that say nothing about the items: retrying them one by one is pointless."""
+    # A fenced cursor (we lost the poll lease) or a ticket race lost five times over
+    # is about this replica's timing, not about the data.
+    return is_outage(err) or isinstance(err, FencedOut | TicketConflict)

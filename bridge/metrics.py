@@ -67,6 +67,9 @@ class Metrics:
         self.target_paused = Gauge(
             "bridge_target_paused", "1 while a target is paused", ["target"], registry=r
         )
+        self.poll_leader = Gauge(
+            "bridge_poll_leader", "1 on the replica holding the poll lease, else 0", registry=r
+        )
         self.target_failing = Gauge(
             "bridge_target_failing",
             "1 while a target is failing: only a probe delivery goes out (SPEC §4)",

@@ -190,6 +190,8 @@ class EventsPoller:
         self.status.last_success_at = self._clock.now()
         self.status.last_error = None
         self.status.reason = None
+        # Shared with every replica: the status API shows the last success of any.
+        await self._ingestor.note_success(self.job, self.status.last_success_at)
         if self.status.failing:
             self.status.failing = False
             log.info("poll recovered", job=self.job)
@@ -337,7 +339,11 @@ class PollScheduler:
     every interval); failures are logged once per failure streak, never per run.
     """
 
-    def __init__(self, clock: Clock | None = None) -> None:
+    def __init__(
+        self, clock: Clock | None = None, *, gate: Callable[[], Awaitable[bool]] | None = None
+    ) -> None:
+        # Leader jobs run only while `gate()` is true (the poll lease, SPEC §9).
+        self._gate = gate
         self._scheduler = AsyncIOScheduler(timezone="UTC")
         self._clock: Clock = clock or SystemClock()
         self._running: dict[str, asyncio.Task[Any]] = {}
@@ -393,6 +399,15 @@ class PollScheduler:
         """Run a job now (API trigger); waits for a run already under way first."""
         return await self._run_job(name)
 
+    async def may_run(self) -> bool:
+        """True when this replica may run leader jobs now."""
+        return self._gate is None or await self._gate()
+
+    def cancel_running(self) -> None:
+        """Cancel running jobs at once (the poll lease was lost: another replica leads)."""
+        for task in self._running.values():
+            task.cancel()
+
     async def _scheduled(self, name: str) -> Any:
         lock = self._locks.setdefault(name, asyncio.Lock())
         if lock.locked() or self._stopping:
@@ -404,6 +419,8 @@ class PollScheduler:
         # One run of a job at a time, whoever starts it (scheduler or API).
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
+            if not await self.may_run():
+                return None  # another replica holds the poll lease
             status = self.status.setdefault(name, PollerStatus())
             status.last_run_at = self._clock.now()
             task = asyncio.ensure_future(self._jobs[name]())
@@ -411,6 +428,8 @@ class PollScheduler:
             try:
                 result = await asyncio.shield(task)
             except asyncio.CancelledError:
+                if task.cancelled() and not self._cancelling() and not self._stopping:
+                    return None  # cancelled by `cancel_running`: leadership ended
                 if not self._stopping:
                     raise
                 # Shutdown ran out of grace: the job's cursor stays at its last stored
@@ -428,6 +447,11 @@ class PollScheduler:
                 log.info("poll job recovered", job=name)
             status.last_error, status.failing, status.reason = None, False, None
             return result
+
+    @staticmethod
+    def _cancelling() -> bool:
+        current = asyncio.current_task()
+        return current is not None and current.cancelling() > 0
 
     def _job_failed(self, name: str, status: PollerStatus, err: Exception) -> None:
         reason = failure_reason(err)

@@ -1,8 +1,11 @@
 """The vendor's own push webhooks (SPEC §5.5): `POST {ingest.vendor_webhook.path}`.
 
-The handler only checks (token, size, shape) and queues; it answers
-`200 {"status":"success"}` at once, so slow storage never delays the vendor. A
-worker task drains the queue into the same pipeline as polling:
+The handler checks (token, size, shape), stores the raw push in the store (kv
+kind `push`) and only then answers `200 {"status":"success"}`: a push answered 200
+is never lost, even if the process dies right after answering. A worker task
+drains the queue into the same pipeline as polling, forgetting each stored push in
+the transaction that ingests it; pushes left by a process that died are queued
+again at start-up and by a periodic sweep (on any replica):
 
 - `EVENT_TRIGGERED` / `ASSET_UPLOADED` → `EventIngestor.ingest(..., normalizer=
   normalize_push_event)`: same de-dup by ticket, so push + poll notify once.
@@ -14,9 +17,12 @@ worker task drains the queue into the same pipeline as polling:
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hmac
 import json
+import time
+import uuid
 from typing import Any, Final
 
 import structlog
@@ -28,6 +34,7 @@ from bridge.clips import ClipTracker
 from bridge.ingest import EventIngestor
 from bridge.normalize import MalformedItem, normalize_push_event
 from bridge.settings import VendorWebhookIngest
+from bridge.store.base import IngestTx, Store, StoreUnavailable
 from bridge.upstream.models import VendorPush
 from bridge.vendor_text import clean_json, loads_clean
 
@@ -41,6 +48,11 @@ BATCH: Final = 200
 EVENT_HOOKS: Final = frozenset({"EVENT_TRIGGERED", "ASSET_UPLOADED"})
 TASK_HOOK: Final = "TASK_UPDATE"
 _OK: Final = {"status": "success"}
+PUSH_KIND: Final = "push"  # stored pushes not yet ingested: {"raw": base64 of the body}
+SWEEP_INTERVAL_S: Final = 30.0  # look for pushes another process stored and never ingested
+SWEEP_AGE_S: Final = 30.0  # … once they are this old (their own worker had its chance)
+
+Queued = tuple[str, bytes]  # (stored key, raw body)
 
 
 class PushRejected(Exception):
@@ -95,6 +107,7 @@ class PushIngest:
         cfg: VendorWebhookIngest,
         ingestor: EventIngestor,
         clips: ClipTracker | None,
+        store: Store,
         *,
         max_queued_bytes: int = MAX_QUEUED_BYTES,
     ) -> None:
@@ -102,11 +115,14 @@ class PushIngest:
         self._max_queued_bytes = max_queued_bytes
         self._ingestor = ingestor
         self._clips = clips
+        self._store = store
         # Raw bodies, bounded by their total size (`_queued_bytes`), not their count.
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._queue: asyncio.Queue[Queued] = asyncio.Queue()
+        self._queued: set[str] = set()  # keys queued or being ingested here
         self._queued_bytes = 0
         self._full = False  # logged once per full streak
         self._worker: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
         self.processed = 0
 
@@ -153,9 +169,45 @@ class PushIngest:
         if self._full:
             self._full = False
             log.info("vendor push queue accepting again")
-        self._queued_bytes += len(raw)
-        self._queue.put_nowait(raw)
+        key = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"  # sorts by arrival
+        try:
+            await self._store_push(key, raw)
+        except StoreUnavailable:
+            # Not stored, so not accepted: the vendor retries later.
+            return _error(503, "unavailable", "the store is not answering", retry_after="5")
+        self._enqueue(key, raw)
         return web.json_response(_OK)
+
+    async def _store_push(self, key: str, raw: bytes) -> None:
+        async def work(tx: IngestTx) -> None:
+            await tx.put_json(PUSH_KIND, key, {"raw": base64.b64encode(raw).decode("ascii")})
+
+        await self._store.ingest(work)
+
+    def _enqueue(self, key: str, raw: bytes) -> bool:
+        if key in self._queued:
+            return False
+        self._queued.add(key)
+        self._queued_bytes += len(raw)
+        self._queue.put_nowait((key, raw))
+        return True
+
+    async def recover(self, min_age_s: float = 0.0) -> int:
+        """Queue stored pushes not yet ingested (older than `min_age_s`); returns how many."""
+        cutoff = time.time_ns() - int(min_age_s * 1e9)
+        queued = 0
+        for key, value in await self._store.list_json(PUSH_KIND):
+            born = key.split("-", 1)[0]
+            if born.isdigit() and int(born) > cutoff:
+                continue
+            if self._queued_bytes >= self._max_queued_bytes:
+                break  # the next sweep takes the rest
+            try:
+                raw = base64.b64decode(str(value.get("raw", "")), validate=True)
+            except ValueError:
+                continue
+            queued += self._enqueue(key, raw)
+        return queued
 
     @property
     def queued_bytes(self) -> int:
@@ -166,10 +218,25 @@ class PushIngest:
 
     def start(self) -> None:
         self._worker = asyncio.create_task(self._run(), name="vendor-push")
+        self._sweeper = asyncio.create_task(self._sweep(), name="vendor-push-sweep")
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            try:
+                found = await self.recover(min_age_s=SWEEP_AGE_S)
+            except StoreUnavailable:
+                continue  # the store logs the outage
+            if found:
+                log.info("queued vendor pushes stored but not ingested", count=found)
 
     async def stop(self, grace_s: float) -> None:
         """Refuse new pushes, drain the queue (bounded by `grace_s`), stop the worker."""
         self._closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._queue.join(), grace_s)
         if self._worker is not None:
@@ -178,7 +245,7 @@ class PushIngest:
                 await self._worker
         left = self._queue.qsize()
         if left:
-            log.warning("vendor pushes dropped at shutdown (polling will catch up)", count=left)
+            log.warning("vendor pushes left stored for the next start", count=left)
 
     async def wait_idle(self) -> None:
         """Wait until every queued push has been processed (tests)."""
@@ -191,23 +258,34 @@ class PushIngest:
                 batch.append(self._queue.get_nowait())
             try:
                 await self._process(batch)
-            except Exception:  # the store is down; polling still covers events
+            except StoreUnavailable:
+                pass  # still stored: the sweep queues the batch again (the store logs it)
+            except Exception:  # logged; the pushes stay stored for the sweep
                 log.exception("vendor push processing failed", count=len(batch))
             finally:
-                for raw in batch:
+                for key, raw in batch:
                     self._queued_bytes -= len(raw)
+                    self._queued.discard(key)
                     self._queue.task_done()
                 self.processed += len(batch)
 
-    async def _process(self, batch: list[bytes]) -> None:
+    async def _process(self, batch: list[Queued]) -> None:
         pushes = []
-        for raw in batch:
+        for _, raw in batch:
             with contextlib.suppress(PushRejected):  # checked by the handler already
                 pushes.append(parse_push(raw))
         events = [m for hook, m in pushes if hook in EVENT_HOOKS]
-        if events:
-            # Per message: one the store rejects is skipped (logged, counted), not the batch.
-            await self._ingestor.ingest(events, job="push", normalizer=normalize_push_event)
+        keys = [key for key, _ in batch]
+
+        async def forget(tx: IngestTx) -> None:
+            for key in keys:
+                await tx.delete_json(PUSH_KIND, key)
+
+        # Per message: one the store rejects is skipped (logged, counted), not the batch.
+        # The stored pushes are forgotten in the transaction that stores the rest.
+        await self._ingestor.ingest(
+            events, job="push", normalizer=normalize_push_event, also=forget
+        )
         if self._clips is None:
             return
         for task_id in dict.fromkeys(

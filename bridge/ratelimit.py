@@ -9,6 +9,8 @@ a lock. Time comes from the injected `Clock`, so tests drive it with `FakeClock`
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from bridge.clock import Clock
 
 
@@ -59,3 +61,32 @@ class RateLimiter:
         # A Retry-After that arrived while we waited still applies to us.
         while (held := self.hold_remaining()) > 0:
             await self._clock.sleep(held)
+
+
+class SlotStore(Protocol):
+    async def reserve_send_slot(self, target: str, now: float, interval_s: float) -> float: ...
+
+
+class StoreRateLimiter:
+    """The same even spacing for a target shared by several replicas: each send
+    reserves its slot in the store (`reserve_send_slot`), so the spacing holds for
+    the target as a whole. Wall-clock time: replicas compare slots across hosts."""
+
+    def __init__(self, store: SlotStore, target: str, rate_per_s: float, clock: Clock) -> None:
+        if not rate_per_s > 0:
+            raise ValueError("rate_per_s must be positive")
+        self._store = store
+        self._target = target
+        self._interval = 1.0 / rate_per_s
+        self._clock = clock
+
+    @property
+    def interval(self) -> float:
+        return self._interval
+
+    async def acquire(self) -> None:
+        """Reserve the next slot of the target and wait for it."""
+        slot = await self._store.reserve_send_slot(self._target, self._clock.now(), self._interval)
+        wait = slot - self._clock.now()
+        if wait > 0:
+            await self._clock.sleep(wait)

@@ -267,6 +267,8 @@ class IngestSettings(_Strict):
 class StoreSettings(_Strict):
     url: str = "sqlite:////var/lib/fleet-bridge/bridge.db"
     retention_days: float = Field(14, gt=0)
+    pool_size: int = Field(8, ge=2, le=100)  # PostgreSQL: connections per replica
+    lease_s: float = Field(15, ge=0.5, le=600)  # PostgreSQL: TTL of the poll lease (§9)
 
     @field_validator("url")
     @classmethod

@@ -15,6 +15,7 @@ from bridge_rig import ADMIN_TOKEN, Rig, make_rig
 from conftest import wait_for
 from webhook_receiver import Behaviour
 
+from bridge.app import BRIDGE
 from bridge.clock import utc_iso
 from bridge.schema import validate_envelope
 
@@ -130,9 +131,14 @@ async def test_status_shape_and_values(rig_factory: RigFactory) -> None:
     await wait_for(lambda: len(rig.receiver.envelopes) == 2, message="2 delivered")
     await rig.settle()
     status = await get_json(rig, "/api/v1/status")
-    assert set(status) == {"pollers", "targets", "orphaned", "upstream"}
+    assert set(status) == {"pollers", "targets", "orphaned", "upstream", "replica", "leader"}
     assert status["orphaned"] == {}
     assert status["upstream"] == {"login_failing": False, "login_retry_at": None, "reason": None}
+    # One process on SQLite: it holds the poll lease itself.
+    assert status["replica"] == rig.client.app[BRIDGE].replica
+    assert status["leader"]["replica"] == status["replica"]
+    assert status["leader"]["epoch"] == 1
+    assert status["leader"]["expires_at"].endswith("Z")
     events = status["pollers"]["events"]
     assert set(events) == {
         "last_run_at",

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import yaml
@@ -129,6 +132,65 @@ def test_unreachable_store_exits_1_with_one_sentence(tmp_path: Path) -> None:
     assert out.returncode == 1
     assert "fleet-bridge: the store cannot be opened" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def _run_config(store_url: str) -> dict[str, object]:
+    return {
+        "upstream": {"base_url": "http://127.0.0.1:9", "api_key": "k-1234", "auth": {"token": "t"}},
+        "store": {"url": store_url},
+        "server": {"host": "127.0.0.1", "port": 0},
+        "logging": {"format": "json", "level": "warning"},
+    }
+
+
+def test_unreachable_postgresql_exits_1_with_one_sentence(tmp_path: Path) -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"postgresql://bridge:pg-SECRET-pw@127.0.0.1:{port}/bridge"
+    out = run_cli("run", "--config", str(write_config(tmp_path, _run_config(url))))
+    assert out.returncode == 1
+    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("fleet-bridge:")]
+    assert len(lines) == 1, out.stderr
+    assert f"cannot connect to PostgreSQL at 127.0.0.1:{port}/bridge" in lines[0]
+    assert "Traceback" not in out.stderr
+    assert "pg-SECRET-pw" not in out.stderr
+
+
+def test_a_second_run_on_the_same_sqlite_file_exits_1_naming_it(tmp_path: Path) -> None:
+    db = tmp_path / "bridge.db"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    first_cfg = _run_config(f"sqlite:///{db}")
+    first_cfg["server"] = {"host": "127.0.0.1", "port": port}
+    (tmp_path / "first").mkdir()
+    first = subprocess.Popen(
+        [sys.executable, "-m", "bridge", "run", "--config",
+         str(write_config(tmp_path / "first", first_cfg))],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # until the first one serves (it holds the file from before that)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                    break
+            except OSError:
+                assert first.poll() is None, "the first run exited"
+                assert time.monotonic() < deadline, "the first run never came up"
+                time.sleep(0.1)  # polling a subprocess's port: no event to wait on
+        second = run_cli(
+            "run", "--config", str(write_config(tmp_path, _run_config(f"sqlite:///{db}")))
+        )
+        assert second.returncode == 1
+        assert (
+            f"another fleet-bridge is already running on the SQLite database {db}" in second.stderr
+        )
+        assert "Traceback" not in second.stderr
+    finally:
+        first.terminate()
+        first.wait(30)
 
 
 def test_shipped_configs_are_valid() -> None:

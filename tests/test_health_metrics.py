@@ -67,17 +67,16 @@ async def test_readiness_follows_the_store(rig_factory: RigFactory) -> None:
     assert await readyz(rig) == (200, {"status": "ready"})
 
 
-async def test_readiness_follows_polling_freshness(rig_factory: RigFactory) -> None:
+async def test_a_stale_poll_shows_in_status_not_in_readiness(rig_factory: RigFactory) -> None:
     rig = await rig_factory()
     assert (await readyz(rig))[0] == 200
     interval = rig.settings.poll.events.interval_s
     rig.clock.advance(3 * interval + 1)
-    status, body = await readyz(rig)
-    assert status == 503
-    assert any("events poll" in r for r in body["reasons"]), body
-    resp = await rig.client.post("/api/v1/poll", headers=rig.auth)
-    assert resp.status == 200
+    # A vendor outage (or a replica that does not lead) keeps the pod in the Service.
     assert await readyz(rig) == (200, {"status": "ready"})
+    resp = await rig.client.get("/api/v1/status", headers=rig.auth)
+    events = (await resp.json())["pollers"]["events"]
+    assert events["lag_s"] > 3 * interval
 
 
 # --------------------------------------------------------------------------- metrics

@@ -36,7 +36,13 @@ from structlog.testing import capture_logs
 from bridge.clock import SystemClock
 from bridge.dispatch import Dispatcher, dispatch_options
 from bridge.metrics import Metrics
-from bridge.mqtt_topics import render_topic, status_topic, topic_problem, topic_values
+from bridge.mqtt_topics import (
+    render_topic,
+    replica_status_topic,
+    status_topic,
+    topic_problem,
+    topic_values,
+)
 from bridge.notifications import Notification, build_notification
 from bridge.settings import MqttTarget, StoreSettings
 from bridge.simulator import Simulator, SimulatorConfig
@@ -713,6 +719,40 @@ async def test_payload_characters_mqtt5_refuses_arrive_escaped(
     (m,) = by_id(sub, n.id)
     assert json.loads(m.payload) == json.loads(n.body)
     assert m.payload.decode("ascii", errors="replace").count("\\u") >= 4
+
+
+async def test_several_replicas_keep_the_shared_status_online_until_the_last_goes(
+    broker: Mosquitto,
+) -> None:
+    cfg = target_cfg(f"mqtt://{HOST}:{broker.port}")
+    r1 = MqttSender(cfg, replica="pod-a-1")
+    r2 = MqttSender(cfg, replica="pod-b-2")
+    await r1.start()
+    await r2.start()
+    try:
+        for replica in ("pod-a-1", "pod-b-2"):
+            topic = replica_status_topic("fleet", replica)
+            assert topic == f"fleet/bridge/replicas/{replica}/status"
+            await wait_retained(broker.port, topic, b"online")
+        await wait_for(lambda: r1.connected and r2.connected, message="both connected")
+        async with Subscriber(broker.port, (STATUS,)) as sub:
+            await r1.close()  # says offline on the shared topic; r2 answers within 1 s
+            await wait_for(
+                lambda: [m.payload for m in sub.on(STATUS)][-2:] == [b"offline", b"online"],
+                timeout=1.5,
+                message="the live replica re-announcing online",
+            )
+        await wait_retained(broker.port, STATUS, b"online")
+        await wait_retained(broker.port, replica_status_topic("fleet", "pod-a-1"), b"offline")
+    finally:
+        await r2.close()
+        await r1.close()
+    await wait_retained(broker.port, STATUS, b"offline")  # nobody left
+    await wait_retained(broker.port, replica_status_topic("fleet", "pod-b-2"), b"offline")
+
+
+def test_a_replica_id_never_adds_a_topic_level() -> None:
+    assert replica_status_topic("fleet", "a/b+#\x00") == "fleet/bridge/replicas/a_b___/status"
 
 
 async def test_a_socket_registration_after_the_connection_closed_is_not_an_error(

@@ -15,7 +15,7 @@ from conftest import wait_for
 from structlog.testing import capture_logs
 
 from bridge.clock import utc_iso
-from bridge.push import MAX_PUSH_BYTES, PushIngest
+from bridge.push import MAX_PUSH_BYTES, PUSH_KIND, PushIngest
 from bridge.simulator import push as sim_push
 
 RigFactory = Callable[..., Awaitable[Rig]]
@@ -191,6 +191,37 @@ async def test_task_update_push_advances_a_tracked_clip_before_the_next_poll(
     rig.assert_all_valid()
 
 
+async def test_a_push_answered_200_is_stored_before_the_answer(
+    rig_factory: RigFactory, aiohttp_client: Any
+) -> None:
+    rig = await rig_factory()
+    store, ingestor = rig.bridge.store, rig.bridge.ingestor
+    assert store is not None
+    assert ingestor is not None
+    cfg = rig.settings.ingest.vendor_webhook
+    # A process whose worker never runs: it dies right after answering.
+    dying = PushIngest(cfg, ingestor, None, store)
+    app = web.Application()
+    app.router.add_post("/push", dying.handle)
+    client = await aiohttp_client(app)
+    ticket, body = event_push(rig)
+    resp = await client.post("/push", json=body, headers={"X-Bridge-Token": PUSH_TOKEN})
+    assert resp.status == 200
+    assert [key for key, _ in await store.list_json(PUSH_KIND)] != []
+    assert await store.count_notifications() == 0
+
+    # The next process finds it, ingests it and forgets it in the same transaction.
+    after = PushIngest(cfg, ingestor, None, store)
+    assert await after.recover() == 1
+    after.start()
+    try:
+        await after.wait_idle()
+    finally:
+        await after.stop(1.0)
+    assert await store.list_json(PUSH_KIND) == []
+    await wait_for(lambda: ticket in rig.receiver.tickets(), message="the pushed event delivered")
+
+
 async def test_push_queue_is_bounded_by_bytes_with_503_and_retry_after(
     rig_factory: RigFactory, aiohttp_client: Any
 ) -> None:
@@ -201,7 +232,10 @@ async def test_push_queue_is_bounded_by_bytes_with_503_and_retry_after(
     bodies = [event_push(rig, video=False) for _ in range(4)]
     sizes = [len(json.dumps(body).encode()) for _, body in bodies]
     cfg = rig.settings.ingest.vendor_webhook
-    ingest = PushIngest(cfg, rig.bridge.ingestor, None, max_queued_bytes=sum(sizes[:3]))
+    assert rig.bridge.store is not None
+    ingest = PushIngest(
+        cfg, rig.bridge.ingestor, None, rig.bridge.store, max_queued_bytes=sum(sizes[:3])
+    )
     app = web.Application()
     app.router.add_post("/push", ingest.handle)
     client = await aiohttp_client(app)

@@ -4,7 +4,6 @@ operations and retention. No mocks; time is passed in explicitly or via FakeCloc
 from __future__ import annotations
 
 import asyncio
-import itertools
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -26,7 +25,8 @@ from bridge.store.base import (
     TargetState,
 )
 from bridge.store.migrate import load_migrations
-from bridge.store.sqlite import SqliteStore, split_statements
+from bridge.store.postgres import PostgresStore
+from bridge.store.sqlite import AlreadyRunning, SqliteStore, split_statements
 
 T0 = 1_764_000_000.0
 
@@ -164,96 +164,32 @@ async def test_ping_answers_while_open_and_fails_after_close(store: SqliteStore)
 async def test_open_store_matches_on_the_url_kind(tmp_path: Path, fake_clock: FakeClock) -> None:
     store = open_store(StoreSettings(url=f"sqlite:///{tmp_path}/x.db"), fake_clock)
     assert isinstance(store, SqliteStore)
-    with pytest.raises(NotImplementedError, match="PostgreSQL"):
-        open_store(StoreSettings(url="postgresql://db/bridge"), fake_clock)
+    assert isinstance(
+        open_store(StoreSettings(url="postgresql://db/bridge"), fake_clock), PostgresStore
+    )
+
+
+async def test_a_second_run_on_the_same_file_is_refused(
+    db_path: Path, fake_clock: FakeClock
+) -> None:
+    first = SqliteStore(db_path, fake_clock, exclusive=True)
+    await first.open()
+    try:
+        with pytest.raises(
+            AlreadyRunning, match=f"already running on the SQLite database {db_path}"
+        ):
+            await SqliteStore(db_path, fake_clock, exclusive=True).open()
+        visitor = SqliteStore(db_path, fake_clock)  # `replay` only visits the file
+        await visitor.open()
+        await visitor.close()
+    finally:
+        await first.close()
+    again = SqliteStore(db_path, fake_clock, exclusive=True)  # released on close
+    await again.open()
+    await again.close()
 
 
 # -- ingest --------------------------------------------------------------------------------
-
-
-async def test_ingest_commits_everything_together(store: SqliteStore, db_path: Path) -> None:
-    n = note(ticket="tk-1")
-    seen = SeenTicket("tk-1", 1, {"has_video": True}, first_seen_at=T0, updated_at=T0)
-
-    async def fn(tx: IngestTx) -> str:
-        assert await tx.seen_tickets(["tk-1"]) == {}
-        await tx.put_tickets([seen])
-        await tx.add_notifications([NewNotification(n, ["hook", "slack", "hook"])])
-        await tx.set_cursor("events", T0 - 5)
-        await tx.put_json("clip", "task-1", {"state": "upcoming"})
-        assert await tx.get_json("clip", "task-1") == {"state": "upcoming"}
-        return "done"
-
-    assert await store.ingest(fn) == "done"
-    assert await store.get_cursor("events") == T0 - 5
-    assert await store.get_json("clip", "task-1") == {"state": "upcoming"}
-    assert await store.list_json("clip") == [("task-1", {"state": "upcoming"})]
-    # A duplicate target in one item still makes one delivery.
-    assert raw(db_path, "SELECT target FROM deliveries ORDER BY id") == [("hook",), ("slack",)]
-    assert raw(db_path, "SELECT body FROM notifications") == [(n.body,)]
-
-    async def read(tx: IngestTx) -> dict[str, SeenTicket]:
-        return await tx.seen_tickets(["tk-1", "tk-unknown"])
-
-    assert await store.ingest(read) == {"tk-1": seen}
-
-
-async def test_ingest_that_raises_stores_nothing(store: SqliteStore, db_path: Path) -> None:
-    async def setup(tx: IngestTx) -> None:
-        await tx.set_cursor("events", T0 - 100)
-
-    await store.ingest(setup)
-
-    class Boom(Exception):
-        pass
-
-    async def fn(tx: IngestTx) -> None:
-        await tx.put_tickets([SeenTicket("tk-2", 1, {}, T0, T0)])
-        await tx.add_notifications([NewNotification(note(), ["hook"])])
-        await tx.set_cursor("events", T0)
-        await tx.put_json("clip", "task-1", {"state": "upcoming"})
-        raise Boom
-
-    with pytest.raises(Boom):
-        await store.ingest(fn)
-    assert await store.get_cursor("events") == T0 - 100
-    assert await store.count_notifications() == 0
-    assert await store.get_json("clip", "task-1") is None
-    assert raw(db_path, "SELECT count(*) FROM seen_tickets") == [(0,)]
-    assert raw(db_path, "SELECT count(*) FROM deliveries") == [(0,)]
-
-
-async def test_a_cancelled_ingest_rolls_back_and_frees_the_store(store: SqliteStore) -> None:
-    inside = asyncio.Event()
-
-    async def stuck(tx: IngestTx) -> None:
-        await tx.add_notifications([NewNotification(note(), ["hook"])])
-        inside.set()
-        await asyncio.Event().wait()  # e.g. shutdown cancels the poll mid-transaction
-
-    task = asyncio.create_task(store.ingest(stuck))
-    await inside.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert await store.count_notifications() == 0
-    await add(store, [note()], ["hook"])  # no transaction was left open
-    assert await store.count_notifications() == 1
-
-
-async def test_put_tickets_keeps_the_first_sighting(store: SqliteStore) -> None:
-    async def put(tx: IngestTx) -> None:
-        await tx.put_tickets([SeenTicket("tk", 1, {"v": 1}, T0, T0)])
-
-    async def update(tx: IngestTx) -> None:
-        await tx.put_tickets([SeenTicket("tk", 2, {"v": 2}, T0 + 50, T0 + 50)])
-
-    async def read(tx: IngestTx) -> dict[str, SeenTicket]:
-        return await tx.seen_tickets(["tk"])
-
-    await store.ingest(put)
-    await store.ingest(update)
-    assert (await store.ingest(read))["tk"] == SeenTicket("tk", 2, {"v": 2}, T0, T0 + 50)
 
 
 async def test_wake_fires_after_commit_only_for_targets_with_new_rows(
@@ -308,135 +244,19 @@ async def test_the_transaction_cannot_outlive_ingest_or_reenter_the_store(
 # -- claim -----------------------------------------------------------------------------------
 
 
-async def test_claim_returns_due_rows_oldest_first_up_to_limit(store: SqliteStore) -> None:
-    notes = [note(T0 + i) for i in range(5)]
-    await add(store, notes, ["hook"])
-    await add(store, [note(T0 + 9)], ["slack"])
-
-    first = await store.claim("hook", T0 + 10, 2, fifo=False)
-    rest = await store.claim("hook", T0 + 10, 10, fifo=False)
-    assert [d.notification_id for d in first + rest] == [n.id for n in notes]
-    assert [d.id for d in first + rest] == sorted(d.id for d in first + rest)
-    assert await store.claim("hook", T0 + 10, 10, fifo=False) == []  # all in flight
-
-    d = first[0]
-    assert (d.target, d.type, d.body, d.attempts) == ("hook", "event.created", notes[0].body, 0)
-    assert d.created_at == notes[0].created_at
-    assert d.event_at == 1_764_000_000.0  # occurred_at 2025-11-24T16:00:00Z
-
-
-async def test_claim_skips_rows_not_yet_due(store: SqliteStore) -> None:
-    await add(store, [note(), note(T0 + 1)], ["hook"])
-    a, b = await store.claim("hook", T0 + 1, 10, fifo=False)
-    await store.record_outcomes(
-        [
-            Outcome(a.id, DeliveryState.PENDING, 1, status=503, next_attempt_at=T0 + 60),
-            Outcome(b.id, DeliveryState.PENDING, 1, status=503, next_attempt_at=T0 + 30),
-        ],
-        T0 + 2,
-    )
-    assert await store.claim("hook", T0 + 29, 10, fifo=False) == []
-    assert await store.next_due_at("hook", fifo=False) == T0 + 30
-    [again] = await store.claim("hook", T0 + 30, 10, fifo=False)
-    assert (again.id, again.attempts) == (b.id, 1)
-    assert await store.next_due_at("hook", fifo=False) == T0 + 60
-
-
-async def test_an_expired_lease_is_claimed_again(store: SqliteStore) -> None:
-    await add(store, [note()], ["hook"])
-    [d] = await store.claim("hook", T0, 10, fifo=False)
-    assert await store.next_due_at("hook", fifo=False) == T0 + 30  # lease_s=30
-    assert await store.claim("hook", T0 + 30, 10, fifo=False) == []
-    [again] = await store.claim("hook", T0 + 31, 10, fifo=False)
-    assert (again.id, again.attempts) == (d.id, 0)
-
-
-async def test_concurrent_claims_never_hand_out_a_row_twice(store: SqliteStore) -> None:
-    await add(store, [note(T0 + i) for i in range(100)], ["hook"])
-    batches = await asyncio.gather(
-        *(store.claim("hook", T0 + 100, 7, fifo=False) for _ in range(20))
-    )
-    ids = [d.id for batch in batches for d in batch]
-    assert len(ids) == len(set(ids)) == 100
-
-
 @pytest.mark.parametrize("fifo", [False, True])
 async def test_claim_uses_notification_key(store: SqliteStore, db_path: Path, fifo: bool) -> None:
     # The claim reads each body through a subquery in RETURNING; without the CAST
     # there SQLite scans the whole notifications table once per claimed row.
     query = sqlite_sql.CLAIM_FIFO if fifo else sqlite_sql.CLAIM
-    params = {"target": "hook", "now": T0, "lease": T0 + 30, "limit": 10}
+    params = {"target": "hook", "now": T0, "lease": T0 + 30, "limit": 10, "token": "t"}
     plan = [row[3] for row in raw(db_path, "EXPLAIN QUERY PLAN " + query, params)]
     lookups = [step for step in plan if step.startswith(("SCAN n", "SEARCH n "))]
     assert len(lookups) == 3
     assert all("USING INDEX sqlite_autoindex_notifications_1 (id=?)" in s for s in lookups)
 
 
-async def test_fifo_head_of_line_blocks_the_rest(store: SqliteStore) -> None:
-    notes = [note(T0 + i) for i in range(3)]
-    await add(store, notes, ["hook"])
-    [head] = await store.claim("hook", T0 + 5, 10, fifo=True)
-    assert head.notification_id == notes[0].id
-    assert await store.claim("hook", T0 + 5, 10, fifo=True) == []  # head in flight
-    assert await store.next_due_at("hook", fifo=True) == T0 + 5 + 30  # its lease
-
-    await store.record_outcomes(
-        [Outcome(head.id, DeliveryState.PENDING, 1, status=500, next_attempt_at=T0 + 60)], T0 + 6
-    )
-    assert await store.claim("hook", T0 + 59, 10, fifo=True) == []  # others due, head not
-    assert await store.next_due_at("hook", fifo=True) == T0 + 60
-    assert await store.next_due_at("hook", fifo=False) == T0  # the others wait behind it
-    [retried] = await store.claim("hook", T0 + 60, 10, fifo=True)
-    assert (retried.id, retried.attempts) == (head.id, 1)
-
-    await store.record_outcomes([Outcome(head.id, DeliveryState.DEAD, 2)], T0 + 61)
-    [second] = await store.claim("hook", T0 + 61, 10, fifo=True)
-    assert second.notification_id == notes[1].id
-    await store.record_outcomes([Outcome(second.id, DeliveryState.DELIVERED, 1)], T0 + 62)
-    [third] = await store.claim("hook", T0 + 62, 10, fifo=True)
-    assert third.notification_id == notes[2].id
-    await store.record_outcomes([Outcome(third.id, DeliveryState.DELIVERED, 1)], T0 + 63)
-    assert await store.next_due_at("hook", fifo=True) is None
-
-
 # -- outcomes ---------------------------------------------------------------------------------
-
-
-async def test_record_outcomes_sets_each_state(store: SqliteStore) -> None:
-    await add(store, [note(T0 + i) for i in range(3)], ["hook"])
-    ok, retry, dead = await store.claim("hook", T0 + 3, 10, fifo=False)
-    await store.record_outcomes(
-        [
-            Outcome(ok.id, DeliveryState.DELIVERED, 1, status=200),
-            Outcome(retry.id, DeliveryState.PENDING, 1, status=429, error="slow down"),
-            Outcome(dead.id, DeliveryState.DEAD, 5, status=400, error="x" * 2000),
-        ],
-        T0 + 4,
-    )
-    rows, _ = await store.list_deliveries()
-    by_id = {r.id: r for r in rows}
-    assert by_id[ok.id].state is DeliveryState.DELIVERED
-    assert (by_id[ok.id].last_status, by_id[ok.id].next_attempt_at) == (200, None)
-    r = by_id[retry.id]
-    assert (r.state, r.attempts, r.last_status, r.last_error) == ("pending", 1, 429, "slow down")
-    assert r.next_attempt_at == T0 + 4  # no time given: due at once
-    d = by_id[dead.id]
-    assert (d.state, d.attempts, d.last_status) == (DeliveryState.DEAD, 5, 400)
-    assert d.last_error is not None
-    assert len(d.last_error) == 500
-
-
-async def test_a_late_outcome_does_not_reopen_a_finished_row(store: SqliteStore) -> None:
-    await add(store, [note()], ["hook"])
-    [d] = await store.claim("hook", T0, 1, fifo=False)
-    await store.record_outcomes([Outcome(d.id, DeliveryState.DELIVERED, 1, status=200)], T0 + 1)
-    await store.record_outcomes(
-        [Outcome(d.id, DeliveryState.PENDING, 1, status=503, next_attempt_at=T0 + 2)], T0 + 1
-    )
-    [row], _ = await store.list_deliveries()
-    assert row.state is DeliveryState.DELIVERED
-    with pytest.raises(ValueError, match="in_flight"):
-        await store.record_outcomes([Outcome(d.id, DeliveryState.IN_FLIGHT, 1)], T0)
 
 
 async def test_recover_releases_in_flight_rows(store: SqliteStore) -> None:
@@ -468,149 +288,7 @@ async def test_target_state_round_trips(store: SqliteStore) -> None:
     assert not TargetState().failing
 
 
-async def test_probe_claims_the_oldest_pending_row_due_or_not(store: SqliteStore) -> None:
-    await add(store, [note(T0), note(T0 + 1), note(T0 + 2)], ["hook", "other"])
-    first, second, third = await store.claim("hook", T0, 10, fifo=False)
-    later = [
-        Outcome(d.id, DeliveryState.PENDING, 1, 503, "down", T0 + 1000)
-        for d in (first, second, third)
-    ]
-    await store.record_outcomes(later, T0)
-    assert await store.claim("hook", T0 + 10, 10, fifo=False) == []
-    probe = await store.claim_probe("hook", T0 + 10)
-    assert probe is not None
-    assert (probe.id, probe.attempts) == (first.id, 1)
-    # The other target's rows are untouched; the probe row is in flight now.
-    assert await store.claim_probe("hook", T0 + 10) is not None
-    assert (await store.claim_probe("hook", T0 + 10)) is not None
-    assert await store.claim_probe("hook", T0 + 10) is None
-    await store.record_outcomes(later, T0)
-    woken: list[str] = []
-    store.subscribe("hook", lambda: woken.append("hook"))
-    assert await store.release_waiting("hook", T0 + 20) == 3
-    assert woken == ["hook"]
-    assert len(await store.claim("hook", T0 + 20, 10, fifo=False)) == 3
-    assert (await store.queue_counts())["other"]["pending"] == 3
-
-
-async def test_expire_pending_dead_letters_only_old_pending_rows_of_one_target(
-    store: SqliteStore, fake_clock: FakeClock
-) -> None:
-    await add(store, [note(T0)], ["hook", "other"])
-    fake_clock.advance(100)
-    await add(store, [note(T0 + 100)], ["hook"])
-    assert await store.expire_pending("hook", fake_clock.now() - 50, fake_clock.now()) == 1
-    counts = await store.queue_counts()
-    assert counts["hook"] == {"pending": 1, "in_flight": 0, "dead": 1}
-    assert counts["other"] == {"pending": 1, "in_flight": 0, "dead": 0}
-    (dead,), _ = await store.list_deliveries(state=DeliveryState.DEAD)
-    assert dead.last_error is not None
-    assert "max_age_s" in dead.last_error
-
-
 # -- operations -------------------------------------------------------------------------------
-
-
-async def test_retry_delivery_requeues_only_dead_rows(store: SqliteStore) -> None:
-    await add(store, [note(), note(T0 + 1)], ["hook"])
-    dead, pending = await store.claim("hook", T0 + 1, 10, fifo=False)
-    await store.record_outcomes(
-        [
-            Outcome(dead.id, DeliveryState.DEAD, 8, status=500, error="boom"),
-            Outcome(pending.id, DeliveryState.PENDING, 1, next_attempt_at=T0 + 100),
-        ],
-        T0 + 2,
-    )
-    woken: list[str] = []
-    store.subscribe("hook", lambda: woken.append("hook"))
-    assert await store.retry_delivery(pending.id, T0 + 3) is False
-    assert await store.retry_delivery(999_999, T0 + 3) is False
-    assert woken == []
-    assert await store.retry_delivery(dead.id, T0 + 3) is True
-    assert woken == ["hook"]
-    [again] = await store.claim("hook", T0 + 3, 10, fifo=False)
-    assert (again.id, again.attempts) == (dead.id, 0)  # a fresh retry budget
-    assert await store.retry_delivery(dead.id, T0 + 3) is False  # in flight now
-
-
-async def test_replay_queues_the_same_notifications_again(store: SqliteStore) -> None:
-    notes = [note(T0 + i) for i in range(4)]
-    await add(store, notes, ["hook"])
-    claimed = await store.claim("hook", T0 + 4, 10, fifo=False)
-    await store.record_outcomes(
-        [Outcome(d.id, DeliveryState.DELIVERED, 1) for d in claimed], T0 + 5
-    )
-    woken: list[str] = []
-    store.subscribe("hook", lambda: woken.append("hook"))
-
-    assert await store.replay("hook", T0 + 1, T0 + 2, now=T0 + 10) == 2  # bounds inclusive
-    assert woken == ["hook"]
-    # Already queued again: a second replay does not double them.
-    assert await store.replay("hook", T0 + 1, T0 + 2, now=T0 + 10) == 0
-    assert await store.replay("hook", T0 + 50, T0 + 60, now=T0 + 10) == 0
-    assert woken == ["hook"]
-    replayed = await store.claim("hook", T0 + 10, 10, fifo=False)
-    assert [d.notification_id for d in replayed] == [notes[1].id, notes[2].id]
-    assert all(d.id > max(c.id for c in claimed) for d in replayed)
-    # Only what was routed to a target is replayed to it (its filter applied).
-    assert await store.replay("never-routed", T0, T0 + 3, now=T0 + 10) == 0
-    assert await store.count_notifications() == 4
-
-
-async def test_list_deliveries_pages_cover_every_row_once(store: SqliteStore) -> None:
-    await add(store, [note(T0 + i) for i in range(12)], ["hook", "slack"])
-    claimed = await store.claim("hook", T0 + 12, 5, fifo=False)
-    await store.record_outcomes(
-        [Outcome(d.id, DeliveryState.DEAD, 3) for d in claimed[:3]], T0 + 13
-    )
-    everything, _ = await store.list_deliveries(limit=1000)
-    assert len(everything) == 24
-    assert [r.id for r in everything] == sorted((r.id for r in everything), reverse=True)
-
-    filters: list[dict[str, Any]] = [
-        {},
-        {"target": "hook"},
-        {"state": DeliveryState.DEAD},
-        {"state": DeliveryState.PENDING, "target": "hook"},
-        {"state": DeliveryState.IN_FLIGHT},
-        {"target": "nobody"},
-    ]
-    for f, limit in itertools.product(filters, (1, 5, 12)):
-        expected = [
-            r.id
-            for r in everything
-            if r.target == f.get("target", r.target) and r.state == f.get("state", r.state)
-        ]
-        seen: list[int] = []
-        cursor: str | None = None
-        while True:
-            page, cursor = await store.list_deliveries(limit=limit, cursor=cursor, **f)
-            assert 0 < len(page) <= limit or not expected  # never an empty last page
-            seen += [r.id for r in page]
-            if cursor is None:
-                break
-        assert seen == expected, (f, limit)
-    assert {r.type for r in everything} == {"event.created"}
-    with pytest.raises(ValueError, match="cursor"):
-        await store.list_deliveries(cursor="abc")
-
-
-async def test_queue_counts_and_notification_counts(store: SqliteStore) -> None:
-    await add(store, [note(T0 + i) for i in range(4)], ["hook"])
-    await add(store, [note(T0 + 5, "clip.requested")], ["hook", "slack"])
-    a, b, _in_flight = await store.claim("hook", T0 + 5, 3, fifo=False)
-    await store.record_outcomes(
-        [Outcome(a.id, DeliveryState.DEAD, 1), Outcome(b.id, DeliveryState.DELIVERED, 1)], T0
-    )
-    store.subscribe("mqtt", lambda: None)  # a running dispatcher with an empty queue
-    assert await store.queue_counts() == {
-        "hook": {"pending": 2, "in_flight": 1, "dead": 1},
-        "slack": {"pending": 1, "in_flight": 0, "dead": 0},
-        "mqtt": {"pending": 0, "in_flight": 0, "dead": 0},
-    }
-    assert await store.count_notifications() == 5
-    assert await store.count_notifications("clip.requested") == 1
-    assert await store.count_notifications("report.safety") == 0
 
 
 # -- retention --------------------------------------------------------------------------------
@@ -660,13 +338,6 @@ async def test_prune_keeps_pending_work_and_recent_rows(
     assert await store.prune(older_than=T0 + 500) == 0
 
 
-async def test_prune_deletes_in_batches_until_done(store: SqliteStore) -> None:
-    await add(store, [note(T0 + i / 100) for i in range(2100)], [])
-    assert await store.count_notifications() == 2100
-    assert await store.prune(older_than=T0 + 100) == 2100
-    assert await store.count_notifications() == 0
-
-
 async def test_state_survives_close_and_reopen(db_path: Path, fake_clock: FakeClock) -> None:
     first = SqliteStore(db_path, fake_clock)
     await first.open()
@@ -678,8 +349,8 @@ async def test_state_survives_close_and_reopen(db_path: Path, fake_clock: FakeCl
         await tx.put_json("slack_thread", "tk", {"ts": "1.2"})
 
     await first.ingest(fn)
-    await first.set_target_state("hook", TargetState(paused=True, paused_reason="gone"))
     [d] = await first.claim("hook", T0, 1, fifo=False)
+    await first.set_target_state("hook", TargetState(paused=True, paused_reason="gone"))
     await first.close()
 
     second = SqliteStore(db_path, fake_clock)
@@ -690,6 +361,7 @@ async def test_state_survives_close_and_reopen(db_path: Path, fake_clock: FakeCl
         assert (await second.get_target_state("hook")).paused is True
         assert await second.queue_counts() == {"hook": {"pending": 0, "in_flight": 1, "dead": 0}}
         assert await second.recover() == 1
+        await second.resume_target("hook")
         [again] = await second.claim("hook", T0, 1, fifo=False)
         assert (again.id, again.body) == (d.id, n.body)
     finally:

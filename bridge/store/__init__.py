@@ -11,17 +11,25 @@ from bridge.settings import StoreSettings
 from bridge.store.base import Store
 
 
-def open_store(settings: StoreSettings, clock: Clock) -> Store:
-    """The store for `settings.url` (not yet opened: call `await store.open()`)."""
+def open_store(settings: StoreSettings, clock: Clock, *, exclusive: bool = False) -> Store:
+    """The store for `settings.url` (not yet opened: call `await store.open()`).
+
+    `exclusive` is for `run`: a SQLite file then refuses a second process (SPEC §9);
+    PostgreSQL welcomes any number of replicas.
+    """
     match settings.kind:
         case "sqlite":
-            # Imported here so a PostgreSQL deployment never loads aiosqlite (and
-            # vice versa, later).
+            # Imported here so a PostgreSQL deployment never loads aiosqlite and
+            # vice versa.
             from bridge.store.sqlite import SqliteStore
 
-            return SqliteStore(settings.sqlite_path, clock)
+            return SqliteStore(settings.sqlite_path, clock, exclusive=exclusive)
         case "postgresql":
-            raise NotImplementedError("PostgreSQL store arrives in a later release")
+            from bridge.store.postgres import PostgresStore
+
+            return PostgresStore(
+                settings.url, clock, pool_size=settings.pool_size, lease_s=settings.lease_s
+            )
 
 
 __all__ = ["open_store"]

@@ -3,7 +3,8 @@
 Ingest writes a notification, one delivery row per routed target, the ticket's
 new revision fingerprint and the moved cursor in ONE transaction (`Store.ingest`);
 each target's dispatcher then claims its own due deliveries and records outcomes.
-Implementations: `sqlite.SqliteStore` (embedded default) and, later, PostgreSQL.
+Implementations: `sqlite.SqliteStore` (embedded default, one process) and
+`postgres.PostgresStore` (any number of replicas on one database, SPEC §9).
 
 Delivery states::
 
@@ -12,12 +13,20 @@ Delivery states::
        └──── retry ◀──────┤
                           └──▶ dead ──(API retry / replay)──▶ pending
 
-A crash leaves rows `in_flight`; their lease expires (or `recover` at start-up
-releases them) and they are sent again: at-least-once.
+Each claim carries the claimer's token and an expiry. A crash leaves rows
+`in_flight`; whoever sees the claim expired takes the row again (at-least-once),
+and an outcome written later under the expired (or a foreign) claim is ignored.
+
+Several writers (replicas, the poll and push paths) are made safe by the store,
+not by callers being alone: tickets are inserted only if absent and updated only
+if their revision is still the one the decision was based on (`TicketConflict`
+makes `ingest` re-run its callback); target state (pause, hold, rate budget,
+the in-flight cap) lives in the store; cursor writes are fenced by the poll lease.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -35,6 +44,23 @@ class DeliveryState(StrEnum):
 
 class StoreUnavailable(Exception):
     """The store cannot be reached or answered with an I/O error."""
+
+
+class TicketConflict(Exception):
+    """Another writer changed a ticket since it was read: the ingest is re-run."""
+
+
+class FencedOut(Exception):
+    """A cursor write by a replica that no longer holds the poll lease (rejected)."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The poll lease (SPEC §9): who holds it, its fencing epoch, when it expires."""
+
+    holder: str | None  # None once released
+    epoch: int
+    expires_at: float  # Unix seconds, by the store's clock
 
 
 class StoreRejected(StoreUnavailable):
@@ -82,6 +108,8 @@ class Delivery:
     attempts: int  # attempts made before this one
     created_at: float  # when this delivery was queued (max_age_s counts from here)
     event_at: float | None = None  # occurred_at of the source item, for latency metrics
+    claim: str = ""  # the claim's token: outcomes must carry it
+    claim_until: float = float("inf")  # the claim expires then; others may take the row
 
 
 @dataclass(frozen=True)
@@ -110,6 +138,10 @@ class Outcome:
     status: int | None = None
     error: str | None = None
     next_attempt_at: float | None = None  # for PENDING
+    # The token of the claim the attempt was made under. An outcome whose claim has
+    # expired or was taken over is ignored. None (operator paths, tests) matches any
+    # live row in flight.
+    claim: str | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +158,18 @@ class TargetState:
     def failing(self) -> bool:
         """Whether only a probe delivery may go out."""
         return self.probe_at is not None
+
+
+@dataclass(frozen=True)
+class TicketWrite:
+    """A ticket's new state and the state the decision was based on (None: unseen).
+
+    The store writes it only if the stored ticket is still `prev` (absent, or at
+    `prev.revision`); otherwise the ingest raises `TicketConflict` and is re-run.
+    """
+
+    new: SeenTicket
+    prev: SeenTicket | None
 
 
 @dataclass
@@ -145,8 +189,12 @@ class IngestTx(Protocol):
         """The stored state of these tickets (missing ones are absent)."""
         ...
 
-    async def put_tickets(self, rows: Sequence[SeenTicket]) -> None:
-        """Insert or replace ticket states."""
+    async def put_tickets(self, rows: Sequence[SeenTicket | TicketWrite]) -> None:
+        """Write ticket states: insert-if-absent / revision compare-and-set.
+
+        A bare `SeenTicket` is an unconditional upsert (tests, migrations of state).
+        A `TicketWrite` whose `prev` no longer matches raises `TicketConflict`.
+        """
         ...
 
     async def add_notifications(self, items: Sequence[NewNotification]) -> None:
@@ -154,7 +202,15 @@ class IngestTx(Protocol):
         ...
 
     async def set_cursor(self, job: str, value: float) -> None:
-        """Move a poller's cursor (committed with everything else)."""
+        """Move a poller's cursor (committed with everything else).
+
+        Raises `FencedOut` when the store is fenced (`set_fence`) and that lease is
+        no longer live: a stale leader's whole transaction rolls back.
+        """
+        ...
+
+    async def delete_json(self, kind: str, key: str) -> None:
+        """Forget keyed state in the same transaction (e.g. an ingested push)."""
         ...
 
     async def put_json(self, kind: str, key: str, value: dict[str, Any]) -> None:
@@ -171,6 +227,10 @@ IngestFn = Callable[[IngestTx], Awaitable[Any]]
 
 class Store(Protocol):
     """Durable state of the bridge. Every method is safe to call concurrently."""
+
+    # True when several processes share the store (PostgreSQL): dispatchers then
+    # keep the rate budget and in-flight cap in the store, not in memory.
+    shared: bool
 
     async def open(self) -> None:
         """Connect and apply pending migrations."""
@@ -189,9 +249,14 @@ class Store(Protocol):
     async def ingest(self, fn: IngestFn) -> Any:
         """Run `fn(tx)` in one transaction; commit if it returns, roll back if it raises.
 
-        After commit, dispatchers of the targets that got new deliveries are woken
-        (see `subscribe`).
+        On `TicketConflict` the transaction is rolled back and `fn` runs again (it
+        must be re-runnable). After commit, dispatchers of the targets that got new
+        deliveries are woken (see `subscribe`), on every replica.
         """
+        ...
+
+    def set_fence(self, holder: str, epoch: int) -> None:
+        """Fence cursor writes from now on by this lease (see `IngestTx.set_cursor`)."""
         ...
 
     async def get_cursor(self, job: str) -> float | None:
@@ -213,14 +278,28 @@ class Store(Protocol):
         ...
 
     async def recover(self) -> int:
-        """Release rows left `in_flight` by a crash back to pending; returns how many."""
+        """Release claims nobody alive holds back to pending; returns how many.
+
+        SQLite (one process) releases every claim at start-up; a shared store only
+        expired ones, since other replicas' claims are live.
+        """
         ...
 
-    async def claim(self, target: str, now: float, limit: int, *, fifo: bool) -> list[Delivery]:
-        """Claim up to `limit` due pending deliveries of `target`, oldest first.
+    async def claim(
+        self,
+        target: str,
+        now: float,
+        limit: int,
+        *,
+        fifo: bool,
+        max_in_flight: int | None = None,
+    ) -> list[Delivery]:
+        """Claim up to `limit` due deliveries of `target`, oldest first, under one token.
 
-        With `fifo`, only the oldest unfinished delivery is eligible, and only when
-        it is due: a failing head blocks the rest (strict FIFO).
+        Nothing while the target is paused or held. Expired claims are due. With
+        `fifo`, only the oldest unfinished delivery is eligible, and only when it is
+        due: a failing head blocks the rest (strict FIFO). With `max_in_flight`, the
+        claim never makes the target's live claims (all claimers) exceed it.
         """
         ...
 
@@ -238,6 +317,42 @@ class Store(Protocol):
 
     async def set_target_state(self, target: str, state: TargetState) -> None:
         """Persist pause / hold state of a target."""
+        ...
+
+    async def pause_target(self, target: str, reason: str) -> bool:
+        """Pause a target (all replicas); False if it was paused already."""
+        ...
+
+    async def resume_target(self, target: str) -> bool:
+        """Un-pause a target and wake its dispatchers everywhere; False if not paused."""
+        ...
+
+    async def hold_target(self, target: str, until: float) -> None:
+        """No sends to `target` before `until` (Retry-After); never shortens a hold."""
+        ...
+
+    async def reserve_send_slot(self, target: str, now: float, interval_s: float) -> float:
+        """The start time of this caller's send slot; slots are `interval_s` apart
+        for the target as a whole (the shared `rate_limit_per_s` budget)."""
+        ...
+
+    # -- the poll lease (SPEC §9) ---------------------------------------------------
+
+    async def acquire_lease(self, holder: str, ttl_s: float) -> Lease | None:
+        """Take the lease if it is free, expired or already ours (always a new epoch: a
+        holder that lost it locally fences its own older work); None if another holds it."""
+        ...
+
+    async def renew_lease(self, holder: str, epoch: int, ttl_s: float) -> Lease | None:
+        """Extend our live lease by `ttl_s` from the store's now; None if it is not ours."""
+        ...
+
+    async def release_lease(self, holder: str, epoch: int) -> None:
+        """Give the lease up at once (clean stop)."""
+        ...
+
+    async def get_lease(self) -> Lease | None:
+        """The lease as stored (None before anyone took it)."""
         ...
 
     async def claim_probe(self, target: str, now: float) -> Delivery | None:
@@ -288,3 +403,30 @@ class Store(Protocol):
     async def prune(self, older_than: float) -> int:
         """Delete notifications (and their deliveries) and tickets older than this."""
         ...
+
+
+# -- API cursors ------------------------------------------------------------------------
+# Opaque to callers: a versioned, URL-safe token, so the key behind it can change
+# (another store, another ordering) without breaking clients' stored cursors.
+
+_CURSOR_PREFIX = "d1."
+
+
+def encode_cursor(delivery_id: int) -> str:
+    """The cursor that lists deliveries older than `delivery_id`."""
+    raw = str(delivery_id).encode()
+    return _CURSOR_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """The delivery id behind a cursor; ValueError for anything we did not hand out."""
+    if not cursor.startswith(_CURSOR_PREFIX) or len(cursor) > 40:
+        raise ValueError(f"invalid cursor {cursor[:40]!r}")
+    body = cursor[len(_CURSOR_PREFIX) :]
+    try:
+        text = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode("ascii")
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError(f"invalid cursor {cursor!r}") from None
+    if not text.isdecimal() or not 1 <= int(text) <= 2**63 - 1:
+        raise ValueError(f"invalid cursor {cursor!r}")
+    return int(text)

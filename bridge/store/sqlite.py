@@ -12,8 +12,11 @@ SQLite cannot take (unencodable text, an int past 64 bits) as `StoreRejected`.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import os
 import sqlite3
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from operator import itemgetter
@@ -30,37 +33,53 @@ from bridge.store.base import (
     DeliveryRecord,
     DeliveryState,
     IngestFn,
+    Lease,
     Outcome,
     StoreRejected,
     StoreUnavailable,
     TargetState,
+    TicketConflict,
+    decode_cursor,
+    encode_cursor,
 )
 from bridge.store.migrate import Migration, load_migrations, migrate
+from bridge.store.rows import delivery_from_row, outcome_values, record_from_row, zero_counts
 from bridge.store.sqlite_ingest import SqliteIngestTx, get_json
 
 log = structlog.get_logger(__name__)
 
-ERROR_MAX_CHARS = 500  # last_error is for people reading the API, not a log archive
 _PRUNE_BATCH = 2000  # notifications per prune transaction, so dispatch is never stalled long
-_OUTCOME_STATES = (DeliveryState.DELIVERED, DeliveryState.DEAD, DeliveryState.PENDING)
+CLAIM_S = 30.0  # SPEC §9: a dead claimer's deliveries are taken over within 60 s
+INGEST_ATTEMPTS = 5  # re-runs of an ingest after a TicketConflict
+
+
+class AlreadyRunning(StoreUnavailable):
+    """Another `fleet-bridge run` owns this SQLite file."""
 
 
 class SqliteStore:
     """`Store` on one SQLite file."""
+
+    shared = False  # one process: rate budget and in-flight cap stay in memory
 
     def __init__(
         self,
         path: str | Path,
         clock: Clock,
         *,
-        lease_s: float = 300.0,
+        lease_s: float = CLAIM_S,
         busy_timeout_s: float = 5.0,
+        exclusive: bool = False,
     ) -> None:
         self._path = Path(path)
         self._clock = clock
         # A claim is reclaimable after the lease: only a crashed or wedged sender
         # holds a row that long (targets time out far sooner).
         self._lease_s = lease_s
+        # `run` owns the file (SPEC §9: one process); `replay` only visits it.
+        self._exclusive = exclusive
+        self._lock_fd: int | None = None
+        self._fence: tuple[str, int] | None = None
         # Another process (`fleet-bridge replay`) may hold the write lock briefly.
         self._busy_timeout_ms = int(busy_timeout_s * 1000)
         self._db: aiosqlite.Connection | None = None
@@ -76,18 +95,23 @@ class SqliteStore:
             return
         try:
             await asyncio.to_thread(self._path.parent.mkdir, parents=True, exist_ok=True)
+            if self._exclusive:
+                self._lock_fd = await asyncio.to_thread(_lock_file, self._path)
             migrations = await asyncio.to_thread(load_migrations, "sqlite")
             db = await aiosqlite.connect(self._path, isolation_level=None)
         except (sqlite3.Error, OSError) as err:
+            self._unlock()
             raise StoreUnavailable(f"cannot open SQLite database {self._path}: {err}") from err
         try:
             await _configure(db, self._busy_timeout_ms)
             applied = await migrate(_SqliteMigrations(db, self._clock), migrations)
         except (sqlite3.Error, OSError) as err:
             await _close_quietly(db)
+            self._unlock()
             raise StoreUnavailable(f"cannot prepare SQLite database {self._path}: {err}") from err
         except BaseException:
             await _close_quietly(db)
+            self._unlock()
             raise
         if applied:
             log.info("store migrated", path=str(self._path), versions=applied)
@@ -104,6 +128,13 @@ class SqliteStore:
                 await db.close()
             except (sqlite3.Error, OSError) as err:
                 raise StoreUnavailable(f"closing SQLite database failed: {err}") from err
+            finally:
+                self._unlock()
+
+    def _unlock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # closing drops the flock
 
     async def ping(self) -> None:
         """Raise `StoreUnavailable` unless a trivial query on the database answers."""
@@ -170,14 +201,25 @@ class SqliteStore:
         `fn` holds the store for its whole run: it should only compute and use `tx`,
         never wait on the network or call other store methods.
         """
-        async with self._transaction("ingest") as db:
-            tx = SqliteIngestTx(db, self._clock)
+        for attempt in range(1, INGEST_ATTEMPTS + 1):
             try:
-                result = await fn(tx)
-            finally:
-                tx.close()
-        self._wake(tx.targets)
-        return result
+                async with self._transaction("ingest") as db:
+                    tx = SqliteIngestTx(db, self._clock, self._fence)
+                    try:
+                        result = await fn(tx)
+                    finally:
+                        tx.close()
+            except TicketConflict:
+                if attempt == INGEST_ATTEMPTS:
+                    raise
+                continue
+            self._wake(tx.targets)
+            return result
+        raise AssertionError("unreachable")
+
+    def set_fence(self, holder: str, epoch: int) -> None:
+        """Fence cursor writes by this lease from now on."""
+        self._fence = (holder, epoch)
 
     async def get_cursor(self, job: str) -> float | None:
         """A poller's cursor, or None before its first run."""
@@ -203,30 +245,55 @@ class SqliteStore:
         self._subscribers.setdefault(target, []).append(wake)
 
     async def recover(self) -> int:
-        """Release every `in_flight` row to pending; the interrupted attempt is not counted."""
+        """Release every `in_flight` row to pending; the interrupted attempt is not counted.
+
+        Only one process runs on a SQLite file (`exclusive`), so every claim found
+        at start-up belongs to a process that is gone.
+        """
         async with self._session("recover") as db:
             rows = list(await db.execute_fetchall(sql.RECOVER, (self._clock.now(),)))
         self._wake({str(row[0]) for row in rows})
         return len(rows)
 
-    async def claim(self, target: str, now: float, limit: int, *, fifo: bool) -> list[Delivery]:
+    async def claim(
+        self,
+        target: str,
+        now: float,
+        limit: int,
+        *,
+        fifo: bool,
+        max_in_flight: int | None = None,
+    ) -> list[Delivery]:
         """Mark up to `limit` due deliveries in flight (one, the head, with `fifo`)."""
         if limit < 1:
             return []
-        params = {"target": target, "now": now, "lease": now + self._lease_s, "limit": limit}
+        token = uuid.uuid4().hex
+        lease = now + self._lease_s
         async with self._session("claim") as db:
+            # The connection is ours until the session ends, so the checks and the
+            # claim below see one state of the file.
+            if list(await db.execute_fetchall(sql.TARGET_BLOCKED, (target, now))):
+                return []
+            if max_in_flight is not None:
+                [(live,)] = list(await db.execute_fetchall(sql.LIVE_CLAIMS, (target, now)))
+                limit = min(limit, max_in_flight - int(live))
+                if limit < 1:
+                    return []
+            params = {"target": target, "now": now, "lease": lease, "limit": limit}
+            params["token"] = token
             # One UPDATE … RETURNING is atomic on its own, so even another process
             # claiming from the same file cannot take the same row.
             rows = await db.execute_fetchall(sql.CLAIM_FIFO if fifo else sql.CLAIM, params)
         # RETURNING yields rows in no defined order; senders expect creation order.
-        return [_delivery(row) for row in sorted(rows, key=itemgetter(0))]
+        return [delivery_from_row(row, token, lease) for row in sorted(rows, key=itemgetter(0))]
 
     async def claim_probe(self, target: str, now: float) -> Delivery | None:
         """Claim the oldest pending delivery of `target`, due or not (a failing target's probe)."""
-        params = {"target": target, "now": now, "lease": now + self._lease_s}
+        token, lease = uuid.uuid4().hex, now + self._lease_s
+        params = {"target": target, "now": now, "lease": lease, "token": token}
         async with self._session("claim_probe") as db:
             rows = list(await db.execute_fetchall(sql.CLAIM_PROBE, params))
-        return _delivery(rows[0]) if rows else None
+        return delivery_from_row(rows[0], token, lease) if rows else None
 
     async def release_waiting(self, target: str, now: float) -> int:
         """Make every pending delivery of `target` due now."""
@@ -275,8 +342,8 @@ class SqliteStore:
     async def record_outcomes(self, outcomes: Sequence[Outcome], now: float) -> None:
         """Record attempt results in one transaction.
 
-        Rows already delivered or dead are left alone: a late duplicate outcome
-        (e.g. from an attempt whose lease had expired) must not resurrect them.
+        Only rows still in flight under the outcome's claim are written: a late
+        outcome (its claim expired, or the row was claimed again) is ignored.
         """
         rows = [_outcome_row(outcome, now) for outcome in outcomes]
         if not rows:
@@ -312,6 +379,73 @@ class SqliteStore:
         async with self._session("set_target_state") as db:
             await db.execute(sql.SET_TARGET_STATE, (*params, self._clock.now()))
 
+    async def _target_update(self, what: str, query: str, params: tuple[Any, ...]) -> int:
+        """Run one UPDATE of a target's state row (created first); rows changed."""
+        now = self._clock.now()
+        async with self._session(what) as db:
+            await db.execute(sql.ENSURE_TARGET_STATE, (params[-1], now))
+            async with db.execute(query, params) as cur:
+                return int(cur.rowcount)
+
+    async def pause_target(self, target: str, reason: str) -> bool:
+        """Pause a target; False if it was paused already."""
+        now = self._clock.now()
+        return (
+            await self._target_update("pause_target", sql.PAUSE_TARGET, (reason, now, target)) > 0
+        )
+
+    async def resume_target(self, target: str) -> bool:
+        """Un-pause a target and wake its dispatcher; False if it was not paused."""
+        now = self._clock.now()
+        changed = await self._target_update("resume_target", sql.RESUME_TARGET, (now, target)) > 0
+        if changed:
+            self._wake([target])
+        return changed
+
+    async def hold_target(self, target: str, until: float) -> None:
+        """No sends before `until`; a longer hold already set stays."""
+        now = self._clock.now()
+        await self._target_update("hold_target", sql.HOLD_TARGET, (until, now, target))
+
+    async def reserve_send_slot(self, target: str, now: float, interval_s: float) -> float:
+        """The start of this caller's slot; the next one is `interval_s` later."""
+        params = {"target": target, "now": now, "interval": interval_s}
+        async with self._session("reserve_send_slot") as db:
+            await db.execute(sql.ENSURE_TARGET_STATE, (target, self._clock.now()))
+            [(slot,)] = list(await db.execute_fetchall(sql.RESERVE_SLOT, params))
+        return float(slot)
+
+    # -- the poll lease ------------------------------------------------------------
+
+    async def _lease_query(self, what: str, query: str, params: dict[str, Any]) -> Lease | None:
+        async with self._session(what) as db:
+            rows = list(await db.execute_fetchall(query, params))
+        return _lease(rows[0]) if rows else None
+
+    async def acquire_lease(self, holder: str, ttl_s: float) -> Lease | None:
+        """Take the lease if free or expired (a new epoch)."""
+        now = self._clock.now()
+        params = {"holder": holder, "now": now, "until": now + ttl_s}
+        return await self._lease_query("acquire_lease", sql.ACQUIRE_LEASE, params)
+
+    async def renew_lease(self, holder: str, epoch: int, ttl_s: float) -> Lease | None:
+        """Extend our live lease; None when it expired or was taken."""
+        now = self._clock.now()
+        params = {"holder": holder, "epoch": epoch, "now": now, "until": now + ttl_s}
+        return await self._lease_query("renew_lease", sql.RENEW_LEASE, params)
+
+    async def release_lease(self, holder: str, epoch: int) -> None:
+        """Free the lease at once."""
+        params = {"holder": holder, "epoch": epoch, "now": self._clock.now()}
+        async with self._session("release_lease") as db:
+            await db.execute(sql.RELEASE_LEASE, params)
+
+    async def get_lease(self) -> Lease | None:
+        """The stored lease."""
+        async with self._session("get_lease") as db:
+            rows = list(await db.execute_fetchall(sql.GET_LEASE))
+        return _lease(rows[0]) if rows else None
+
     # -- operations --------------------------------------------------------------
 
     async def list_deliveries(
@@ -322,7 +456,7 @@ class SqliteStore:
         limit: int = 100,
         cursor: str | None = None,
     ) -> tuple[list[DeliveryRecord], str | None]:
-        """Deliveries newest first; the cursor is the last id of the previous page."""
+        """Deliveries newest first; the opaque cursor names the last row of the previous page."""
         if limit < 1:
             raise ValueError("limit must be at least 1")
         clauses: list[str] = []
@@ -335,28 +469,14 @@ class SqliteStore:
             params.append(target)
         if cursor is not None:
             clauses.append("d.id < ?")
-            params.append(_parse_cursor(cursor))
+            params.append(decode_cursor(cursor))
         query = sql.list_deliveries(clauses)
         async with self._session("list_deliveries") as db:
             # One extra row tells whether another page exists, so the last page
             # says None instead of handing out a cursor to an empty page.
             rows = list(await db.execute_fetchall(query, (*params, limit + 1)))
-        records = [
-            DeliveryRecord(
-                id=row[0],
-                notification_id=row[1],
-                type=row[2],
-                target=row[3],
-                state=DeliveryState(row[4]),
-                attempts=row[5],
-                last_status=row[6],
-                last_error=row[7],
-                next_attempt_at=row[8],
-                created_at=row[9],
-            )
-            for row in rows[:limit]
-        ]
-        next_cursor = str(records[-1].id) if len(rows) > limit else None
+        records = [record_from_row(row) for row in rows[:limit]]
+        next_cursor = encode_cursor(records[-1].id) if len(rows) > limit else None
         return records, next_cursor
 
     async def retry_delivery(self, delivery_id: int, now: float) -> bool:
@@ -394,9 +514,9 @@ class SqliteStore:
         """
         async with self._session("queue_counts") as db:
             rows = await db.execute_fetchall(sql.QUEUE_COUNTS)
-        counts = {target: _zero_counts() for target in self._subscribers}
+        counts = {target: zero_counts() for target in self._subscribers}
         for target, state, n in rows:
-            counts.setdefault(target, _zero_counts())[state] = n
+            counts.setdefault(target, zero_counts())[state] = n
         return counts
 
     async def count_notifications(self, type_: str | None = None) -> int:
@@ -525,49 +645,33 @@ async def _rollback(db: aiosqlite.Connection) -> None:
         log.warning("rollback failed", exc_info=True)
 
 
-def _outcome_row(outcome: Outcome, now: float) -> tuple[Any, ...]:
-    state = DeliveryState(outcome.state)
-    if state not in _OUTCOME_STATES:
-        raise ValueError(f"an outcome cannot be {state.value!r}")
-    next_attempt_at = None
-    if state is DeliveryState.PENDING:
-        next_attempt_at = now if outcome.next_attempt_at is None else outcome.next_attempt_at
-    error = outcome.error
-    if error is not None and len(error) > ERROR_MAX_CHARS:
-        error = error[: ERROR_MAX_CHARS - 1] + "…"
-    return (
-        state.value,
-        outcome.attempts,
-        outcome.status,
-        error,
-        next_attempt_at,
-        now,
-        outcome.delivery_id,
-    )
+def _outcome_row(outcome: Outcome, now: float) -> dict[str, Any]:
+    state, next_attempt_at, error = outcome_values(outcome, now)
+    return {
+        "state": state,
+        "attempts": outcome.attempts,
+        "status": outcome.status,
+        "error": error,
+        "next": next_attempt_at,
+        "now": now,
+        "id": outcome.delivery_id,
+        "claim": outcome.claim,
+    }
 
 
-def _delivery(row: Sequence[Any]) -> Delivery:
-    return Delivery(
-        id=row[0],
-        notification_id=row[1],
-        type=row[2],
-        target=row[3],
-        body=row[4],
-        attempts=row[5],
-        created_at=row[6],
-        event_at=row[7],
-    )
+def _lease(row: Any) -> Lease:
+    return Lease(holder=row[0], epoch=int(row[1]), expires_at=float(row[2]))
 
 
-def _zero_counts() -> dict[str, int]:
-    return {"pending": 0, "in_flight": 0, "dead": 0}
-
-
-def _parse_cursor(cursor: str) -> int:
+def _lock_file(path: Path) -> int:
+    """Hold an exclusive lock on `<db>.lock` for the life of the process."""
+    lock_path = path.with_name(path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        value = int(cursor)
-    except ValueError:
-        raise ValueError(f"invalid cursor {cursor!r}") from None
-    if value < 1:
-        raise ValueError(f"invalid cursor {cursor!r}")
-    return value
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise AlreadyRunning(
+            f"another fleet-bridge is already running on the SQLite database {path}"
+        ) from None
+    return fd

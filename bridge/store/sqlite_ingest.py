@@ -14,18 +14,28 @@ from typing import Any
 
 import aiosqlite
 
-from bridge.clock import Clock, parse_rfc3339
-from bridge.notifications import Notification, dumps
+from bridge.clock import Clock
+from bridge.notifications import dumps
 from bridge.store import sqlite_sql as sql
-from bridge.store.base import NewNotification, SeenTicket
+from bridge.store.base import (
+    FencedOut,
+    NewNotification,
+    SeenTicket,
+    TicketConflict,
+    TicketWrite,
+)
+from bridge.store.rows import notification_row, ticket_row
 
 
 class SqliteIngestTx:
     """`IngestTx` bound to one open transaction; unusable once it ends."""
 
-    def __init__(self, db: aiosqlite.Connection, clock: Clock) -> None:
+    def __init__(
+        self, db: aiosqlite.Connection, clock: Clock, fence: tuple[str, int] | None = None
+    ) -> None:
         self._db: aiosqlite.Connection | None = db
         self._clock = clock
+        self._fence = fence
         self.targets: set[str] = set()  # targets that got deliveries: woken after commit
 
     def close(self) -> None:
@@ -55,15 +65,29 @@ class SqliteIngestTx:
             for row in rows
         }
 
-    async def put_tickets(self, rows: Sequence[SeenTicket]) -> None:
-        """Insert or update ticket states (the first sighting time is kept)."""
+    async def put_tickets(self, rows: Sequence[SeenTicket | TicketWrite]) -> None:
+        """Write ticket states; a `TicketWrite` only if the stored ticket is still its `prev`.
+
+        One process owns a SQLite file, so a conflict here means a caller read state
+        outside this transaction; the checks are the same as PostgreSQL's all the same.
+        """
         if not rows:
             return
-        params = [
-            (t.ticket, t.revision, dumps(t.fingerprint), t.first_seen_at, t.updated_at)
-            for t in rows
-        ]
-        await self._conn().executemany(sql.PUT_TICKET, params)
+        db = self._conn()
+        plain = [t for t in rows if isinstance(t, SeenTicket)]
+        if plain:
+            await db.executemany(sql.PUT_TICKET, [ticket_row(t) for t in plain])
+        for w in rows:
+            if isinstance(w, SeenTicket):
+                continue
+            t = w.new
+            if w.prev is None:
+                cur = await db.execute(sql.INSERT_TICKET_IF_ABSENT, ticket_row(t))
+            else:
+                params = (t.revision, dumps(t.fingerprint), t.updated_at, t.ticket, w.prev.revision)
+                cur = await db.execute(sql.UPDATE_TICKET_IF_REVISION, params)
+            if cur.rowcount != 1:
+                raise TicketConflict(t.ticket)
 
     async def add_notifications(self, items: Sequence[NewNotification]) -> None:
         """Store notifications and one pending delivery per distinct routed target."""
@@ -71,7 +95,7 @@ class SqliteIngestTx:
             return
         db = self._conn()
         now = self._clock.now()
-        notifications = [_notification_row(item.notification) for item in items]
+        notifications = [notification_row(item.notification) for item in items]
         # Rows are inserted in item order, so delivery ids follow creation order.
         # New work is due at once: the earlier of the store's clock and the
         # notification's own time, so a skew between the two never delays it.
@@ -86,8 +110,18 @@ class SqliteIngestTx:
             self.targets.update(row[1] for row in deliveries)
 
     async def set_cursor(self, job: str, value: float) -> None:
-        """Move a poller's cursor, committed with everything else."""
-        await self._conn().execute(sql.SET_CURSOR, (job, value, self._clock.now()))
+        """Move a poller's cursor, committed with everything else (fenced by the lease)."""
+        db = self._conn()
+        now = self._clock.now()
+        if self._fence is not None:
+            rows = list(await db.execute_fetchall(sql.LEASE_LIVE, (*self._fence, now)))
+            if not rows:
+                raise FencedOut(f"cursor {job!r}: the poll lease {self._fence[1]} is not live")
+        await db.execute(sql.SET_CURSOR, (job, value, now))
+
+    async def delete_json(self, kind: str, key: str) -> None:
+        """Forget keyed state in the same transaction."""
+        await self._conn().execute(sql.DELETE_JSON, (kind, key))
 
     async def put_json(self, kind: str, key: str, value: dict[str, Any]) -> None:
         """Keep small keyed state in the same transaction."""
@@ -105,18 +139,3 @@ async def get_json(db: aiosqlite.Connection, kind: str, key: str) -> dict[str, A
         return None
     value: dict[str, Any] = json.loads(rows[0][0])
     return value
-
-
-def _notification_row(n: Notification) -> tuple[Any, ...]:
-    return (n.id, n.type, n.created_at, _event_at(n), n.body)
-
-
-def _event_at(n: Notification) -> float | None:
-    """When the source item happened (`data.occurred_at`), for event-to-delivery latency."""
-    occurred = n.data.get("occurred_at")
-    if not isinstance(occurred, str):
-        return None
-    try:
-        return parse_rfc3339(occurred).timestamp()
-    except ValueError:
-        return None

@@ -26,6 +26,14 @@ SEEN_TICKETS = """
 SELECT ticket, revision, fingerprint, first_seen_at, updated_at
 FROM seen_tickets WHERE ticket IN (SELECT value FROM json_each(?))"""
 # first_seen_at keeps the stored value: it is the first sighting, whatever the caller says.
+INSERT_TICKET_IF_ABSENT = """
+INSERT INTO seen_tickets (ticket, revision, fingerprint, first_seen_at, updated_at)
+VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (ticket) DO NOTHING"""
+UPDATE_TICKET_IF_REVISION = """
+UPDATE seen_tickets SET revision = ?, fingerprint = ?, updated_at = ?
+WHERE ticket = ? AND revision = ?"""
+DELETE_JSON = "DELETE FROM kv WHERE kind = ? AND key = ?"
 PUT_TICKET = """
 INSERT INTO seen_tickets (ticket, revision, fingerprint, first_seen_at, updated_at)
 VALUES (?, ?, ?, ?, ?)
@@ -66,7 +74,7 @@ LIST_JSON = "SELECT key, value FROM kv WHERE kind = ? ORDER BY key"
 # test_claim_uses_notification_key guards this).
 CLAIM = """
 UPDATE deliveries
-SET state = 'in_flight', lease_until = :lease, updated_at = :now
+SET state = 'in_flight', lease_until = :lease, claim_token = :token, updated_at = :now
 WHERE id IN (
     SELECT id FROM deliveries
     WHERE target = :target
@@ -83,7 +91,7 @@ RETURNING id, notification_id,
 # Strict FIFO: only the oldest unfinished row, and only when it is due itself.
 CLAIM_FIFO = """
 UPDATE deliveries
-SET state = 'in_flight', lease_until = :lease, updated_at = :now
+SET state = 'in_flight', lease_until = :lease, claim_token = :token, updated_at = :now
 WHERE id = (
     SELECT id FROM deliveries
     WHERE target = :target AND state IN ('pending', 'in_flight')
@@ -102,15 +110,59 @@ NEXT_DUE = """
 SELECT
     (SELECT min(next_attempt_at) FROM deliveries WHERE target = ? AND state = 'pending'),
     (SELECT min(lease_until) FROM deliveries WHERE target = ? AND state = 'in_flight')"""
+# Only under the claim the attempt was made under, while it is live: after expiry
+# another claimer may be sending the row, and a late outcome must not undo its work.
 RECORD_OUTCOME = """
 UPDATE deliveries
-SET state = ?, attempts = ?, last_status = ?, last_error = ?, next_attempt_at = ?,
-    lease_until = NULL, updated_at = ?
-WHERE id = ? AND state IN ('pending', 'in_flight')"""
+SET state = :state, attempts = :attempts, last_status = :status, last_error = :error,
+    next_attempt_at = :next, lease_until = NULL, claim_token = NULL, updated_at = :now
+WHERE id = :id AND state = 'in_flight'
+  AND (:claim IS NULL OR (claim_token = :claim AND lease_until >= :now))"""
 RECOVER = """
-UPDATE deliveries SET state = 'pending', lease_until = NULL, updated_at = ?
+UPDATE deliveries SET state = 'pending', lease_until = NULL, claim_token = NULL, updated_at = ?
 WHERE state = 'in_flight'
 RETURNING target"""
+# Live claims of a target (all claimers): what `max_in_flight` caps.
+LIVE_CLAIMS = """
+SELECT count(*) FROM deliveries WHERE target = ? AND state = 'in_flight' AND lease_until >= ?"""
+TARGET_BLOCKED = """
+SELECT 1 FROM target_state WHERE target = ? AND (paused = 1 OR coalesce(hold_until, 0) > ?)"""
+ENSURE_TARGET_STATE = """
+INSERT INTO target_state (target, paused, updated_at) VALUES (?, 0, ?)
+ON CONFLICT (target) DO NOTHING"""
+PAUSE_TARGET = """
+UPDATE target_state SET paused = 1, paused_reason = ?, hold_until = NULL, updated_at = ?
+WHERE target = ? AND paused = 0"""
+RESUME_TARGET = """
+UPDATE target_state SET paused = 0, paused_reason = NULL, updated_at = ?
+WHERE target = ? AND paused = 1"""
+HOLD_TARGET = """
+UPDATE target_state SET hold_until = max(coalesce(hold_until, 0), ?), updated_at = ?
+WHERE target = ?"""
+RESERVE_SLOT = """
+UPDATE target_state SET next_send_at = max(coalesce(next_send_at, 0), :now) + :interval
+WHERE target = :target
+RETURNING next_send_at - :interval"""
+# -- the poll lease -------------------------------------------------------------------
+ACQUIRE_LEASE = """
+INSERT INTO poll_lease (name, holder, epoch, expires_at) VALUES ('poll', :holder, 1, :until)
+ON CONFLICT (name) DO UPDATE SET
+    holder = excluded.holder, epoch = poll_lease.epoch + 1, expires_at = excluded.expires_at
+WHERE poll_lease.holder IS NULL OR poll_lease.holder = :holder
+   OR poll_lease.expires_at < :now
+RETURNING holder, epoch, expires_at"""
+RENEW_LEASE = """
+UPDATE poll_lease SET expires_at = :until
+WHERE name = 'poll' AND holder = :holder AND epoch = :epoch AND expires_at >= :now
+RETURNING holder, epoch, expires_at"""
+RELEASE_LEASE = """
+UPDATE poll_lease SET holder = NULL, expires_at = :now
+WHERE name = 'poll' AND holder = :holder AND epoch = :epoch"""
+GET_LEASE = "SELECT holder, epoch, expires_at FROM poll_lease WHERE name = 'poll'"
+LEASE_LIVE = """
+SELECT 1 FROM poll_lease
+WHERE name = 'poll' AND holder = ? AND epoch = ? AND expires_at >= ?"""
+
 GET_TARGET_STATE = """
 SELECT paused, paused_reason, hold_until, failures, probe_at FROM target_state WHERE target = ?"""
 SET_TARGET_STATE = """
@@ -128,7 +180,7 @@ ON CONFLICT (target) DO UPDATE SET
 # cadence, not each row's own backoff, decides when it goes).
 CLAIM_PROBE = """
 UPDATE deliveries
-SET state = 'in_flight', lease_until = :lease, updated_at = :now
+SET state = 'in_flight', lease_until = :lease, claim_token = :token, updated_at = :now
 WHERE id = (
     SELECT id FROM deliveries
     WHERE target = :target

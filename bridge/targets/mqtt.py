@@ -36,7 +36,7 @@ import random
 import secrets
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -53,6 +53,7 @@ from bridge.mqtt_topics import (
     payload_bytes,
     placeholders,
     render_topic,
+    replica_status_topic,
     status_topic,
     topic_problem,
     topic_values,
@@ -162,18 +163,24 @@ def reconnect_delay(
 class _Connection:
     """One established connection and a task that ends when it is lost."""
 
-    def __init__(self, client: aiomqtt.Client) -> None:
+    def __init__(
+        self, client: aiomqtt.Client, on_message: Callable[[aiomqtt.Message], None] | None = None
+    ) -> None:
         self.client = client
-        self.lost: asyncio.Task[None] = asyncio.create_task(_until_disconnected(client))
+        self.lost: asyncio.Task[None] = asyncio.create_task(_until_disconnected(client, on_message))
 
 
-async def _until_disconnected(client: aiomqtt.Client) -> None:
-    # aiomqtt's message iterator ends with MqttError when the connection goes; nothing
-    # is subscribed, so this only waits (and retrieves the disconnect exception, which
-    # asyncio would otherwise report as never retrieved).
+async def _until_disconnected(
+    client: aiomqtt.Client, on_message: Callable[[aiomqtt.Message], None] | None
+) -> None:
+    # aiomqtt's message iterator ends with MqttError when the connection goes; only the
+    # shared status topic is ever subscribed (several replicas), so this mostly waits
+    # (and retrieves the disconnect exception, which asyncio would otherwise report as
+    # never retrieved).
     with contextlib.suppress(aiomqtt.MqttError):
-        async for _ in client.messages:
-            pass
+        async for message in client.messages:
+            if on_message is not None:
+                on_message(message)
 
 
 class MqttSender:
@@ -188,6 +195,7 @@ class MqttSender:
         reconnect_base_s: float = RECONNECT_BASE_S,
         reconnect_max_s: float = RECONNECT_MAX_S,
         rng: random.Random | None = None,
+        replica: str | None = None,
     ) -> None:
         self.name = cfg.name
         self._cfg = cfg
@@ -206,6 +214,15 @@ class MqttSender:
         # will after our fresh `online`.
         self._client_id = cfg.client_id or f"fleet-bridge-{cfg.name}-{secrets.token_hex(4)}"
         self._status_topic = status_topic(cfg.topic_prefix)
+        # Several replicas (SPEC §6.3): each keeps its own status topic with its own
+        # will (a second, tiny connection), and re-announces `online` on the shared
+        # topic whenever another replica's will (or clean stop) said `offline` there.
+        self._replica = replica
+        self._replica_topic = (
+            replica_status_topic(cfg.topic_prefix, replica) if replica is not None else None
+        )
+        self._presence: asyncio.Task[None] | None = None
+        self._reannounce: set[asyncio.Task[Any]] = set()
         self._template = cfg.topic
         self._type_only = placeholders(cfg.topic) <= TYPE_ONLY_PLACEHOLDERS
         self._properties = self._publish_properties()
@@ -229,10 +246,20 @@ class MqttSender:
         ignore_stale_socket_registrations(asyncio.get_running_loop())
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"mqtt:{self.name}")
+        if self._replica_topic is not None and self._presence is None:
+            self._presence = asyncio.create_task(
+                self._keep_presence(), name=f"mqtt:{self.name}:replica"
+            )
 
     async def close(self) -> None:
         """Publish the retained `offline`, disconnect cleanly, stop the task."""
         self._stopping.set()
+        presence, self._presence = self._presence, None
+        if presence is not None:
+            done, _ = await asyncio.wait({presence}, timeout=self._timeout_s + 1)
+            if not done:
+                presence.cancel()
+            await asyncio.gather(presence, return_exceptions=True)
         task, self._task = self._task, None
         if task is None:
             return
@@ -392,7 +419,9 @@ class MqttSender:
         conn: _Connection | None = None
         try:
             async with client:
-                conn = _Connection(client)
+                conn = _Connection(client, self._on_status if self._replica is not None else None)
+                if self._replica is not None:
+                    await client.subscribe(self._status_topic, qos=1)
                 return await self._serve(conn)
         finally:
             self._conn = None
@@ -423,6 +452,60 @@ class MqttSender:
             )
         log.info("mqtt closed", target=self.name, broker=self._endpoint.address)
         return True
+
+    def _on_status(self, message: aiomqtt.Message) -> None:
+        """Another replica's will (or clean stop) said `offline`: we are still here."""
+        if message.payload != OFFLINE or self._stopping.is_set():
+            return
+        conn = self._conn
+        if conn is None:
+            return
+        task = asyncio.create_task(
+            self._publish(conn, self._status_topic, ONLINE, qos=1, retain=True)
+        )
+        self._reannounce.add(task)
+        task.add_done_callback(self._reannounce.discard)
+
+    async def _keep_presence(self) -> None:
+        """`{prefix}/bridge/replicas/{replica}/status`: online while we run, its own will."""
+        assert self._replica_topic is not None
+        failures = 0
+        while not self._stopping.is_set():
+            client = aiomqtt.Client(
+                self._endpoint.host,
+                self._endpoint.port,
+                username=self._endpoint.username,
+                password=self._endpoint.password,
+                identifier=f"{self._client_id}-replica",
+                protocol=self._protocol,
+                will=aiomqtt.Will(self._replica_topic, OFFLINE, qos=1, retain=True),
+                timeout=self._timeout_s,
+                keepalive=self._keepalive_s,
+                tls_context=await asyncio.to_thread(self._tls_context)
+                if self._endpoint.tls
+                else None,
+            )
+            try:
+                async with client:
+                    await client.publish(self._replica_topic, ONLINE, qos=1, retain=True)
+                    failures = 0
+                    lost = asyncio.create_task(_until_disconnected(client, None))
+                    stop = asyncio.create_task(self._stopping.wait())
+                    try:
+                        await asyncio.wait({lost, stop}, return_when="FIRST_COMPLETED")
+                    finally:
+                        for t in (lost, stop):
+                            t.cancel()
+                        await asyncio.gather(lost, stop, return_exceptions=True)
+                    if self._stopping.is_set():
+                        await client.publish(self._replica_topic, OFFLINE, qos=1, retain=True)
+                        return
+            except (aiomqtt.MqttError, OSError, ValueError):
+                pass  # the main connection reports the broker's state
+            await self._sleep(
+                reconnect_delay(failures, self._rng, self._reconnect_base_s, self._reconnect_max_s)
+            )
+            failures += 1
 
     def _tls_context(self) -> ssl.SSLContext:
         """Loaded per connection (in a thread), so rotated certificate files are used."""

@@ -13,7 +13,12 @@ A failing target is probed, not hammered (SPEC §4): after `FAILING_AFTER`
 consecutive transient failures only one delivery (the oldest) goes out, at the
 backoff cadence capped at `max_delay_s`; the others wait without spending
 attempts. The first success ends it and makes every waiting delivery due at once.
-The failing state lives in the store's target state, so a restart keeps probing.
+The failing state lives in the store's target state and changes only through
+atomic store operations, so it holds for the target as a whole: failures of all
+replicas count towards the streak, the store gives out no ordinary claims while
+the target fails, one replica wins each probe (a compare-and-set on `probe_at`),
+and the first success anywhere releases the waiting deliveries on every replica.
+A restart keeps probing.
 While a target is paused or failing its deliveries are not attempted, so
 `max_age_s` is applied to them directly (they die as they would have on a retry).
 
@@ -148,10 +153,10 @@ class Dispatcher:
         self._state = TargetState()
         self._state_dirty = False  # in-memory state the store has not taken yet
         self._release_due = False  # waiting deliveries still to be made due (recovery)
-        self._failures = 0  # consecutive transient failures
         self._probe_id: int | None = None  # the delivery probing a failing target
         self._dead_logged = False  # a dead delivery was logged since the last success
         self._next_expiry_check = 0.0
+        self._next_state_check = 0.0  # shared store: when to re-read the target state
         self._tasks: list[asyncio.Task[None]] = []
         self._workers: list[asyncio.Task[None]] = []
         self.health = TargetHealth()
@@ -184,10 +189,8 @@ class Dispatcher:
     async def start(self) -> None:
         """Load persisted state, start the target, the feeder and the workers."""
         self._state = await self._store.get_target_state(self.name)
-        self._failures = self._state.failures
-        self.health.failing = self._state.failing
+        self._show_failing()
         self._m_paused.set(int(self._state.paused))
-        self._m_failing.set(int(self._state.failing))
         self._store.subscribe(self.name, self.wake)
         await self._target.start()
         self._tasks = [
@@ -266,17 +269,16 @@ class Dispatcher:
         return resumed
 
     async def _refresh_state(self) -> None:
-        """Re-read pause / hold from the store (another replica may have changed them)."""
+        """Re-read the target state from the store (another replica may have changed it)."""
         stored = await self._store.get_target_state(self.name)
-        state = replace(
-            self._state,
-            paused=stored.paused,
-            paused_reason=stored.paused_reason,
-            hold_until=stored.hold_until,
-        )
-        if state != self._state:
-            self._state = state
-            self._m_paused.set(int(state.paused))
+        if stored != self._state:
+            self._state = stored
+            self._m_paused.set(int(stored.paused))
+            self._show_failing()
+
+    def _show_failing(self) -> None:
+        self.health.failing = self._state.failing
+        self._m_failing.set(int(self._state.failing))
 
     async def wait_idle(self) -> None:
         """Wait until nothing is queued or in flight and every outcome is written."""
@@ -312,6 +314,12 @@ class Dispatcher:
         if hold is not None and hold > now:
             await self._wait(min(hold - now, self.IDLE_RECHECK_S) if self._shared else hold - now)
             return
+        if self._shared and now >= self._next_state_check:
+            # Under load claims never come back empty, which is when the state is
+            # otherwise re-read: look now and then, so that a success here ends a
+            # failure streak other replicas counted.
+            self._next_state_check = now + self.IDLE_RECHECK_S
+            await self._refresh_state()
         if self._state.failing:
             await self._feed_probe(now)
             return
@@ -347,6 +355,13 @@ class Dispatcher:
 
     async def _feed_probe(self, now: float) -> None:
         """A failing target: one probe delivery at a time, when the probe is due."""
+        if self._shared:
+            # Another replica may have probed (the next probe time moved) or seen
+            # the receiver answer (the target is no longer failing).
+            self._wake.clear()
+            await self._refresh_state()
+            if not self._state.failing:
+                return
         probe_at = self._state.probe_at or now
         if self._probe_id is not None or self._pending_work > 0:
             # The probe is out, or rows claimed before the target failed are still
@@ -359,9 +374,11 @@ class Dispatcher:
         self._wake.clear()
         probe = await self._store.claim_probe(self.name, now)
         if probe is None:
-            await self._wait(self.IDLE_RECHECK_S)  # nothing to send: stay failing
+            # Not due after all (another replica took it), or nothing to send.
+            await self._wait(self.IDLE_RECHECK_S)
             return
         self._probe_id = probe.id
+        self._state = replace(self._state, probe_at=probe.claim_until)
         self._enqueue([probe])
 
     def _enqueue(self, claimed: list[Delivery]) -> None:
@@ -542,57 +559,61 @@ class Dispatcher:
             await self._receiver_answered(now)
 
     async def _transient_failure(self, now: float, result: SendResult, *, was_probe: bool) -> None:
-        self._failures += 1
-        if self._state.failing:
-            if was_probe:
-                await self._set_state(failures=self._failures, probe_at=now + self._probe_delay())
-            return  # a send that was already under way when the target began failing
-        if self._failures < self.FAILING_AFTER:
+        """Count the failure in the store, for the target as a whole (every replica's)."""
+        try:
+            state, started = await self._store.target_failed(
+                self.name,
+                now,
+                probe=was_probe,
+                failing_after=self.FAILING_AFTER,
+                probe_delay=self._probe_delay,
+            )
+        except StoreUnavailable as err:
+            self._feed_streak.failed(err)  # one failure less in the streak: harmless
             return
-        self._state_changed_to_failing()
-        await self._set_state(failures=self._failures, probe_at=now + self._probe_delay())
-        log.warning(
-            "target failing; probing with one delivery at a time",
-            target=self.name,
-            failures=self._failures,
-            status=result.status,
-            error=result.error,
-        )
+        self._adopt_failing(state)
+        if started:  # of all replicas, only the one that made it failing logs it
+            log.warning(
+                "target failing; probing with one delivery at a time",
+                target=self.name,
+                failures=state.failures,
+                status=result.status,
+                error=result.error,
+            )
 
-    def _state_changed_to_failing(self) -> None:
-        self.health.failing = True
-        self._m_failing.set(1)
+    def _adopt_failing(self, stored: TargetState) -> None:
+        self._state = replace(self._state, failures=stored.failures, probe_at=stored.probe_at)
+        self._show_failing()
 
-    def _probe_delay(self) -> float:
+    def _probe_delay(self, failures: int) -> float:
         """The backoff cadence of the probes: base, twice base, … capped at max_delay_s."""
         retry = self.options.retry
-        probes = max(1, self._failures - self.FAILING_AFTER + 1)
+        probes = max(1, failures - self.FAILING_AFTER + 1)
         return float(min(retry.max_delay_s, retry.base_delay_s * 2.0 ** min(probes - 1, 60)))
 
     async def _receiver_answered(self, now: float) -> None:
         """The receiver works again: end a failure streak, release a failing target."""
-        self._failures = 0
-        if not self._state.failing:
-            if self._state.failures:
-                await self._set_state(failures=0, probe_at=None)
-            return
-        self.health.failing = False
-        self._m_failing.set(0)
-        await self._set_state(failures=0, probe_at=None)
-        log.info("target recovered", target=self.name)
-        self._release_due = True
-        await self._release_waiting(now)
+        # This replica's view of the streak (on a shared store re-read at least every
+        # IDLE_RECHECK_S): no store write per success while nothing failed.
+        if self._state.failures or self._state.failing:
+            self._state = replace(self._state, failures=0, probe_at=None)
+            self._show_failing()
+            self._release_due = True
+            await self._release_waiting(now)
 
     async def _release_waiting(self, now: float) -> None:
-        """Make the deliveries that waited on the failing target due now."""
+        """End the streak in the store; if the target was failing, its waiting
+        deliveries become due now on every replica."""
         try:
-            released = await self._store.release_waiting(self.name, now)
+            released = await self._store.target_recovered(self.name, now)
         except StoreUnavailable as err:
             self._feed_streak.failed(err)  # the feeder tries again
             return
         self._release_due = False
-        if released:
-            log.info("waiting deliveries released", target=self.name, count=released)
+        if released is not None:  # of all replicas, the one that ended it logs it
+            log.info("target recovered", target=self.name)
+            if released:
+                log.info("waiting deliveries released", target=self.name, count=released)
         self.wake()
 
     async def _pause(self, reason: str) -> None:
@@ -623,26 +644,20 @@ class Dispatcher:
             self._feed_streak.failed(err)
             self._state_dirty = True
 
-    async def _set_state(self, **changes: Any) -> None:
-        """Change the target state in memory at once, and in the store when it answers."""
-        self._state = replace(self._state, **changes)
-        self._state_dirty = True
-        try:
-            await self._save_state()
-        except StoreUnavailable as err:
-            self._feed_streak.failed(err)  # the feeder saves it once the store is back
-
     async def _save_state(self) -> None:
         state = self._state
         if self._shared:
             # Pause and hold belong to the target as a whole (changed atomically by
             # pause/resume/hold); this replica's save must not undo another's.
+            # So are the failure streak and probe time (changed atomically too).
             stored = await self._store.get_target_state(self.name)
             state = replace(
                 state,
                 paused=stored.paused,
                 paused_reason=stored.paused_reason,
                 hold_until=stored.hold_until,
+                failures=stored.failures,
+                probe_at=stored.probe_at,
             )
         await self._store.set_target_state(self.name, state)
         if state is self._state or self._shared:

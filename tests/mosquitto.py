@@ -19,6 +19,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,6 +214,7 @@ class Received:
     qos: int
     retain: bool
     content_type: str | None = None
+    at: float = field(default_factory=time.monotonic)  # when it arrived here
 
 
 @dataclass

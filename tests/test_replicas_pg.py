@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import signal
 import socket
@@ -29,10 +30,13 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from conftest import wait_for
+from mosquitto import HOST as MQTT_HOST
+from mosquitto import Mosquitto, Subscriber, wait_retained
 from pg_server import create_database, drop_database
 from webhook_receiver import SECRET, Receiver, fail_first
 
 from bridge.clock import SystemClock
+from bridge.mqtt_topics import replica_status_topic
 from bridge.settings import StoreSettings
 from bridge.simulator import Simulator, SimulatorConfig
 from bridge.store import open_store
@@ -41,6 +45,7 @@ from bridge.store.postgres import PostgresStore
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 LEASE_S = 2.0
+STATUS = "fleet/bridge/status"
 ADMIN = "replica-test-admin-token"
 
 
@@ -361,6 +366,132 @@ async def test_max_in_flight_1_never_sends_two_at_once_across_replicas(
     rows, _ = await store.list_deliveries(limit=1000)
     queued = [r.notification_id for r in sorted(rows, key=lambda r: r.id)]
     assert [e["id"] for e in rec.envelopes] == queued
+
+
+async def test_a_failing_target_is_probed_once_for_all_replicas(
+    cluster_factory: Callable[..., Awaitable[tuple[Cluster, Simulator]]], store: Store
+) -> None:
+    """SPEC §4 + §9: three replicas send one probe at the single-target cadence,
+    not three; after the receiver recovers, everything waiting arrives at once."""
+    answer = {"status": 503}
+    rec = Receiver(behaviour=lambda _n: (answer["status"], {}))
+    cadence = 1.0  # base_delay_s = max_delay_s: every probe one second after the last
+    cluster, sim = await cluster_factory(
+        rec.app(),
+        backlog=30,
+        target={"retry": {"base_delay_s": cadence, "max_delay_s": cadence}},
+    )
+    expected = {e.item["ticket"] for e in sim.events}
+    await cluster.start(3)
+
+    async def failing() -> bool:
+        return (await store.get_target_state("hook")).failing
+
+    await wait_for(failing, timeout=30, message="the target failing")
+    # Sends already under way when it began failing answer within milliseconds;
+    # once the receiver has been quiet for half the cadence, only probes go.
+    await wait_for(
+        lambda: time.monotonic() - rec.request_times[-1] > cadence / 2,
+        timeout=10,
+        message="the sends under way to end",
+    )
+    start = len(rec.request_times)
+    before = await attempts_by_id(store)
+    await wait_for(lambda: rec.requests >= start + 6, timeout=20, message="six probes")
+    probes = rec.request_times[start:]
+    gaps = [b - a for a, b in itertools.pairwise(probes)]
+    # One probe a second for the target as a whole; a probe per replica would
+    # leave gaps of about a third of that.
+    assert min(gaps) >= 0.7 * cadence, gaps
+    assert await failing()
+
+    answer["status"] = 200
+    recovered_at = len(rec.request_times)
+    await wait_for(lambda: set(rec.tickets()) >= expected, timeout=30, message="all delivered")
+    flowed = rec.request_times[recovered_at:]
+    # The first success (the next probe) released every replica: the rest followed
+    # within moments, not at the probe cadence or each replica's own backoff.
+    assert flowed[-1] - flowed[0] < 2 * cadence, flowed[-1] - flowed[0]
+    assert_each_ticket_once(rec, expected)
+    assert not await failing()
+    # Waiting deliveries used no attempts while the target failed: one row carried
+    # the probes, every other one was attempted once more (its success) at most.
+    after = await attempts_by_id(store)
+    spent = sorted(after[i] - before.get(i, 0) for i in after)
+    assert (spent[-2] <= 1, spent[-1] >= 6) == (True, True), spent
+
+
+async def attempts_by_id(store: Store) -> dict[int, int]:
+    rows, _ = await store.list_deliveries(limit=1000)
+    return {r.id: r.attempts for r in rows}
+
+
+async def test_a_killed_replica_goes_offline_by_its_will_and_the_shared_status_stays_online(
+    aiohttp_server: ServerFactory, tmp_path: Path, pg_url: str
+) -> None:
+    """SPEC §6.3 with real processes: SIGKILL leaves no clean `offline`, only wills."""
+    sim = Simulator(SimulatorConfig(seed=7, devices=4, rate=0.0, backlog=0))
+    sim_server = await aiohttp_server(sim.app())
+    async with Mosquitto(tmp_path / "broker") as broker:
+        cfg = bridge_config(pg_url, str(sim_server.make_url("")), {})
+        cfg["targets"] = [
+            {"name": "mq", "type": "mqtt", "url": f"mqtt://{MQTT_HOST}:{broker.port}"}
+        ]
+        cluster = Cluster(tmp_path, cfg)
+        try:
+            async with Subscriber(broker.port, ("fleet/bridge/#",)) as sub:
+                first, second = await cluster.start(2)
+                topics = {r.port: own_topic(r) for r in (first, second)}
+
+                def says(topic: str, payload: bytes) -> bool:
+                    return sub.last(topic) == payload
+
+                await wait_for(
+                    lambda: all(says(t, b"online") for t in topics.values()),
+                    timeout=15,
+                    message="both replicas online on their own topics",
+                )
+                await wait_for(lambda: says(STATUS, b"online"), message="shared status online")
+                shared_before = len(sub.on(STATUS))
+
+                first.proc.send_signal(signal.SIGKILL)
+                await first.proc.wait()
+                # The broker sees the socket close and publishes both of its wills.
+                await wait_for(
+                    lambda: says(topics[first.port], b"offline"),
+                    timeout=5,
+                    message="the killed replica's own will",
+                )
+                await wait_for(
+                    lambda: b"offline" in sub.payloads(STATUS)[shared_before:],
+                    timeout=5,
+                    message="the killed replica's will on the shared topic",
+                )
+                offline_at = next(
+                    m.at for m in sub.on(STATUS)[shared_before:] if m.payload == b"offline"
+                )
+                await wait_for(
+                    lambda: says(STATUS, b"online"),
+                    timeout=5,
+                    message="the live replica re-announcing online",
+                )
+                online_at = sub.on(STATUS)[-1].at
+                assert online_at - offline_at < 1.0  # within 1 s of seeing offline
+                assert says(topics[second.port], b"online")
+            await wait_retained(broker.port, STATUS, b"online")
+            await wait_retained(broker.port, topics[first.port], b"offline")
+
+            second.proc.send_signal(signal.SIGKILL)
+            await second.proc.wait()
+            await wait_retained(broker.port, STATUS, b"offline")  # nobody left
+            await wait_retained(broker.port, topics[second.port], b"offline")
+        finally:
+            await cluster.stop()
+
+
+def own_topic(r: Replica) -> str:
+    """The replica's own status topic; its id is host and pid (`bridge.lease.replica_id`)."""
+    return replica_status_topic("fleet", f"{socket.gethostname()}-{r.proc.pid}")
 
 
 class TcpProxy:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -488,29 +489,99 @@ async def test_target_state_round_trips(store: Store) -> None:
 # -- a failing target's probe ------------------------------------------------------------
 
 
-async def test_probe_claims_the_oldest_pending_row_due_or_not(store: Store) -> None:
-    await add(store, [note(T0), note(T0 + 1), note(T0 + 2)], ["hook", "other"])
-    first, second, third = await store.claim("hook", T0, 10, fifo=False)
+def delay(failures: int) -> float:
+    """A probe cadence for the tests: the n-th failure waits n seconds."""
+    return float(failures)
+
+
+async def fail(store: Store, times: int, at: float = T0, *, probe: bool = False) -> TargetState:
+    state = TargetState()
+    for _ in range(times):
+        state, _started = await store.target_failed(
+            "hook", at, probe=probe, failing_after=5, probe_delay=delay
+        )
+    return state
+
+
+async def test_failures_of_all_writers_make_the_target_failing_once(
+    make_store: StoreFactory,
+) -> None:
+    a, b = await make_store(), await make_store()
+    await fail(a, 2)
+    assert (await fail(b, 2)).failures == 4  # counted for the target as a whole
+    assert not (await a.get_target_state("hook")).failing
+    results = await asyncio.gather(
+        *(
+            s.target_failed("hook", T0, probe=False, failing_after=5, probe_delay=delay)
+            for s in (a, b, a)
+        )
+    )
+    # One of the three made it failing (first probe after delay(5)); the failures
+    # of sends already under way once it fails do not move the cadence.
+    assert [started for _state, started in results].count(True) == 1
+    stored = await b.get_target_state("hook")
+    assert (stored.failures, stored.probe_at) == (5, T0 + 5)
+    # While failing, no ordinary claim gives anything out, due or not.
+    await add(a, [note(T0)], ["hook"])
+    assert await a.claim("hook", T0 + 100, 10, fifo=False) == []
+    assert await b.claim("hook", T0 + 100, 10, fifo=True, max_in_flight=1) == []
+
+
+async def test_one_probe_of_all_writers_when_due_and_the_next_at_the_cadence(
+    make_store: StoreFactory,
+) -> None:
+    a, b = await make_store(), await make_store()
+    await add(a, [note(T0), note(T0 + 1), note(T0 + 2)], ["hook", "other"])
+    first, second, third = await a.claim("hook", T0, 10, fifo=False)
     later = [
         Outcome(d.id, DeliveryState.PENDING, 1, 503, "down", T0 + 1000)
         for d in (first, second, third)
     ]
-    await store.record_outcomes(later, T0)
-    assert await store.claim("hook", T0 + 10, 10, fifo=False) == []
-    probe = await store.claim_probe("hook", T0 + 10)
-    assert probe is not None
-    assert (probe.id, probe.attempts) == (first.id, 1)
-    # The other target's rows are untouched; the probe row is in flight now.
-    assert await store.claim_probe("hook", T0 + 10) is not None
-    assert (await store.claim_probe("hook", T0 + 10)) is not None
-    assert await store.claim_probe("hook", T0 + 10) is None
-    await store.record_outcomes(later, T0)
+    await a.record_outcomes(later, T0)
+    assert await a.claim_probe("hook", T0 + 10) is None  # not failing: no probe
+    await fail(b, 5)  # failing; first probe at T0 + 5
+    assert await a.claim_probe("hook", T0 + 4) is None  # not due yet
+    probes = await asyncio.gather(*(s.claim_probe("hook", T0 + 10) for s in (a, b, a, b)))
+    won = [p for p in probes if p is not None]
+    assert len(won) == 1  # one probe for the target, whoever asks
+    probe = won[0]
+    assert (probe.id, probe.attempts) == (first.id, 1)  # the oldest, although not due
+    # Its claim holds the next probe back, even once the probe is due again.
+    assert await b.claim_probe("hook", T0 + 10 + CLAIM_S - 1) is None
+    # The probe fails: the next one after delay(6), the cadence of the whole target.
+    state, started = await b.target_failed(
+        "hook", T0 + 11, probe=True, failing_after=5, probe_delay=delay
+    )
+    assert (state.failures, state.probe_at, started) == (6, T0 + 17, False)
+    await a.record_outcomes([replace(later[0], claim=probe.claim)], T0 + 11)
+    assert await a.claim_probe("hook", T0 + 16) is None
+    assert await b.claim_probe("hook", T0 + 17) is not None
+    assert (await a.queue_counts())["other"]["pending"] == 3
+
+
+async def test_the_first_success_anywhere_releases_the_waiting_rows_everywhere(
+    make_store: StoreFactory,
+) -> None:
+    a, b = await make_store(), await make_store()
+    await add(a, [note(T0), note(T0 + 1), note(T0 + 2)], ["hook"])
+    claimed = await a.claim("hook", T0, 10, fifo=False)
+    waiting = [Outcome(d.id, DeliveryState.PENDING, 1, 503, "down", T0 + 1000) for d in claimed]
+    await a.record_outcomes(waiting, T0)
+    assert await a.target_recovered("hook", T0) is None  # nothing to end
+    await fail(a, 3)
+    assert await b.target_recovered("hook", T0) is None  # a streak ends, nothing waited
+    assert (await a.get_target_state("hook")).failures == 0
+    await fail(a, 5)
     woken: list[str] = []
-    store.subscribe("hook", lambda: woken.append("hook"))
-    assert await store.release_waiting("hook", T0 + 20) == 3
-    assert set(woken) == {"hook"}  # (a shared store also hears its own NOTIFY)
-    assert len(await store.claim("hook", T0 + 20, 10, fifo=False)) == 3
-    assert (await store.queue_counts())["other"]["pending"] == 3
+    a.subscribe("hook", lambda: woken.append("a"))
+    b.subscribe("hook", lambda: woken.append("b"))
+    assert await b.target_recovered("hook", T0 + 20) == 3
+    assert "b" in woken
+    assert await a.target_recovered("hook", T0 + 20) is None  # ended once
+    assert await a.get_target_state("hook") == TargetState()
+    assert len(await a.claim("hook", T0 + 20, 10, fifo=False)) == 3
+    if isinstance(a, PostgresStore):  # another process: woken through LISTEN/NOTIFY
+        await wait_for(lambda: "a" in woken, message="a NOTIFY from the other replica")
 
 
 async def test_expire_pending_dead_letters_only_old_pending_rows_of_one_target(

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -158,6 +158,26 @@ class TargetState:
     def failing(self) -> bool:
         """Whether only a probe delivery may go out."""
         return self.probe_at is not None
+
+
+def after_failure(
+    state: TargetState,
+    now: float,
+    *,
+    probe: bool,
+    failing_after: int,
+    probe_delay: Callable[[int], float],
+) -> tuple[TargetState, bool] | None:
+    """The target state after one transient failure (see `Store.target_failed`),
+    and whether it made the target failing; None when the failure does not count."""
+    if state.failing != probe:
+        # A probe outcome after the target recovered, or a send that was already
+        # under way when the target began failing: neither moves the cadence.
+        return None
+    failures = state.failures + 1
+    if not probe and failures < failing_after:
+        return replace(state, failures=failures), False
+    return replace(state, failures=failures, probe_at=now + probe_delay(failures)), not probe
 
 
 @dataclass(frozen=True)
@@ -355,13 +375,35 @@ class Store(Protocol):
         """The lease as stored (None before anyone took it)."""
         ...
 
-    async def claim_probe(self, target: str, now: float) -> Delivery | None:
-        """Claim the oldest pending delivery of `target` whatever its next attempt time
-        (the probe of a failing target); None if nothing is pending."""
+    async def target_failed(
+        self,
+        target: str,
+        now: float,
+        *,
+        probe: bool,
+        failing_after: int,
+        probe_delay: Callable[[int], float],
+    ) -> tuple[TargetState, bool]:
+        """Count one transient failure of `target` for the target as a whole (SPEC §4).
+
+        Atomic across writers. Not failing: the count goes up, and at `failing_after`
+        the target becomes failing with its first probe at `now + probe_delay(count)`.
+        A failed probe (`probe`) counts and sets the next probe time the same way; any
+        other failure of a failing target (a send already under way) is not counted.
+        Returns the state after, and whether this call made the target failing."""
         ...
 
-    async def release_waiting(self, target: str, now: float) -> int:
-        """Make every pending delivery of `target` due now (a failing target recovered)."""
+    async def claim_probe(self, target: str, now: float) -> Delivery | None:
+        """Claim the probe of a failing target: the oldest pending delivery whatever its
+        next attempt time, only when the probe is due (`probe_at <= now`). A
+        compare-and-set on `probe_at` (moved to the claim's expiry) makes one caller of
+        all replicas win; None if not failing, not due, taken, or nothing is pending."""
+        ...
+
+    async def target_recovered(self, target: str, now: float) -> int | None:
+        """The receiver answered: reset the failure count and, if the target was failing,
+        end it and make every pending delivery due now, waking every replica. The count
+        released, or None if the target was not failing (nothing to log)."""
         ...
 
     async def expire_pending(self, target: str, created_before: float, now: float) -> int:

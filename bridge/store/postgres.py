@@ -45,6 +45,7 @@ from bridge.store.base import (
     TargetState,
     TicketConflict,
     TicketWrite,
+    after_failure,
     decode_cursor,
     encode_cursor,
 )
@@ -377,16 +378,7 @@ class PostgresStore:
     async def get_target_state(self, target: str) -> TargetState:
         """Pause / hold state of a target (defaults when never set)."""
         async with self._conn("get_target_state") as conn:
-            row = await conn.fetchrow(sql.GET_TARGET_STATE, target)
-        if row is None:
-            return TargetState()
-        return TargetState(
-            paused=bool(row[0]),
-            paused_reason=row[1],
-            hold_until=row[2],
-            failures=int(row[3]),
-            probe_at=row[4],
-        )
+            return _target_state(await conn.fetchrow(sql.GET_TARGET_STATE, target))
 
     async def set_target_state(self, target: str, state: TargetState) -> None:
         """Persist pause / hold / failing state of a target."""
@@ -402,21 +394,56 @@ class PostgresStore:
         async with self._conn("set_target_state") as conn:
             await conn.execute(sql.SET_TARGET_STATE, *args)
 
-    async def claim_probe(self, target: str, now: float) -> Delivery | None:
-        """Claim the oldest pending delivery of `target`, due or not (a failing target's probe)."""
-        token, lease = uuid.uuid4().hex, now + self._claim_s
-        async with self._conn("claim_probe") as conn:
-            row = await conn.fetchrow(sql.CLAIM_PROBE, target, now, lease, token)
-        return None if row is None else delivery_from_row(row, token, lease)
+    async def target_failed(
+        self,
+        target: str,
+        now: float,
+        *,
+        probe: bool,
+        failing_after: int,
+        probe_delay: Callable[[int], float],
+    ) -> tuple[TargetState, bool]:
+        """Count one transient failure for the target as a whole, under its row lock."""
+        async with self._conn("target_failed") as conn, conn.transaction():
+            await conn.execute(sql.ENSURE_TARGET_STATE, target, now)
+            state = _target_state(await conn.fetchrow(sql.LOCK_TARGET_STATE, target))
+            changed = after_failure(
+                state, now, probe=probe, failing_after=failing_after, probe_delay=probe_delay
+            )
+            if changed is None:
+                return state, False
+            state, started = changed
+            await conn.execute(sql.SET_FAILURES, target, state.failures, state.probe_at, now)
+        return state, started
 
-    async def release_waiting(self, target: str, now: float) -> int:
-        """Make every pending delivery of `target` due now (the target recovered)."""
-        async with self._conn("release_waiting") as conn, conn.transaction():
+    async def claim_probe(self, target: str, now: float) -> Delivery | None:
+        """Claim a failing target's probe when due; of all replicas, one wins."""
+        token, lease = uuid.uuid4().hex, now + self._claim_s
+        async with self._conn("claim_probe") as conn, conn.transaction():
+            # The row lock serialises the replicas' attempts: the first moves probe_at
+            # past `now`, and the others then find the probe not due.
+            probe_at = _target_state(await conn.fetchrow(sql.LOCK_TARGET_STATE, target)).probe_at
+            if probe_at is None or probe_at > now:
+                return None
+            row = await conn.fetchrow(sql.CLAIM_PROBE, target, now, lease, token)
+            if row is None:
+                return None
+            # The next probe no earlier than this one's claim expiry (its outcome sets it).
+            await conn.execute(sql.SET_PROBE_AT, target, lease, now)
+        return delivery_from_row(row, token, lease)
+
+    async def target_recovered(self, target: str, now: float) -> int | None:
+        """End a failure streak; a failing target's waiting deliveries flow on every replica."""
+        async with self._conn("target_recovered") as conn, conn.transaction():
+            state = _target_state(await conn.fetchrow(sql.LOCK_TARGET_STATE, target))
+            if not state.failures and not state.failing:
+                return None
+            await conn.execute(sql.SET_FAILURES, target, 0, None, now)
+            if not state.failing:
+                return None
             count = _rowcount(await conn.execute(sql.RELEASE_WAITING, target, now))
-            if count:
-                await self._notify(conn, [target])
-        if count:
-            self._wake([target])
+            await self._notify(conn, [target])  # the others stop waiting for a probe
+        self._wake([target])
         return count
 
     async def expire_pending(self, target: str, created_before: float, now: float) -> int:
@@ -743,6 +770,18 @@ def _rowcount(status: str) -> int:
     """Rows affected from a command tag such as `UPDATE 3` or `INSERT 0 5`."""
     tail = status.rsplit(" ", 1)[-1]
     return int(tail) if tail.isdigit() else 0
+
+
+def _target_state(row: Any) -> TargetState:
+    if row is None:
+        return TargetState()
+    return TargetState(
+        paused=bool(row[0]),
+        paused_reason=row[1],
+        hold_until=row[2],
+        failures=int(row[3]),
+        probe_at=row[4],
+    )
 
 
 def _lease(row: Any) -> Lease:

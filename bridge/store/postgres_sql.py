@@ -101,6 +101,10 @@ WHERE state = 'in_flight' AND lease_until < $1
 RETURNING target"""
 GET_TARGET_STATE = """
 SELECT paused, paused_reason, hold_until, failures, probe_at FROM target_state WHERE target = $1"""
+LOCK_TARGET_STATE = GET_TARGET_STATE + " FOR UPDATE"
+SET_FAILURES = """
+UPDATE target_state SET failures = $2, probe_at = $3, updated_at = $4 WHERE target = $1"""
+SET_PROBE_AT = "UPDATE target_state SET probe_at = $2, updated_at = $3 WHERE target = $1"
 SET_TARGET_STATE = """
 INSERT INTO target_state (target, paused, paused_reason, hold_until, failures, probe_at,
                           updated_at)

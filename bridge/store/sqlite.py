@@ -39,6 +39,7 @@ from bridge.store.base import (
     StoreUnavailable,
     TargetState,
     TicketConflict,
+    after_failure,
     decode_cursor,
     encode_cursor,
 )
@@ -287,24 +288,56 @@ class SqliteStore:
         # RETURNING yields rows in no defined order; senders expect creation order.
         return [delivery_from_row(row, token, lease) for row in sorted(rows, key=itemgetter(0))]
 
+    async def target_failed(
+        self,
+        target: str,
+        now: float,
+        *,
+        probe: bool,
+        failing_after: int,
+        probe_delay: Callable[[int], float],
+    ) -> tuple[TargetState, bool]:
+        """Count one transient failure for the target as a whole (see `Store.target_failed`)."""
+        async with self._transaction("target_failed") as db:
+            state = await _target_state(db, target)
+            changed = after_failure(
+                state, now, probe=probe, failing_after=failing_after, probe_delay=probe_delay
+            )
+            if changed is None:
+                return state, False
+            state, started = changed
+            await db.execute(sql.ENSURE_TARGET_STATE, (target, now))
+            await db.execute(sql.SET_FAILURES, (state.failures, state.probe_at, now, target))
+        return state, started
+
     async def claim_probe(self, target: str, now: float) -> Delivery | None:
-        """Claim the oldest pending delivery of `target`, due or not (a failing target's probe)."""
+        """Claim a failing target's probe when it is due (see `Store.claim_probe`)."""
         token, lease = uuid.uuid4().hex, now + self._lease_s
         params = {"target": target, "now": now, "lease": lease, "token": token}
-        async with self._session("claim_probe") as db:
+        async with self._transaction("claim_probe") as db:
+            probe_at = (await _target_state(db, target)).probe_at
+            if probe_at is None or probe_at > now:
+                return None
             rows = list(await db.execute_fetchall(sql.CLAIM_PROBE, params))
-        return delivery_from_row(rows[0], token, lease) if rows else None
+            if not rows:
+                return None
+            # The next probe no earlier than this one's claim expiry (its outcome sets it).
+            await db.execute(sql.SET_PROBE_AT, (lease, now, target))
+        return delivery_from_row(rows[0], token, lease)
 
-    async def release_waiting(self, target: str, now: float) -> int:
-        """Make every pending delivery of `target` due now."""
+    async def target_recovered(self, target: str, now: float) -> int | None:
+        """End a failure streak; a failing target's waiting deliveries become due now."""
         params = {"target": target, "now": now}
-        async with (
-            self._session("release_waiting") as db,
-            db.execute(sql.RELEASE_WAITING, params) as cur,
-        ):
-            count = cur.rowcount
-        if count > 0:
-            self._wake([target])
+        async with self._transaction("target_recovered") as db:
+            state = await _target_state(db, target)
+            if not state.failures and not state.failing:
+                return None
+            await db.execute(sql.SET_FAILURES, (0, None, now, target))
+            if not state.failing:
+                return None
+            async with db.execute(sql.RELEASE_WAITING, params) as cur:
+                count = int(cur.rowcount)
+        self._wake([target])
         return count
 
     async def expire_pending(self, target: str, created_before: float, now: float) -> int:
@@ -354,17 +387,7 @@ class SqliteStore:
     async def get_target_state(self, target: str) -> TargetState:
         """Pause / hold state of a target (defaults when never set)."""
         async with self._session("get_target_state") as db:
-            rows = list(await db.execute_fetchall(sql.GET_TARGET_STATE, (target,)))
-        if not rows:
-            return TargetState()
-        paused, reason, hold_until, failures, probe_at = rows[0]
-        return TargetState(
-            paused=bool(paused),
-            paused_reason=reason,
-            hold_until=hold_until,
-            failures=int(failures),
-            probe_at=probe_at,
-        )
+            return await _target_state(db, target)
 
     async def set_target_state(self, target: str, state: TargetState) -> None:
         """Persist pause / hold / failing state of a target."""
@@ -675,3 +698,17 @@ def _lock_file(path: Path) -> int:
             f"another fleet-bridge is already running on the SQLite database {path}"
         ) from None
     return fd
+
+
+async def _target_state(db: aiosqlite.Connection, target: str) -> TargetState:
+    rows = list(await db.execute_fetchall(sql.GET_TARGET_STATE, (target,)))
+    if not rows:
+        return TargetState()
+    paused, reason, hold_until, failures, probe_at = rows[0]
+    return TargetState(
+        paused=bool(paused),
+        paused_reason=reason,
+        hold_until=hold_until,
+        failures=int(failures),
+        probe_at=probe_at,
+    )

@@ -125,8 +125,10 @@ RETURNING target"""
 # Live claims of a target (all claimers): what `max_in_flight` caps.
 LIVE_CLAIMS = """
 SELECT count(*) FROM deliveries WHERE target = ? AND state = 'in_flight' AND lease_until >= ?"""
+# Failing (probe_at set): only the probe goes, through CLAIM_PROBE (SPEC §4).
 TARGET_BLOCKED = """
-SELECT 1 FROM target_state WHERE target = ? AND (paused = 1 OR coalesce(hold_until, 0) > ?)"""
+SELECT 1 FROM target_state
+WHERE target = ? AND (paused = 1 OR coalesce(hold_until, 0) > ? OR probe_at IS NOT NULL)"""
 ENSURE_TARGET_STATE = """
 INSERT INTO target_state (target, paused, updated_at) VALUES (?, 0, ?)
 ON CONFLICT (target) DO NOTHING"""
@@ -194,6 +196,9 @@ RETURNING id, notification_id,
     (SELECT n.body FROM notifications AS n WHERE n.id = CAST(notification_id AS TEXT)),
     attempts, created_at,
     (SELECT n.event_at FROM notifications AS n WHERE n.id = CAST(notification_id AS TEXT))"""
+SET_FAILURES = """
+UPDATE target_state SET failures = ?, probe_at = ?, updated_at = ? WHERE target = ?"""
+SET_PROBE_AT = "UPDATE target_state SET probe_at = ?, updated_at = ? WHERE target = ?"
 RELEASE_WAITING = """
 UPDATE deliveries SET next_attempt_at = :now, updated_at = :now
 WHERE target = :target AND state = 'pending' AND next_attempt_at > :now"""

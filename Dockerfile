@@ -14,10 +14,14 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python -m venv /opt/fleet-bridge
 ENV PATH=/opt/fleet-bridge/bin:$PATH
 WORKDIR /src
-COPY pyproject.toml README.md constraints.txt ./
+COPY pyproject.toml README.md image-requirements.txt ./
 COPY bridge ./bridge
-# constraints.txt pins every runtime dependency to the versions the test suite passes with.
-RUN pip install --no-cache-dir -c constraints.txt . \
+# image-requirements.txt (scripts/lock-image-requirements) pins every package, the build
+# backend included, to the versions constraints.txt tests and to the sha256 of their
+# wheels: a package swapped on the index fails the build. The project itself is built
+# from the copied source with no further downloads.
+RUN pip install --no-cache-dir --require-hashes --only-binary=:all: -r image-requirements.txt \
+ && pip install --no-cache-dir --no-deps --no-build-isolation . \
  && fleet-bridge version
 
 # ---- runtime: the venv, a non-root user, nothing else

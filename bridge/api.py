@@ -12,15 +12,14 @@ add an endpoint, decorate a handler with `@routes.get/post(API_PREFIX + "/…")`
 from __future__ import annotations
 
 import functools
-import hmac
 import json
 import math
-from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any, Final, TypeVar
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -34,6 +33,8 @@ from bridge.app import BRIDGE, Bridge
 from bridge.clips import ClipRequest, ClipTracker, clip_view
 from bridge.clock import parse_rfc3339, utc_iso
 from bridge.dispatch import Dispatcher, orphaned_counts
+from bridge.health import events_poll_stale
+from bridge.httpguard import json_error, read_body, tokens_match
 from bridge.notifications import build_notification
 from bridge.pollers import PollerStatus
 from bridge.routing import TEST_TYPE
@@ -60,21 +61,6 @@ log = structlog.get_logger(__name__)
 API_PREFIX: Final = "/api/v1"
 routes = web.RouteTableDef()
 M = TypeVar("M", bound=BaseModel)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-_STATUS_CODES: Final = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    409: "conflict",
-    413: "body_too_large",
-    415: "unsupported_media_type",
-    429: "too_many_requests",
-    502: "upstream_error",
-    503: "unavailable",
-}
 
 
 class ApiError(Exception):
@@ -88,16 +74,6 @@ class ApiError(Exception):
         self.field = field
 
 
-def json_error(
-    status: int, code: str, message: str, *, field: str | None = None, **headers: str
-) -> web.Response:
-    """`{"error": {"code", "message"[, "field"]}}` with `status`."""
-    error: dict[str, Any] = {"code": code, "message": message}
-    if field is not None:
-        error["field"] = field
-    return web.json_response({"error": error}, status=status, headers=headers or None)
-
-
 def _in_api(path: str) -> bool:
     return path == API_PREFIX or path.startswith(API_PREFIX + "/")
 
@@ -109,12 +85,16 @@ def bearer_ok(header: str | None, token: str) -> bool:
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer":
         return False
-    return hmac.compare_digest(given.strip().encode(), token.encode())
+    return tokens_match(given.strip(), token)
 
 
 @web.middleware
 async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Auth and JSON errors for `/api/v1`; other paths pass through untouched."""
+    """Auth and handler errors for `/api/v1`; other paths pass through untouched.
+
+    aiohttp's own errors (404, 405, 413) and crashes become JSON in the outer
+    `guard_middleware`, on every path alike.
+    """
     if not _in_api(request.path):
         return await handler(request)
     token = request.app[BRIDGE].settings.server.admin_token
@@ -128,28 +108,66 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
             **{"WWW-Authenticate": 'Bearer realm="fleet-bridge"'},
         )
     try:
+        _check_query(request)
         return await handler(request)
     except ApiError as err:
         return json_error(err.status, err.code, err.message, field=err.field)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = _STATUS_CODES.get(exc.status, "error")
-        return json_error(exc.status, code, exc.reason)
-    except Exception:
-        log.exception("admin API handler crashed", path=request.path, method=request.method)
-        return json_error(500, "internal", "internal error (logged)")
+
+
+# The query parameters each endpoint takes (by method and route); any other is a 400,
+# as the OpenAPI document says.
+_QUERY_PARAMS: Final = {
+    ("GET", API_PREFIX + "/deliveries"): frozenset({"state", "target", "limit", "cursor"}),
+}
+
+
+def _check_query(request: web.Request) -> None:
+    if not request.query or request.match_info.http_exception is not None:
+        return
+    resource = request.match_info.route.resource
+    allowed = _QUERY_PARAMS.get(
+        (request.method, resource.canonical if resource else ""), frozenset()
+    )
+    for name in request.query:
+        if name not in allowed:
+            raise ApiError(400, "invalid_field", f"{name}: unknown query parameter", field=name)
+        if len(request.query.getall(name)) > 1:
+            raise ApiError(400, "invalid_field", f"{name}: given more than once", field=name)
+
+
+def _is_json(content_type: str) -> bool:
+    return content_type == "application/json" or (
+        content_type.startswith("application/") and content_type.endswith("+json")
+    )
+
+
+def _json_number(text: str) -> int | float:
+    # JSON Schema counts 30.0 as an integer, so the API does too: an integral number
+    # (within the doubles' exact range) is handed to validation as an int.
+    value = float(text)
+    return int(value) if value.is_integer() and abs(value) <= 2**53 else value
 
 
 async def read_json(request: web.Request) -> Any:
-    """The request body as JSON; 400 when it is not JSON (413 past the size limit)."""
-    raw = await request.read()  # raises 413 past server.max_body_bytes
+    """The request body as JSON; 400 when it is not JSON, 415 when not sent as JSON."""
+    if not _is_json(request.content_type):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "body: send it as application/json",
+            field="body",
+        )
+    server = request.app[BRIDGE].settings.server
+    # A BodyError (413, 408) goes up to guard_middleware, which also drops the connection.
+    raw = await read_body(request, limit=server.max_body_bytes, timeout_s=server.read_timeout_s)
     if not raw.strip():
         raise ApiError(400, "invalid_body", "body: expected a JSON object", field="body")
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_float=_json_number)
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "invalid_json", "body: not valid JSON", field="body") from None
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "body: nested too deeply", field="body") from None
 
 
 async def parse_body(request: web.Request, model: type[M]) -> M:
@@ -385,6 +403,7 @@ async def _shared_events_status(b: Bridge, pollers: dict[str, Any], now: float) 
         reason=local.reason,
     )
     pollers["events"] = _poller_view(shared, now)
+    pollers["events"]["stale"] = events_poll_stale(b, shared.last_success_at)
 
 
 async def _leader(b: Bridge) -> dict[str, Any] | None:
@@ -442,13 +461,18 @@ def delivery_view(r: DeliveryRecord) -> dict[str, Any]:
     }
 
 
+def _ascii_int(raw: str, max_digits: int) -> int | None:
+    # int() also takes Unicode digits ("١٢"), signs, spaces and underscores, and refuses
+    # more than 4300 digits with an error of its own: accept plain ASCII digits only.
+    if not raw or len(raw) > max_digits or not raw.isascii() or not raw.isdigit():
+        return None
+    return int(raw)
+
+
 def _limit(raw: str | None) -> int:
     if raw is None:
         return DEFAULT_LIST_LIMIT
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
+    value = _ascii_int(raw, 4) or 0
     if not 1 <= value <= MAX_LIST_LIMIT:
         raise ApiError(
             400,
@@ -487,7 +511,8 @@ async def list_deliveries(request: web.Request) -> web.Response:
                 400, "invalid_field", f"state: expected one of {allowed}", field="state"
             ) from None
     target = q.get("target")
-    # A removed target's deliveries are kept and listable (SPEC §4).
+    # A removed target's deliveries are kept and listable (SPEC §4); a name that is
+    # neither configured nor holds deliveries is a 400 (a typo, most likely).
     removed = target is not None and target not in b.dispatchers
     if removed and target not in await _queue_counts(b):
         _known_target(b, target or "", field="target")
@@ -516,7 +541,7 @@ async def retry_delivery(request: web.Request) -> web.Response:
     """Re-queue one dead delivery (due now, attempts from 0): 200 with the row."""
     b = _bridge(request)
     raw = request.match_info["id"]
-    delivery_id = int(raw) if raw.isdecimal() and len(raw) <= 19 else 0
+    delivery_id = _ascii_int(raw, 19) or 0
     if not 1 <= delivery_id <= _MAX_ID - 1:
         raise ApiError(404, "not_found", f"no delivery {raw}")
     store = _store(b)
@@ -585,14 +610,19 @@ async def test_target(request: web.Request) -> web.Response:
 # --------------------------------------------------------------------------- replay
 
 
+# Unix seconds the API takes: from the epoch to the end of year 9999 (what an RFC 3339
+# time can say). An RFC 3339 time before the epoch is clamped to it: nothing is older.
+MAX_UNIX_S: Final = 253402300800
+
+
 def parse_time(value: object) -> float:
     """Unix seconds, or an RFC 3339 string with a zone, → Unix seconds."""
     if isinstance(value, str):
-        value = parse_rfc3339(value).timestamp()
+        return min(max(parse_rfc3339(value).timestamp(), 0.0), MAX_UNIX_S - 1.0)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError("expected Unix seconds or an RFC 3339 time")
-    if not math.isfinite(value) or not 0 <= value < 2**33:
-        raise ValueError("time out of range")
+    if not math.isfinite(value) or not 0 <= value < MAX_UNIX_S:
+        raise ValueError(f"time out of range (Unix seconds from 0 to {MAX_UNIX_S})")
     return float(value)
 
 
@@ -622,10 +652,10 @@ async def replay(request: web.Request) -> web.Response:
     now = b.clock.now()
     since = body.since
     until = now if body.until is None else body.until
-    if until < since:
-        raise ApiError(400, "invalid_field", "until: must not be before since", field="until")
+    # An `until` before `since` is an empty interval: nothing is queued (the answer's
+    # `queued: 0` says so). Refusing it would be a rule the OpenAPI schema cannot state.
     try:
-        queued = await _store(b).replay(body.target, since, until, now)
+        queued = 0 if until < since else await _store(b).replay(body.target, since, until, now)
     except StoreUnavailable as err:
         raise ApiError(503, "unavailable", f"the store is not answering: {err}") from None
     d.wake()

@@ -237,7 +237,13 @@ async def _push_ctx(app: web.Application) -> AsyncIterator[None]:
     b = app[BRIDGE]
     assert b.ingestor is not None
     assert b.store is not None
-    b.push = PushIngest(b.settings.ingest.vendor_webhook, b.ingestor, b.clips, b.store)
+    b.push = PushIngest(
+        b.settings.ingest.vendor_webhook,
+        b.ingestor,
+        b.clips,
+        b.store,
+        read_timeout_s=b.settings.server.read_timeout_s,
+    )
     left = await b.push.recover()
     if left:
         log.info("queued vendor pushes stored by an earlier run", count=left)
@@ -344,9 +350,13 @@ def build_app(
     """The bridge as an aiohttp Application (served by `run`, the demo and tests)."""
     from bridge.api import add_api_routes
     from bridge.health import add_health_routes
+    from bridge.httpguard import guard_middleware
     from bridge.push import handle_push
 
-    app = web.Application(client_max_size=settings.server.max_body_bytes)
+    app = web.Application(
+        client_max_size=settings.server.max_body_bytes,
+        middlewares=[guard_middleware()],
+    )
     clock = clock or SystemClock()
     app[BRIDGE] = Bridge(
         settings=settings,

@@ -76,7 +76,7 @@ def _build_parser() -> argparse.ArgumentParser:
 def _load(path: str | None) -> Settings:
     if not path:
         raise ConfigError(["--config: required (or set BRIDGE_CONFIG)"])
-    return load_settings(path)
+    return load_settings(path, warn=lambda line: print(f"warning: {line}", file=sys.stderr))
 
 
 def _check(path: str | None) -> int:

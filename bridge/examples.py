@@ -24,8 +24,6 @@ from datetime import UTC, datetime
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
-from aiohttp.test_utils import make_mocked_request
-
 from bridge.clips import tracked_clip_data
 from bridge.clock import FakeClock
 from bridge.dedup import decide, event_data_with_revision
@@ -36,7 +34,7 @@ from bridge.report import previous_period
 from bridge.routing import TEST_TYPE
 from bridge.settings import NOTIFICATION_TYPES, EventsPoll
 from bridge.simulator.analytics import safety_report
-from bridge.simulator.app import _videos
+from bridge.simulator.app import video_files
 from bridge.simulator.config import SimulatorConfig
 from bridge.simulator.core import Simulator
 from bridge.simulator.data import Device
@@ -93,14 +91,11 @@ def _clip_record(task: ClipTask) -> dict[str, Any]:
 
 
 def _video_detail(sim: Simulator, ticket: str) -> list[dict[str, Any]]:
-    """`POST /V2/event/GetVideoDetail` → `videos`, answered in-process (no HTTP)."""
-    request = make_mocked_request(
-        "POST", "/V2/event/GetVideoDetail", headers={"Host": "fleet.example.com"}, app=sim.app()
-    ).clone(scheme="https")
+    """`POST /V2/event/GetVideoDetail` → `videos`, as the simulator answers it (no HTTP)."""
     event = sim.log.get(ticket)
     if event is None:
         raise LookupError(ticket)
-    return _videos(request, event)
+    return video_files(sim, event, origin=BASE_URL)
 
 
 def _other_device(sim: Simulator, used: Device) -> Device:

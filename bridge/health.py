@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -18,8 +19,31 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+STALE_AFTER_INTERVALS = 3
+
+
+def events_poll_stale(b: Bridge, last: float | None) -> str | None:
+    """Why the events poll is stale (no success by any replica for 3 intervals), or None.
+
+    `last` is the last successful events poll by any replica (the store has it).
+    Shown in `/api/v1/status`, `bridge_poll_stale` and the chart's alert, never by
+    readiness (SPEC §7): a vendor outage must not take the push endpoint and the admin
+    API off the Service.
+    """
+    if b.events_poller is None:
+        return None
+    interval = b.settings.poll.events.interval_s
+    since = b.started_at if last is None else last
+    age = b.clock.now() - since
+    if age <= STALE_AFTER_INTERVALS * interval:
+        return None
+    if last is None:
+        return f"no successful events poll in the {age:.0f}s since start"
+    return f"last successful events poll {age:.0f}s ago"
+
+
 async def readiness_problems(b: Bridge) -> list[str]:
-    """Why the bridge is not ready (empty when it is)."""
+    """Why the bridge is not ready (empty when it is): the store and the scheduler only."""
     problems: list[str] = []
     if b.store is None:
         problems.append("store not open")
@@ -38,7 +62,8 @@ async def readyz(request: web.Request) -> web.Response:
 
     A stale events poll is not a readiness problem (SPEC §7): a vendor outage must
     not take the push endpoint and the admin API off the Service, and only one
-    replica polls at all. It shows in /api/v1/status and bridge_cursor_lag_seconds.
+    replica polls at all. It shows in /api/v1/status, bridge_poll_stale and
+    bridge_cursor_lag_seconds.
     """
     problems = await readiness_problems(request.app[BRIDGE])
     if problems:
@@ -59,6 +84,19 @@ async def metrics(request: web.Request) -> web.Response:
                 b.metrics.queue_depth.labels(target=target, state=state).set(
                     counts.get(target, {}).get(state, 0)
                 )
+    # Computed at scrape time: while polls fail, nothing else would move these.
+    if b.events_poller is not None:
+        last = b.events_poller.status.last_success_at
+        if b.ingestor is not None:
+            with contextlib.suppress(StoreUnavailable, TimeoutError):
+                shared = await asyncio.wait_for(
+                    b.ingestor.last_success("events"), READY_STORE_TIMEOUT_S
+                )
+                last = max((t for t in (last, shared) if t is not None), default=None)
+        b.metrics.poll_stale.labels(job="events").set(1 if events_poll_stale(b, last) else 0)
+        cursor = b.events_poller.status.cursor
+        if cursor is not None:
+            b.metrics.cursor_lag.labels(job="events").set(max(0.0, b.clock.now() - cursor))
     body = generate_latest(b.metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -88,6 +88,12 @@ class Metrics:
             ["job"],
             registry=r,
         )
+        self.poll_stale = Gauge(
+            "bridge_poll_stale",
+            "1 while no poll of this job succeeded within 3 intervals (readiness ignores it)",
+            ["job"],
+            registry=r,
+        )
 
         # Enrichment before storing (SPEC §5.1); both series exist from the start at 0.
         self.video_link_fetches = Counter(

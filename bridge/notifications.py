@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from bridge.clock import parse_rfc3339, utc_iso
 
@@ -100,11 +101,21 @@ def build_notification(
         id=notification_id or new_notification_id(now),
         type=type_,
         created_at=now,
-        source_base_url=base_url,
+        source_base_url=public_url(base_url),
         data=data,
         keys=keys or routing_keys(type_, data),
         event_at=event_at,
     )
+
+
+def public_url(url: str) -> str:
+    """`url` without userinfo and query: credentials never travel in a notification."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def routing_keys(type_: str, data: dict[str, Any]) -> RoutingKeys:

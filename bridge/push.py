@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hmac
 import json
 import time
 import uuid
@@ -31,6 +30,7 @@ from pydantic import ValidationError
 
 from bridge.app import BRIDGE
 from bridge.clips import ClipTracker
+from bridge.httpguard import read_body, tokens_match
 from bridge.ingest import EventIngestor
 from bridge.normalize import MalformedItem, normalize_push_event
 from bridge.settings import VendorWebhookIngest
@@ -110,9 +110,11 @@ class PushIngest:
         store: Store,
         *,
         max_queued_bytes: int = MAX_QUEUED_BYTES,
+        read_timeout_s: float = 15.0,
     ) -> None:
         self._cfg = cfg
         self._max_queued_bytes = max_queued_bytes
+        self._read_timeout_s = read_timeout_s
         self._ingestor = ingestor
         self._clips = clips
         self._store = store
@@ -132,21 +134,17 @@ class PushIngest:
         """No token configured, or `?token=` / `X-Bridge-Token` carries it (constant time)."""
         if self._cfg.token is None:
             return True
-        want = self._cfg.token.get_secret_value().encode()
-        given = request.headers.get("X-Bridge-Token") or request.query.get("token") or ""
-        return hmac.compare_digest(given.encode(), want)
+        given = request.headers.get("X-Bridge-Token") or request.query.get("token")
+        return tokens_match(given, self._cfg.token.get_secret_value())
 
     async def handle(self, request: web.Request) -> web.Response:
-        """Check, queue, answer `{"status":"success"}`; never raises."""
+        """Check, queue, answer `{"status":"success"}`; raises only `BodyError`."""
         if not self.token_ok(request):
             log.warning("vendor push refused: wrong token", remote=request.remote)
             return _error(401, "unauthorized", "missing or wrong token")
-        if request.content_length is not None and request.content_length > MAX_PUSH_BYTES:
-            return _error(413, "body_too_large", f"body over {MAX_PUSH_BYTES} bytes")
         # Read the stream ourselves: the 1 MiB limit holds whatever server.max_body_bytes is.
-        raw = await read_capped(request, MAX_PUSH_BYTES)
-        if raw is None:
-            return _error(413, "body_too_large", f"body over {MAX_PUSH_BYTES} bytes")
+        # Too large or too slow raises BodyError: guard_middleware answers 413 / 408.
+        raw = await read_body(request, limit=MAX_PUSH_BYTES, timeout_s=self._read_timeout_s)
         try:
             hook, message = parse_push(raw)
             if hook in EVENT_HOOKS:
@@ -293,20 +291,6 @@ class PushIngest:
         ):
             if task_id:
                 await self._clips.check_now(task_id)
-
-
-async def read_capped(request: web.Request, limit: int) -> bytes | None:
-    """The body, or None as soon as it grows past `limit` (chunked bodies included)."""
-    parts: list[bytes] = []
-    size = 0
-    while True:
-        chunk = await request.content.read(65536)
-        if not chunk:
-            return b"".join(parts)
-        size += len(chunk)
-        if size > limit:
-            return None
-        parts.append(chunk)
 
 
 def _error(status: int, code: str, message: str, *, retry_after: str | None = None) -> web.Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 
 import aiohttp
@@ -13,6 +14,7 @@ from bridge.app import build_app, make_target
 from bridge.cli import EXIT_OK, StartupError
 from bridge.clock import SystemClock
 from bridge.dispatch import Dispatcher, dispatch_options
+from bridge.httpguard import CappedTCPSite
 from bridge.logs import configure_logging
 from bridge.metrics import Metrics
 from bridge.settings import ConfigError, Settings, parse_start_from
@@ -20,6 +22,9 @@ from bridge.store import open_store
 from bridge.store.base import DeliveryState, StoreUnavailable
 
 log = structlog.get_logger(__name__)
+
+
+KEEPALIVE_S = 75.0
 
 
 def run_service(settings: Settings) -> int:
@@ -35,15 +40,7 @@ def run_service(settings: Settings) -> int:
         port=settings.server.port,
     )
     try:
-        web.run_app(
-            app,
-            host=settings.server.host,
-            port=settings.server.port,
-            print=None,
-            access_log=None,
-            shutdown_timeout=settings.server.shutdown_grace_s,
-            handle_signals=True,
-        )
+        _run(app, settings)
     except StoreUnavailable as err:
         raise StartupError(f"the store cannot be opened: {err}") from None
     except OSError as err:
@@ -52,6 +49,61 @@ def run_service(settings: Settings) -> int:
         ) from None
     log.info("fleet-bridge stopped")
     return EXIT_OK
+
+
+def _run(app: web.Application, settings: Settings) -> None:
+    """`web.run_app`, but listening through `CappedTCPSite` (a connection cap).
+
+    Same shutdown as run_app: SIGTERM/SIGINT raise GracefulExit; then the serving task
+    alone is cancelled, so its `runner.cleanup()` drains in-flight work with every
+    other task still running, and only after it the leftovers are cancelled.
+    """
+    loop = asyncio.new_event_loop()
+    main = loop.create_task(_serve(app, settings))
+    try:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(main)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        try:
+            main.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                loop.run_until_complete(main)
+        finally:
+            rest = asyncio.all_tasks(loop)
+            for task in rest:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*rest, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
+async def _serve(app: web.Application, settings: Settings) -> None:
+    server = settings.server
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=server.shutdown_grace_s,
+        handle_signals=True,
+        # run_app's value; the handler's own default (an hour) would let idle
+        # keep-alive connections sit on the connection cap.
+        keepalive_timeout=KEEPALIVE_S,
+    )
+    await runner.setup()
+    try:
+        site = CappedTCPSite(
+            runner,
+            server.host,
+            server.port,
+            max_connections=server.max_connections,
+            header_timeout_s=server.read_timeout_s,
+        )
+        await site.start()
+        await asyncio.Event().wait()  # until SIGTERM/SIGINT (GracefulExit) cancels us
+    finally:
+        await runner.cleanup()
 
 
 def run_replay(settings: Settings, target: str, since: str, until: str | None) -> int:

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import string
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
+    AfterValidator,
     AnyHttpUrl,
     BaseModel,
     ConfigDict,
@@ -30,7 +33,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from pydantic_settings.sources.utils import parse_env_vars
 
 from bridge.clock import parse_rfc3339
 
@@ -69,6 +78,30 @@ SECRET_FILE_KEYS = frozenset(
 )
 
 
+# Bearer and ingest tokens guard the admin API and the push endpoint: a short one is
+# guessable, so it is refused like an empty one.
+MIN_TOKEN_LENGTH = 16
+
+
+def _not_blank(secret: SecretStr) -> SecretStr:
+    # An empty secret (an empty file, `${VAR}` set to "", `BRIDGE_…=`) must never mean
+    # "no authentication": it is a config error wherever it comes from.
+    if not secret.get_secret_value().strip():
+        raise ValueError("must not be empty or whitespace")
+    return secret
+
+
+def _long_token(secret: SecretStr) -> SecretStr:
+    _not_blank(secret)
+    if len(secret.get_secret_value()) < MIN_TOKEN_LENGTH:
+        raise ValueError(f"must have at least {MIN_TOKEN_LENGTH} characters")
+    return secret
+
+
+Secret = Annotated[SecretStr, AfterValidator(_not_blank)]
+Token = Annotated[SecretStr, AfterValidator(_long_token)]
+
+
 class ConfigError(Exception):
     """The configuration is invalid; `problems` has one `path: message` line each."""
 
@@ -92,9 +125,9 @@ class EventTypeOverride(_Strict):
 class UpstreamAuth(_Strict):
     """Exactly one of a static `token` or `email` + `password`."""
 
-    token: SecretStr | None = None
+    token: Secret | None = None
     email: str | None = None
-    password: SecretStr | None = None
+    password: Secret | None = None
     fleet_id: int | None = None
 
     @model_validator(mode="after")
@@ -111,7 +144,7 @@ class UpstreamAuth(_Strict):
 
 class UpstreamSettings(_Strict):
     base_url: AnyHttpUrl
-    api_key: SecretStr
+    api_key: Secret
     api_key_header: str = "X-Api-Key"
     auth: UpstreamAuth
     auth_header: str = "Authorization"
@@ -124,6 +157,17 @@ class UpstreamSettings(_Strict):
     # Vendor severity values → ours, over the built-in 1/2/3 and Minor/Moderate/Severe
     # (keys are matched case-insensitively; numbers as their digits, e.g. "4": severe).
     severity_levels: dict[str, Severity] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _no_clashing_userinfo(self) -> UpstreamSettings:
+        # aiohttp turns user:password@ into an Authorization header and refuses a request
+        # that also sets one: every vendor call would fail.
+        if self.base_url.username is not None and self.auth_header.lower() == "authorization":
+            raise ValueError(
+                "base_url: user:password@ cannot be combined with auth_header Authorization;"
+                " remove it from the URL (credentials go in api_key and auth)"
+            )
+        return self
 
     @property
     def base(self) -> str:
@@ -247,7 +291,7 @@ class ClipsSettings(_Strict):
 class VendorWebhookIngest(_Strict):
     enabled: bool = False
     path: str = "/ingest/visionmax"
-    token: SecretStr | None = None
+    token: Token | None = None
 
     @field_validator("path")
     @classmethod
@@ -294,9 +338,14 @@ class StoreSettings(_Strict):
 class ServerSettings(_Strict):
     host: str = "0.0.0.0"  # noqa: S104 - a container listens on all interfaces
     port: int = Field(8080, ge=0, le=65535)
-    admin_token: SecretStr | None = None
+    admin_token: Token | None = None
     shutdown_grace_s: NonNegativeSeconds = 20
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    # A new connection's request headers, and each request body, must arrive within
+    # this (slow clients cannot hold a connection).
+    read_timeout_s: PositiveSeconds = 15
+    # Open connections at once; past it a new one gets 503 with Retry-After.
+    max_connections: int = Field(64, ge=1, le=100_000)
 
 
 class LoggingSettings(_Strict):
@@ -323,8 +372,11 @@ class RetrySettings(_Strict):
     max_delay_s: PositiveSeconds = 3600
 
 
+TARGET_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+
+
 class _TargetBase(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    name: str = Field(pattern=TARGET_NAME_PATTERN)
     filter: TargetFilter = TargetFilter()
     redact: list[str] = Field(default_factory=list)
     retry: RetrySettings = RetrySettings()
@@ -363,7 +415,7 @@ class WebhookTarget(_TargetBase):
     template: str | None = Field(None, max_length=65536)
     template_file: Path | None = None
     preset: Literal["pagerduty", "teams", "discord"] | None = None
-    vars: dict[str, SecretStr] = Field(default_factory=dict)
+    vars: dict[str, Secret] = Field(default_factory=dict)
     content_type: str = Field("application/json", pattern=_MEDIA_TYPE, max_length=200)
 
     @field_validator("template", "template_file", "preset")
@@ -408,7 +460,7 @@ class WebhookTarget(_TargetBase):
         if v is None:
             return v
         for s in v if isinstance(v, list) else [v]:
-            _check_whsec(s)
+            _check_whsec(_not_blank(s))
         return v
 
     @property
@@ -421,8 +473,8 @@ class WebhookTarget(_TargetBase):
 
 class SlackTarget(_TargetBase):
     type: Literal["slack"]
-    webhook_url: SecretStr | None = None
-    bot_token: SecretStr | None = None
+    webhook_url: Secret | None = None
+    bot_token: Secret | None = None
     channel: str | None = None
     api_base_url: AnyHttpUrl = AnyHttpUrl("https://slack.com/api")
     tz: str = "UTC"
@@ -461,7 +513,7 @@ class MqttTarget(_TargetBase):
     protocol: Literal["3.1.1", "5"] = "3.1.1"
     client_id: str | None = None
     username: str | None = None
-    password: SecretStr | None = None
+    password: Secret | None = None
     tls_ca_file: Path | None = None
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
@@ -537,8 +589,9 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Environment overrides beat the file; no dotenv or secrets-dir magic.
-        return (env_settings, init_settings)
+        # Environment overrides beat the file; no dotenv or secrets-dir magic. The
+        # overrides come from the mapping the loader was given (os.environ by default).
+        return (_MappingEnvSource(settings_cls), init_settings)
 
     @model_validator(mode="after")
     def _unique_targets(self) -> Settings:
@@ -560,11 +613,20 @@ class Settings(BaseSettings):
         for value in _walk_values(self):
             if isinstance(value, SecretStr):
                 out.append(value.get_secret_value())
-        for url in [self.store.url, *(t.url for t in self.targets if isinstance(t, MqttTarget))]:
-            pw = urlsplit(url).password
-            if pw:
-                out.append(pw)
+        for url in self._urls():
+            out.extend(url_secrets(url))
+        for t in self.targets:
+            if isinstance(t, WebhookTarget):
+                out.extend(v for k, v in t.headers.items() if is_secret_name(k))
         return [s for s in out if len(s) >= 4]
+
+    def _urls(self) -> list[str]:
+        """Every configured URL that may carry credentials (userinfo, ?token=)."""
+        urls = [self.store.url, str(self.upstream.base_url)]
+        for t in self.targets:
+            if isinstance(t, MqttTarget | WebhookTarget):
+                urls.append(str(t.url))
+        return urls
 
 
 def _walk_values(obj: Any) -> Iterator[Any]:
@@ -609,6 +671,25 @@ def _check_tz(v: str) -> str:
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
+# The `BRIDGE_` overrides are read from this mapping, so a caller (a test) can pass its
+# own environment without touching os.environ.
+_OVERRIDES: ContextVar[Mapping[str, str] | None] = ContextVar("bridge_env", default=None)
+
+
+class _MappingEnvSource(EnvSettingsSource):
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        env = _OVERRIDES.get()
+        return parse_env_vars(
+            os.environ if env is None else env,
+            self.case_sensitive,
+            self.env_ignore_empty,
+            self.env_parse_none_str,
+        )
+
+
+Warn = Callable[[str], None]
+
+
 def _path_str(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
@@ -619,27 +700,32 @@ def _path_str(loc: tuple[int | str, ...]) -> str:
     return out or "(root)"
 
 
-def _expand(node: Any, loc: tuple[int | str, ...], env: Mapping[str, str], errs: list[str]) -> Any:
+def _expand(
+    node: Any,
+    loc: tuple[int | str, ...],
+    env: Mapping[str, str],
+    errs: list[str],
+    warn: Warn | None = None,
+) -> Any:
     """Expand `${VAR}` in strings and read `<secret>_file` keys, collecting errors."""
     if isinstance(node, dict):
         out: dict[Any, Any] = {}
         for key, value in node.items():
             here = (*loc, str(key))
-            value = _expand(value, here, env, errs)
+            value = _expand(value, here, env, errs, warn)
             if isinstance(key, str) and key.endswith("_file") and key[:-5] in SECRET_FILE_KEYS:
                 base = key[:-5]
                 if base in node:
                     errs.append(f"{_path_str(here)}: give {base} or {key}, not both")
                     continue
-                try:
-                    out[base] = Path(str(value)).read_text(encoding="utf-8").strip()
-                except OSError as err:
-                    errs.append(f"{_path_str(here)}: cannot read secret file ({err.strerror})")
+                secret = _read_secret_file(Path(str(value)), _path_str(here), errs, warn)
+                if secret is not None:
+                    out[base] = secret
                 continue
             out[key] = value
         return out
     if isinstance(node, list):
-        return [_expand(v, (*loc, i), env, errs) for i, v in enumerate(node)]
+        return [_expand(v, (*loc, i), env, errs, warn) for i, v in enumerate(node)]
     if isinstance(node, str):
 
         def sub(m: re.Match[str]) -> str:
@@ -651,6 +737,21 @@ def _expand(node: Any, loc: tuple[int | str, ...], env: Mapping[str, str], errs:
 
         return _ENV_REF.sub(sub, node)
     return node
+
+
+def _read_secret_file(path: Path, where: str, errs: list[str], warn: Warn | None) -> str | None:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+        mode = path.stat().st_mode
+    except OSError as err:
+        errs.append(f"{where}: cannot read secret file ({err.strerror})")
+        return None
+    except UnicodeDecodeError:
+        errs.append(f"{where}: secret file is not UTF-8 text")
+        return None
+    if mode & stat.S_IROTH and warn is not None:
+        warn(f"{where}: secret file {path} is readable by other users (chmod o-r)")
+    return text
 
 
 def _format_validation_error(err: ValidationError) -> list[str]:
@@ -674,61 +775,71 @@ def _format_validation_error(err: ValidationError) -> list[str]:
     return lines
 
 
-def load_settings(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Settings:
-    """Read, expand and validate the config file; raise `ConfigError` listing every problem."""
-    env = os.environ if env is None else env
+def load_settings(
+    path: str | os.PathLike[str],
+    env: Mapping[str, str] | None = None,
+    *,
+    warn: Warn | None = None,
+) -> Settings:
+    """Read, expand and validate the config file; raise `ConfigError` listing every problem.
+
+    `warn` receives one line per non-fatal finding (a secret file others can read).
+    """
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError([f"(file): cannot read {path}: {err.strerror}"]) from None
-    return settings_from_yaml(text, env)
+    except UnicodeDecodeError:
+        raise ConfigError([f"(file): {path} is not UTF-8 text"]) from None
+    return settings_from_yaml(text, env, warn=warn)
 
 
-def settings_from_yaml(text: str, env: Mapping[str, str] | None = None) -> Settings:
+def settings_from_yaml(
+    text: str, env: Mapping[str, str] | None = None, *, warn: Warn | None = None
+) -> Settings:
     """Validate config given as YAML text (see `load_settings`)."""
-    env = os.environ if env is None else env
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise ConfigError([f"(file): not valid YAML: {err}"]) from None
+        raise ConfigError([f"(file): not valid YAML{_yaml_where(err)}"]) from None
     if not isinstance(raw, dict):
         raise ConfigError(["(root): the config must be a mapping"])
-    return settings_from_dict(raw, env)
+    return settings_from_dict(raw, env, warn=warn)
 
 
-def settings_from_dict(raw: dict[str, Any], env: Mapping[str, str] | None = None) -> Settings:
+def _yaml_where(err: yaml.YAMLError) -> str:
+    # PyYAML's message quotes the offending line, which may hold a secret: keep only the
+    # problem and its position.
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{where}: {problem}" if problem else where
+
+
+def settings_from_dict(
+    raw: dict[str, Any], env: Mapping[str, str] | None = None, *, warn: Warn | None = None
+) -> Settings:
     """Validate an already-parsed config mapping (see `load_settings`)."""
     env = os.environ if env is None else env
     errs: list[str] = []
-    data = _expand(raw, (), env, errs)
+    data = _expand(raw, (), env, errs, warn)
     errs.extend(_duplicate_target_names(data))
+    reset = _OVERRIDES.set(env)
     try:
-        settings = _with_environ(env, lambda: Settings(**data))
+        settings = Settings(**data)
     except ValidationError as err:
         for line in _format_validation_error(err):
             path = line.split(":", 1)[0]
-            # Already reported: a duplicate name, or the *_file that failed to read.
-            if any(old in line or old.startswith(f"{path}_file:") for old in errs):
+            # Already reported: a duplicate name, an unset ${VAR}, an unreadable *_file.
+            if any(old in line or old.startswith((f"{path}:", f"{path}_file:")) for old in errs):
                 continue
             errs.append(line)
         raise ConfigError(errs) from None
+    finally:
+        _OVERRIDES.reset(reset)
     if errs:
         raise ConfigError(errs)
     return settings
-
-
-def _with_environ(env: Mapping[str, str], build: Any) -> Settings:
-    # pydantic-settings reads os.environ; tests pass their own mapping.
-    if env is os.environ:
-        return build()  # type: ignore[no-any-return]
-    saved = dict(os.environ)
-    try:
-        os.environ.clear()
-        os.environ.update(env)
-        return build()  # type: ignore[no-any-return]
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 # --------------------------------------------------------------------------- display
@@ -755,16 +866,43 @@ def masked_dump(settings: Settings) -> dict[str, Any]:
 
     out: dict[str, Any] = mask(data)
     out["store"]["url"] = mask_url_password(out["store"]["url"])
+    out["upstream"]["base_url"] = mask_url_password(out["upstream"]["base_url"])
     for t in out["targets"]:
-        if t.get("type") == "mqtt":
+        if t.get("type") in ("mqtt", "webhook"):
             t["url"] = mask_url_password(t["url"])
+        if t.get("type") == "webhook":
+            t["headers"] = {k: MASK if is_secret_name(k) else v for k, v in t["headers"].items()}
+    return out
+
+
+# Header and query parameter names whose values are credentials.
+_SECRET_NAME = re.compile(r"auth|token|key|secret|pass|sig|cookie|session|credential", re.I)
+
+
+def is_secret_name(name: str) -> bool:
+    """True for a header or query parameter that carries a credential (`Authorization`…)."""
+    return _SECRET_NAME.search(name) is not None
+
+
+def url_secrets(url: str) -> list[str]:
+    """The credentials inside a URL: userinfo password and secret query values."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return []
+    out = [password] if password else []
+    out.extend(v for k, v in parse_qsl(parts.query) if v and is_secret_name(k))
     return out
 
 
 def mask_url_password(url: str) -> str:
-    """`mqtt://user:pass@host` → `mqtt://user:**********@host`."""
+    """`mqtt://user:pass@host/?token=t` → `mqtt://user:**********@host/?token=**********`."""
     parts = urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", f":{MASK}@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", f":{MASK}@", 1)
+        parts = parts._replace(netloc=netloc)
+    if parts.query:
+        query = [(k, MASK if is_secret_name(k) else v) for k, v in parse_qsl(parts.query, True)]
+        parts = parts._replace(query=urlencode(query, safe="*"))
+    return parts.geturl()

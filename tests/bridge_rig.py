@@ -22,16 +22,16 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from conftest import wait_for
+from envelope_schema import validate_envelope
 from webhook_receiver import SECRET, Receiver
 
 from bridge.app import BRIDGE, Bridge, build_app
 from bridge.clock import FakeClock, SystemClock
-from bridge.schema import validate_envelope
 from bridge.settings import Settings, settings_from_dict
 from bridge.simulator import Simulator, SimulatorConfig
 
 ADMIN_TOKEN = "admin-test-token"
-PUSH_TOKEN = "push-test-token"
+PUSH_TOKEN = "push-test-token-0123"
 PUSH_PATH = "/ingest/visionmax"
 
 ServerFactory = Callable[..., Awaitable[TestServer]]

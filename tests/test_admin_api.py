@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from bridge_rig import ADMIN_TOKEN, Rig, make_rig
 from conftest import wait_for
+from envelope_schema import validate_envelope
 from webhook_receiver import Behaviour
 
 from bridge.app import BRIDGE
 from bridge.clock import utc_iso
-from bridge.schema import validate_envelope
 
 RigFactory = Callable[..., Awaitable[Rig]]
 
@@ -148,8 +148,10 @@ async def test_status_shape_and_values(rig_factory: RigFactory) -> None:
         "lag_s",
         "failing",
         "reason",
+        "stale",
     }
     assert events["reason"] is None
+    assert events["stale"] is None
     assert events["last_success_at"] == utc_iso(rig.clock.now())
     assert events["last_error"] is None
     assert events["failing"] is False
@@ -241,7 +243,8 @@ async def test_deliveries_pagination_covers_every_row_once(rig_factory: RigFacto
         ({"limit": "0"}, "limit"),
         ({"limit": "1001"}, "limit"),
         ({"limit": "ten"}, "limit"),
-        ({"target": "nope"}, "target"),
+        ({"target": "no/such"}, "target"),
+        ({"target": ""}, "target"),
         ({"cursor": "abc"}, "cursor"),
         ({"cursor": "0"}, "cursor"),
         ({"cursor": "9" * 30}, "cursor"),
@@ -405,7 +408,9 @@ async def test_replay_resends_with_the_original_ids(rig_factory: RigFactory) -> 
         ({"target": "hook", "since": "2026-01-01T00:00:00"}, "since"),  # no zone
         ({"target": "hook", "since": -1}, "since"),
         ({"target": "hook", "since": True}, "since"),
-        ({"target": "hook", "since": 10, "until": 5}, "until"),
+        ({"target": "hook", "since": 10, "until": 10**12}, "until"),  # past year 9999
+        ({"target": "hook", "since": ""}, "since"),
+        ({"target": "", "since": 0}, "target"),
         ({"target": "hook", "since": 0, "until": "x"}, "until"),
         ({"target": "hook", "since": 0, "extra": 1}, "extra"),
         ([], "body"),
@@ -417,6 +422,14 @@ async def test_replay_rejects_bad_bodies_naming_the_field(
     rig = await rig_factory()
     error = (await post_json(rig, "/api/v1/replay", body, status=400))["error"]
     assert error["field"] == field, error
+
+
+async def test_replay_of_an_empty_interval_queues_nothing(rig_factory: RigFactory) -> None:
+    # until before since is no error the OpenAPI schema could state: it is empty.
+    rig = await rig_factory()
+    body = {"target": "hook", "since": 10, "until": 5}
+    answer = await post_json(rig, "/api/v1/replay", body, status=202)
+    assert answer["queued"] == 0
 
 
 async def test_replay_body_over_the_size_limit_is_413(rig_factory: RigFactory) -> None:

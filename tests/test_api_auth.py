@@ -86,7 +86,8 @@ async def test_discard_requires_confirm_then_proxies_once(rig_factory: RigFactor
     item = rig.sim.add_event(timestamp=int(rig.clock.now()) - 5)
     path = f"/api/v1/events/{item['ticket']}/discard"
     for body in ("", "{}", '{"confirm": false}', '{"confirm": "yes"}', '{"confirm": 1}'):
-        resp = await rig.client.post(path, data=body, headers=rig.auth)
+        headers = {**rig.auth, "Content-Type": "application/json"}
+        resp = await rig.client.post(path, data=body, headers=headers)
         assert resp.status == 400, body
         error = (await resp.json())["error"]
         assert error["field"] in ("confirm", "body"), body

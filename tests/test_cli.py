@@ -134,6 +134,58 @@ def test_unreachable_store_exits_1_with_one_sentence(tmp_path: Path) -> None:
     assert "Traceback" not in out.stderr
 
 
+def test_a_store_path_that_is_a_directory_exits_1_with_one_sentence(tmp_path: Path) -> None:
+    cfg = {
+        "upstream": {
+            "base_url": "http://127.0.0.1:9",
+            "api_key": "k-1234",
+            "auth": {"token": "t-1234"},
+        },
+        "store": {"url": f"sqlite:///{tmp_path}"},
+        "server": {"port": 0},
+        "logging": {"format": "json", "level": "warning"},
+    }
+    out = run_cli("run", "--config", str(write_config(tmp_path, cfg)))
+    assert out.returncode == 1
+    assert out.stderr.startswith("fleet-bridge: the store cannot be opened")
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_check_masks_credentials_in_urls_and_headers_and_warns_on_open_secret_files(
+    tmp_path: Path,
+) -> None:
+    key_file = tmp_path / "api_key"
+    key_file.write_text("key-FROM-FILE-77\n")
+    key_file.chmod(0o644)
+    cfg = {
+        "upstream": {
+            "base_url": "https://ops:basePW-SECRET@fleet.example.com",
+            "auth_header": "X-Auth-Token",
+            "api_key_file": str(key_file),
+            "auth": {"token": "tok-SECRET-123"},
+        },
+        "targets": [
+            {
+                "name": "hook",
+                "type": "webhook",
+                "url": "https://u:hookPW-SECRET@hooks.example.com/x?token=qTOKEN-SECRET",
+                "headers": {"Authorization": "Bearer hdr-SECRET-1"},
+            }
+        ],
+    }
+    out = run_cli("check", "--config", str(write_config(tmp_path, cfg)))
+    assert out.returncode == 0, out.stderr
+    for secret in ("basePW", "hookPW", "qTOKEN", "hdr-SECRET", "key-FROM-FILE"):
+        assert secret not in out.stdout + out.stderr
+    shown = yaml.safe_load(out.stdout)
+    assert shown["upstream"]["base_url"] == "https://ops:**********@fleet.example.com/"
+    assert shown["targets"][0]["headers"] == {"Authorization": "**********"}
+    warnings = out.stderr.strip().splitlines()
+    assert len(warnings) == 1
+    assert warnings[0].startswith("warning: upstream.api_key_file: secret file ")
+
+
 def _run_config(store_url: str) -> dict[str, object]:
     return {
         "upstream": {"base_url": "http://127.0.0.1:9", "api_key": "k-1234", "auth": {"token": "t"}},

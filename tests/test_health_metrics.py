@@ -26,6 +26,7 @@ SPEC_METRICS = (
     "bridge_queue_depth",
     "bridge_target_paused",
     "bridge_cursor_lag_seconds",
+    "bridge_poll_stale",
 )
 
 
@@ -67,16 +68,30 @@ async def test_readiness_follows_the_store(rig_factory: RigFactory) -> None:
     assert await readyz(rig) == (200, {"status": "ready"})
 
 
-async def test_a_stale_poll_shows_in_status_not_in_readiness(rig_factory: RigFactory) -> None:
+async def test_a_stale_poll_shows_in_status_and_metrics_but_keeps_the_bridge_ready(
+    rig_factory: RigFactory,
+) -> None:
+    # SPEC §7: a vendor outage must not take the push endpoint and admin API off the
+    # Service; the stale poll is reported by the status API, a metric and an alert.
     rig = await rig_factory()
     assert (await readyz(rig))[0] == 200
     interval = rig.settings.poll.events.interval_s
     rig.clock.advance(3 * interval + 1)
-    # A vendor outage (or a replica that does not lead) keeps the pod in the Service.
     assert await readyz(rig) == (200, {"status": "ready"})
     resp = await rig.client.get("/api/v1/status", headers=rig.auth)
     events = (await resp.json())["pollers"]["events"]
     assert events["lag_s"] > 3 * interval
+    stale = events["stale"]
+    assert stale is not None
+    assert "events poll" in stale
+    assert value(await scrape(rig), "bridge_poll_stale", job="events") == 1
+    assert value(await scrape(rig), "bridge_cursor_lag_seconds", job="events") > 3 * interval
+
+    resp = await rig.client.post("/api/v1/poll", headers=rig.auth)
+    assert resp.status == 200
+    resp = await rig.client.get("/api/v1/status", headers=rig.auth)
+    assert (await resp.json())["pollers"]["events"]["stale"] is None
+    assert value(await scrape(rig), "bridge_poll_stale", job="events") == 0
 
 
 # --------------------------------------------------------------------------- metrics

@@ -16,6 +16,9 @@ SECRETS = {
     "token": "token-LEAK2",
     "whsec": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
     "mqtt": "mqttLEAK3",
+    "base_pw": "basePW-LEAK4",
+    "hook_q": "hookQ-LEAK5",
+    "header": "hdr-LEAK6",
 }
 
 
@@ -23,7 +26,8 @@ def settings() -> object:
     return settings_from_dict(
         {
             "upstream": {
-                "base_url": "https://fleet.example.com",
+                "base_url": f"https://ops:{SECRETS['base_pw']}@fleet.example.com",
+                "auth_header": "X-Auth-Token",
                 "api_key": SECRETS["api"],
                 "auth": {"token": SECRETS["token"]},
             },
@@ -31,8 +35,9 @@ def settings() -> object:
                 {
                     "name": "w",
                     "type": "webhook",
-                    "url": "https://x.example",
+                    "url": f"https://x.example/in?token={SECRETS['hook_q']}",
                     "secret": SECRETS["whsec"],
+                    "headers": {"X-Auth-Key": SECRETS["header"]},
                 },
                 {"name": "m", "type": "mqtt", "url": f"mqtt://u:{SECRETS['mqtt']}@b:1883"},
             ],
@@ -59,9 +64,15 @@ def test_no_secret_reaches_rendered_json_logs() -> None:
     except RuntimeError:
         log.exception("failed")
     logging.getLogger("aiohttp.client").error("stdlib %s", SECRETS["api"])
+    log.info(
+        "urls",
+        base=f"https://ops:{SECRETS['base_pw']}@fleet.example.com",
+        hook=f"https://x.example/in?token={SECRETS['hook_q']}",
+        header=SECRETS["header"],
+    )
     text = stream.getvalue()
     lines = [json.loads(line) for line in text.strip().splitlines()]
-    assert len(lines) == 4
+    assert len(lines) == 5
     for value in SECRETS.values():
         assert value not in text
     assert text.count(MASK) >= 6

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from vendor_models import EventItem, PushMessage, StorageItem, TaskResult, VideoDetail
 
 from bridge.event_types import BUILTIN_EVENT_TYPES, EventTypeTable, category_from_name
 from bridge.normalize import (
@@ -25,14 +26,7 @@ from bridge.normalize import (
     upload_data,
 )
 from bridge.settings import EventTypeOverride
-from bridge.upstream.models import (
-    EventItem,
-    PushMessage,
-    StorageItem,
-    TaskResult,
-    VendorPush,
-    VideoDetail,
-)
+from bridge.upstream.models import VendorPush
 
 TABLE = EventTypeTable({})
 

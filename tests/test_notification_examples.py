@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from envelope_schema import validate_envelope
 
 from bridge.examples import (
     TYPES,
@@ -22,7 +23,6 @@ from bridge.examples import (
     replace_section,
 )
 from bridge.notifications import Notification
-from bridge.schema import validate_envelope
 from bridge.targets.webhook import sign
 
 ROOT = Path(__file__).resolve().parent.parent

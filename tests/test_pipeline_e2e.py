@@ -18,12 +18,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from conftest import wait_for
+from envelope_schema import validate_envelope
 from structlog.testing import capture_logs
 from webhook_receiver import SECRET, Receiver, always, fail_first
 
 from bridge.app import BRIDGE, Bridge, build_app
 from bridge.clock import FakeClock, SystemClock
-from bridge.schema import validate_envelope
 from bridge.settings import Settings, settings_from_dict
 from bridge.simulator import Simulator, SimulatorConfig
 from bridge.store.base import DeliveryState

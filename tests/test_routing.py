@@ -198,3 +198,15 @@ def test_redact_ignores_empty_and_odd_paths() -> None:
     envelope = {"data": {"a": {"b": 1}, "c": 2}}
     out = redact(envelope, ["", ".", "a.b.c", "c.d"])
     assert out == envelope
+
+
+def test_credentials_in_the_base_url_never_reach_a_notification() -> None:
+    n = build_notification(
+        "bridge.test",
+        {"target": "t", "message": "hi"},
+        base_url="https://ops:s3cret-PW@fleet.example.com/api?token=q-SECRET",
+        now=NOW,
+    )
+    assert n.envelope()["source"]["base_url"] == "https://fleet.example.com/api"
+    assert "SECRET" not in n.body
+    assert "s3cret" not in n.body

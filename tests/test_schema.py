@@ -10,6 +10,7 @@ from importlib import resources
 from typing import Any
 
 import pytest
+from envelope_schema import EnvelopeInvalid, load_schema, validate_envelope
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,7 +28,6 @@ from bridge.normalize import (
     upload_data,
 )
 from bridge.notifications import build_notification
-from bridge.schema import EnvelopeInvalid, load_schema, validate_envelope
 from bridge.settings import NOTIFICATION_TYPES
 
 TABLE = EventTypeTable({})
@@ -109,11 +109,32 @@ def test_schema_is_package_data_and_a_valid_2020_12_schema() -> None:
     jsonschema.Draft202012Validator.check_schema(schema)
 
 
-def test_runtime_path_does_not_import_jsonschema() -> None:
+def test_every_vendor_model_in_the_runtime_package_is_used_at_run_time() -> None:
+    # Models only the tests need live in tests/vendor_models.py.
+    import ast
+    from pathlib import Path
+
+    import bridge
+    import bridge.upstream.models as models
+
+    package = Path(bridge.__file__).parent
+    others = "\n".join(p.read_text() for p in package.rglob("*.py") if p != Path(models.__file__))
+    tree = ast.parse(Path(models.__file__).read_text())
+    classes = [n.name for n in tree.body if isinstance(n, ast.ClassDef)]
+    unused = [c for c in classes if c != "VendorModel" and c not in others]
+    assert not unused, f"only the tests use {unused}"
+
+
+def test_the_runtime_package_imports_no_test_tooling() -> None:
+    # Every module of the installed package, the simulator and the doc examples
+    # included: none may need a dev-only dependency or aiohttp's test utilities.
     code = (
-        "import sys, bridge.schema, bridge.normalize, bridge.routing, bridge.dedup;"
-        "bridge.schema.load_schema();"
-        "sys.exit(1 if 'jsonschema' in sys.modules else 0)"
+        "import importlib, pkgutil, sys, bridge\n"
+        "for m in pkgutil.walk_packages(bridge.__path__, 'bridge.'):\n"
+        "    if m.name != 'bridge.__main__':  # that one runs the command line\n"
+        "        importlib.import_module(m.name)\n"
+        "bad = {'jsonschema', 'aiohttp.test_utils', 'pytest', 'hypothesis'} & set(sys.modules)\n"
+        "sys.exit(', '.join(sorted(bad)) or 0)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, check=False)
     assert proc.returncode == 0, proc.stderr.decode()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -188,14 +190,19 @@ def test_masked_dump_hides_every_secret() -> None:
         "wh": WHSEC,
         "slack_url": "https://hooks.slack.com/services/SECRET3",
         "bot": "xoxb-SECRET4",
-        "admin": "admin-SECRET5",
-        "ingest": "ingest-SECRET6",
+        "admin": "admin-SECRET5-long-enough",
+        "ingest": "ingest-SECRET6-long-enough",
         "mqttpw": "mqttSECRET7",
         "pgpw": "pgSECRET8",
+        "base_pw": "basePW-SECRET9",
+        "hook_pw": "hookPW-SECRET10",
+        "hook_q": "hookQ-SECRET11",
+        "header": "Bearer header-SECRET12",
     }
     cfg = {
         "upstream": {
-            "base_url": "https://fleet.example.com",
+            "base_url": f"https://ops:{secrets['base_pw']}@fleet.example.com",
+            "auth_header": "X-Auth-Token",
             "api_key": secrets["api"],
             "auth": {"email": "ops@example.com", "password": secrets["pw"]},
         },
@@ -206,8 +213,9 @@ def test_masked_dump_hides_every_secret() -> None:
             {
                 "name": "w",
                 "type": "webhook",
-                "url": "https://r.example/x",
+                "url": f"https://u:{secrets['hook_pw']}@r.example/x?token={secrets['hook_q']}&a=b",
                 "secret": [WHSEC, WHSEC],
+                "headers": {"Authorization": secrets["header"], "X-Env": "prod"},
             },
             {"name": "s1", "type": "slack", "webhook_url": secrets["slack_url"]},
             {"name": "s2", "type": "slack", "bot_token": secrets["bot"], "channel": "#x"},
@@ -220,7 +228,157 @@ def test_masked_dump_hides_every_secret() -> None:
         assert value not in text
     assert MASK in text
     assert "postgresql://bridge:**********@db:5432/bridge" in text
+    assert "https://u:**********@r.example/x?token=**********&a=b" in text
+    assert "prod" in text  # a header that is no credential stays readable
     assert set(s.secret_values()) >= set(secrets.values())
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "env"),
+    [
+        ("upstream.api_key", "   ", {}),
+        ("upstream.api_key", "${EMPTY}", {"EMPTY": ""}),
+        ("upstream.auth.token", "${BLANK}", {"BLANK": " \t "}),
+        ("server.admin_token", "", {}),
+        ("ingest.vendor_webhook.token", "  ", {}),
+        ("targets[0].secret", "", {}),
+        ("targets[1].bot_token", " ", {}),
+        ("targets[1].webhook_url", "", {}),
+        ("targets[2].password", "", {}),
+        ("targets[0].vars.routing_key", " ", {}),
+    ],
+)
+def test_an_empty_or_blank_secret_is_a_config_error(
+    where: str, value: str, env: dict[str, str]
+) -> None:
+    cfg = _every_secret_config()
+    _set_path(cfg, where, value)
+    assert any(p.startswith(f"{where}: ") for p in problems(cfg, env)), problems(cfg, env)
+
+
+def _every_secret_config() -> dict[str, object]:
+    return base_config(
+        server={"admin_token": "admin-token-0123456789"},
+        ingest={"vendor_webhook": {"enabled": True, "token": "ingest-token-0123456789"}},
+        targets=[
+            {
+                "name": "w",
+                "type": "webhook",
+                "url": "https://r.example/x",
+                "secret": WHSEC,
+                "vars": {"routing_key": "rk-0123"},
+            },
+            {"name": "s", "type": "slack", "webhook_url": "https://hooks.slack.com/x"},
+            {"name": "m", "type": "mqtt", "url": "mqtt://b:1883", "password": "mqtt-pw"},
+        ],
+    )
+
+
+def _set_path(cfg: dict[str, object], dotted: str, value: str) -> None:
+    node: object = cfg
+    parts = dotted.replace("[", ".").replace("]", "").split(".")
+    for part in parts[:-1]:
+        node = node[int(part)] if isinstance(node, list) else node[part]  # type: ignore[index]
+    assert isinstance(node, dict)
+    if parts[-1] == "bot_token":
+        node.pop("webhook_url")
+        node["channel"] = "#c"
+    node[parts[-1]] = value
+
+
+@pytest.mark.parametrize("source", ["file", "env", "override"])
+def test_an_empty_admin_token_from_any_source_is_refused(tmp_path: Path, source: str) -> None:
+    cfg = base_config()
+    env: dict[str, str] = {}
+    if source == "file":
+        f = tmp_path / "admin"
+        f.write_text("  \n")
+        cfg["server"] = {"admin_token_file": str(f)}
+    elif source == "env":
+        cfg["server"] = {"admin_token": "${ADMIN}"}
+        env["ADMIN"] = ""
+    else:
+        cfg["server"] = {"admin_token": "admin-token-0123456789"}
+        env["BRIDGE_SERVER__ADMIN_TOKEN"] = " "
+    assert problems(cfg, env) == ["server.admin_token: must not be empty or whitespace"]
+
+
+def test_admin_and_ingest_tokens_need_16_characters() -> None:
+    cfg = base_config(
+        server={"admin_token": "short-token"},
+        ingest={"vendor_webhook": {"enabled": True, "token": "x" * 15}},
+    )
+    assert problems(cfg) == [
+        "ingest.vendor_webhook.token: must have at least 16 characters",
+        "server.admin_token: must have at least 16 characters",
+    ]
+    cfg["server"] = {"admin_token": "a" * 16}
+    cfg["ingest"] = {"vendor_webhook": {"enabled": True, "token": "b" * 16}}
+    assert settings_from_dict(cfg, {}).server.admin_token is not None
+
+
+def test_loading_with_a_given_environment_leaves_os_environ_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Another thread reading the process environment while settings load must never see
+    # it emptied or replaced (it used to be cleared and rewritten around validation).
+    monkeypatch.setenv("BRIDGE_POLL__EVENTS__INTERVAL_S", "7")
+    monkeypatch.setenv("FLEET_CANARY", "present")
+    seen: set[str | None] = set()
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            seen.add(os.environ.get("FLEET_CANARY"))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for _ in range(200):
+            s = settings_from_dict(base_config(), {"BRIDGE_POLL__EVENTS__INTERVAL_S": "9"})
+    finally:
+        stop.set()
+        watcher.join()
+    assert s.poll.events.interval_s == 9
+    assert seen == {"present"}
+    # And the process environment is what applies when none is given.
+    assert settings_from_dict(base_config()).poll.events.interval_s == 7
+
+
+def test_userinfo_in_base_url_cannot_go_with_the_authorization_header() -> None:
+    # aiohttp would refuse every vendor request: a URL password and an Authorization header.
+    cfg = base_config()
+    cfg["upstream"]["base_url"] = "https://ops:pw-123456@fleet.example.com"  # type: ignore[index]
+    (line,) = problems(cfg)
+    assert line.startswith("upstream: base_url: user:password@ cannot be combined")
+    assert "pw-123456" not in line
+
+
+def test_a_yaml_syntax_error_does_not_echo_the_line(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text('upstream:\n  api_key: "key-TOPSECRET\n  base_url: [x\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(p, {})
+    (line,) = info.value.problems
+    assert line.startswith("(file): not valid YAML at line ")
+    assert "TOPSECRET" not in line
+
+
+def test_a_secret_file_readable_by_others_gives_one_warning(tmp_path: Path) -> None:
+    f = tmp_path / "token"
+    f.write_text("file-token-xyz\n")
+    cfg = base_config()
+    cfg["upstream"]["auth"] = {"token_file": str(f)}  # type: ignore[index]
+    warnings: list[str] = []
+    f.chmod(0o640)
+    settings_from_dict(cfg, {}, warn=warnings.append)
+    assert warnings == []
+    f.chmod(0o644)
+    settings_from_dict(cfg, {}, warn=warnings.append)
+    assert len(warnings) == 1
+    assert warnings[0].startswith("upstream.auth.token_file: secret file ")
+    assert "readable by other users" in warnings[0]
+    assert "file-token-xyz" not in warnings[0]
 
 
 def test_load_settings_reads_yaml_file(tmp_path: Path) -> None:

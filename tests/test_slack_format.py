@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from envelope_schema import validate_envelope
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.event_types import EventTypeTable
 from bridge.normalize import clip_data, normalize_event, report_data, upload_data
 from bridge.notifications import build_notification
-from bridge.schema import validate_envelope
 from bridge.slack_format import (
     SEVERITY_MARKERS,
     SlackMessage,

@@ -20,6 +20,7 @@ import pytest
 from bridge_rig import ClientFactory, Rig, ServerFactory, deep_merge
 from bridge_rig import make_rig as make_bridge_rig
 from conftest import wait_for
+from envelope_schema import validate_envelope
 from mosquitto import Mosquitto, Subscriber
 from structlog.testing import capture_logs
 from test_push import PUSH_CONFIG, drained, event_push, push
@@ -31,7 +32,6 @@ from bridge.dedup import VIDEOS, VIDEOS_DUE, decide
 from bridge.enrich import DETAIL_MAX_BYTES
 from bridge.event_types import EventTypeTable
 from bridge.normalize import event_videos, normalize_event
-from bridge.schema import validate_envelope
 from bridge.simulator import FaultSpec, Simulator
 from bridge.slack_format import CAMERA_NAMES
 from bridge.video_links import wants_videos, with_videos

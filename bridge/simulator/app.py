@@ -232,12 +232,15 @@ async def _events(request: web.Request) -> web.StreamResponse:
 
 
 def _videos(request: web.Request, event: Event) -> list[dict[str, Any]]:
-    """The event's video files with pre-signed URLs, signed anew on every call."""
+    return video_files(_sim(request), event, origin=f"{request.scheme}://{request.host}")
+
+
+def video_files(sim: Simulator, event: Event, *, origin: str) -> list[dict[str, Any]]:
+    """GetVideoDetail's `videos` for `event`: pre-signed URLs under `origin`, signed
+    anew on every call (as the vendor does)."""
     if not event.has_video:
         return []
-    sim = _sim(request)
     expires = int(sim.now()) + _MEDIA_URL_TTL_S
-    origin = f"{request.scheme}://{request.host}"
     cams = event.cameras[: int(event.item["videos_count"])]
     signatures = sim.sign_media(event.ticket, cams, expires)
     return [

@@ -99,6 +99,9 @@ class SqliteStore:
             if self._exclusive:
                 self._lock_fd = await asyncio.to_thread(_lock_file, self._path)
             migrations = await asyncio.to_thread(load_migrations, "sqlite")
+            # Probe with plain sqlite3 first: when aiosqlite's connect fails, its worker
+            # thread outlives the failure and dies with a traceback once the loop closes.
+            await asyncio.to_thread(_probe, self._path)
             db = await aiosqlite.connect(self._path, isolation_level=None)
         except (sqlite3.Error, OSError) as err:
             self._unlock()
@@ -649,6 +652,10 @@ async def _configure(db: aiosqlite.Connection, busy_timeout_ms: int) -> None:
     # ingest commits is copied into the database once per checkpoint, which made
     # ingest ~15% faster in our benchmark. The WAL file is reused, not grown.
     await db.execute("PRAGMA wal_autocheckpoint = 4096")
+
+
+def _probe(path: Path) -> None:
+    sqlite3.connect(path).close()
 
 
 async def _close_quietly(db: aiosqlite.Connection) -> None:

@@ -1,19 +1,20 @@
-"""The JSON Schema of the notification envelope (SPEC §3), shipped as package data.
+"""Validating notifications against the envelope's JSON Schema (SPEC §3), for the tests.
 
 `bridge/schemas/notification.schema.json` is the contract receivers can validate
-against; the tests validate every notification the code builds. `jsonschema` is a
-dev-only dependency, so it is imported inside `validate_envelope` and the
-runtime path (`load_schema`, e.g. for serving the schema) never needs it.
+against, shipped as package data; the tests validate every notification the code
+builds with `validate_envelope`. `jsonschema` is a dev-only dependency: this module
+lives with the tests, not in the runtime package.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 from functools import cache
 from importlib import resources
 from typing import Any
+
+import jsonschema  # type: ignore[import-untyped]
 
 SCHEMA_RESOURCE = "schemas/notification.schema.json"
 
@@ -39,9 +40,6 @@ def load_schema() -> dict[str, Any]:
 
 @cache
 def _validator() -> Any:
-    # Imported by name so the runtime package never needs jsonschema (and mypy
-    # needs no stubs for it): only tests and tooling call this.
-    jsonschema = importlib.import_module("jsonschema")
     cls = jsonschema.Draft202012Validator
     schema = json.loads(_schema_text())
     cls.check_schema(schema)

@@ -1,10 +1,11 @@
 """Backlog benchmark: the bridge from a cold start drains N simulated events to a webhook.
 
-Prints wall time to the last delivery, notifications/s, upstream requests, the bridge's
-peak RSS and CPU (start-up apart), the store's size, and — in the same run, against the
-same receiver — the ceiling of a plain aiohttp client posting N signed bodies of the
-bridge's own shape with the same concurrency (on the stock asyncio loop and on uvloop),
-and the ratios.
+Prints wall time to the last delivery, notifications/s, upstream requests (list pages;
+GetVideoDetail calls for the recent events' video links apart), the bridge's peak RSS
+and CPU (start-up apart), the store's size, and — in the same run, against the same
+receiver — the ceiling of a plain aiohttp client posting N signed bodies of the
+bridge's own shape with the same concurrency (on the stock asyncio loop and on
+uvloop), and the ratios.
 
     python bench/backlog.py [--events 50000] [--devices 500] [--concurrency 8]
     python bench/backlog.py --store postgresql://postgres@127.0.0.1:5432/postgres [--replicas 3]
@@ -133,10 +134,15 @@ async def _run_bridge(
             wall = time.perf_counter() - started
             peak = max([peak, *(peak_rss_mb(p.pid) for p in procs)])
             cpu = sum(cpu_seconds(p.pid) for p in procs)
-            upstream = 0.0
+            upstream = links = 0.0
             for port in ports:
                 base = f"http://127.0.0.1:{port}"
                 upstream += await metric_total(session, base, "bridge_upstream_requests_total{")
+                # Video links of the events younger than video_links_max_age_s: one
+                # GetVideoDetail each, on top of the list pages the budget counts.
+                links += await metric_total(
+                    session, base, "bridge_upstream_requests_total{", "GetVideoDetail"
+                )
         finally:
             for p in procs:
                 p.send_signal(2 if profile else 15)
@@ -148,7 +154,8 @@ async def _run_bridge(
         "wall_s": wall,
         "delivered": count,
         "peak_rss_mb": peak,
-        "upstream_requests": upstream,
+        "upstream_requests": upstream - links,
+        "video_link_fetches": links,
         "cpu_s": cpu,
         "startup_cpu_s": startup_cpu,
         "store_mb": store_mb,
@@ -251,6 +258,7 @@ def main(args: argparse.Namespace) -> None:
         "store_mb_per_1000": None if args.store else round(bridge["store_mb"] / n * 1000, 3),
         "upstream_requests": int(bridge["upstream_requests"]),
         "upstream_request_budget": int(budget),
+        "video_link_fetches": int(bridge["video_link_fetches"]),
         "bridge_startup_cpu_s": round(bridge["startup_cpu_s"], 2),
         "bridge_cpu_us_per_notification": round(bridge_cpu_us),
         "bridge_drain_cpu_us_per_notification": round(drain_cpu_us),

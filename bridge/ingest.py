@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 
 from bridge.clock import Clock
-from bridge.dedup import decide, event_data_with_revision
+from bridge.dedup import VIDEOS_DUE, decide, event_data_with_revision
 from bridge.event_types import EventTypeTable
 from bridge.metrics import Metrics
 from bridge.normalize import MalformedItem, NormalizedEvent, normalize_event
@@ -103,6 +103,7 @@ class EventIngestor:
         *,
         on_stored: Callable[[list[Notification]], None] | None = None,
         in_tx: Callable[[IngestTx, list[Notification]], Awaitable[None]] | None = None,
+        enrich: Callable[[list[NormalizedEvent]], Awaitable[list[NormalizedEvent]]] | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -119,6 +120,9 @@ class EventIngestor:
         # Runs inside the ingest transaction: for state that must commit (or not) with
         # the notifications, e.g. auto-request clip candidates.
         self._in_tx = in_tx
+        # Network fetches (video links, detail) that must land in the notifications
+        # themselves: done before the transaction, never inside it (bridge.enrich).
+        self._enrich = enrich
 
     @property
     def reseen(self) -> ReseenItems:
@@ -175,6 +179,7 @@ class EventIngestor:
         """
         fetched, skipped = len(items), 0
         fingerprints: dict[str, int] = {}
+        epoch = self._reseen.epoch  # before any read of ticket state (enrich reads it too)
         # Only poll items are fingerprinted: the same shape every time, re-seen often.
         reseen = self._reseen if normalizer is normalize_event else None
         if reseen is not None:
@@ -182,8 +187,9 @@ class EventIngestor:
             if not items and cursor is None:
                 return IngestStats(fetched=fetched, duplicates=skipped)
         events, malformed = self.normalize(items, job=job, normalizer=normalizer)
+        if self._enrich is not None and events:
+            events = await self._enrich(events)
         stats = IngestStats(fetched=fetched, duplicates=skipped, malformed=malformed)
-        epoch = self._reseen.epoch
         try:
             stored = await self._store_events(events, job=job, cursor=cursor, also=also)
         except Exception as err:
@@ -251,7 +257,9 @@ class EventIngestor:
                     stats.duplicates += 1
                     if decision.ticket_state != known.get(ev.ticket):
                         changed_tickets[ev.ticket] = decision.ticket_state
-                    else:
+                    elif not decision.ticket_state.fingerprint.get(VIDEOS_DUE):
+                        # A ticket whose video links are owed must be seen again: the
+                        # next sighting retries the fetch (bridge.video_links).
                         stats.unchanged.append(ev.ticket)
                     known[ev.ticket] = decision.ticket_state
                     continue

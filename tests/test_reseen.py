@@ -8,6 +8,7 @@ normalize → de-dup → store path.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,13 @@ from typing import Any
 import pytest
 
 from bridge.clock import FakeClock
+from bridge.dedup import VIDEOS_DUE
 from bridge.ingest import EventIngestor
 from bridge.metrics import Metrics
 from bridge.normalize import normalize_push_event
 from bridge.reseen import ReseenItems
 from bridge.settings import settings_from_dict
+from bridge.store.base import IngestTx, TicketWrite
 from bridge.store.sqlite import SqliteStore
 
 T0 = 1_764_000_000
@@ -39,7 +42,17 @@ def item(ticket: str, **overrides: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def ingestor(tmp_path: Path, fake_clock: FakeClock) -> AsyncIterator[EventIngestor]:
+async def store(tmp_path: Path, fake_clock: FakeClock) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(tmp_path / "b.db", fake_clock)
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+@pytest.fixture
+def ingestor(store: SqliteStore, fake_clock: FakeClock) -> EventIngestor:
     settings = settings_from_dict(
         {
             "upstream": {
@@ -52,12 +65,7 @@ async def ingestor(tmp_path: Path, fake_clock: FakeClock) -> AsyncIterator[Event
         },
         {},
     )
-    store = SqliteStore(tmp_path / "b.db", fake_clock)
-    await store.open()
-    try:
-        yield EventIngestor(settings, store, fake_clock, Metrics())
-    finally:
-        await store.close()
+    return EventIngestor(settings, store, fake_clock, Metrics())
 
 
 async def test_an_unchanged_item_is_skipped_once_the_store_found_it_unchanged(
@@ -138,3 +146,21 @@ def test_items_without_a_fingerprint_always_take_the_full_path() -> None:
     fresh, fingerprints, skipped = reseen.split(odd)
     assert fresh == odd
     assert (fingerprints, skipped) == ({}, 0)
+
+
+async def test_a_ticket_whose_video_links_are_owed_is_never_skipped(
+    ingestor: EventIngestor, store: SqliteStore
+) -> None:
+    await ingestor.ingest([item("t-1")], job="events")
+
+    # The state a failed GetVideoDetail leaves behind: the fetch is owed.
+    async def owe(tx: IngestTx) -> None:
+        prev = (await tx.seen_tickets(["t-1"]))["t-1"]
+        owed = dataclasses.replace(prev, fingerprint={**prev.fingerprint, VIDEOS_DUE: True})
+        await tx.put_tickets([TicketWrite(owed, prev)])
+
+    await store.ingest(owe)
+    await ingestor.ingest([item("t-1")], job="events")
+    await ingestor.ingest([item("t-1")], job="events")
+    # Every sighting takes the full path, so the next one retries the fetch.
+    assert len(ingestor.reseen) == 0

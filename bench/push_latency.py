@@ -33,7 +33,7 @@ import yaml
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from backlog import SECRET, free_port, wait_http
+from common import SECRET, free_port, wait_http
 
 TOKEN = "bench-push-token"
 

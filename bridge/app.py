@@ -21,6 +21,7 @@ from aiohttp import web
 from bridge import __version__
 from bridge.clock import Clock, SystemClock
 from bridge.dispatch import Dispatcher, dispatch_options, orphaned_counts
+from bridge.enrich import EventEnricher
 from bridge.ingest import EventIngestor
 from bridge.lease import PollLease, replica_id
 from bridge.logs import SecretScrubber
@@ -158,6 +159,14 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
         if b.clips is not None:
             await b.clips.record_candidates(tx, notifications)
 
+    enricher = EventEnricher(
+        b.settings.poll.events,
+        b.client,
+        b.store,
+        b.clock,
+        b.metrics,
+        deadline_s=b.settings.upstream.timeout_s,
+    )
     b.ingestor = EventIngestor(
         b.settings,
         b.store,
@@ -165,6 +174,7 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
         b.metrics,
         on_stored=on_stored,
         in_tx=record_candidates if b.settings.clips.auto_request else None,
+        enrich=enricher.enrich if enricher.enabled else None,
     )
     for cfg in b.settings.targets:
         target = make_target(

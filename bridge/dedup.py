@@ -28,6 +28,17 @@ MEDIA_FIELDS: Final[tuple[str, ...]] = (
 )
 """The fields that make a revision, in the order `changed` lists them."""
 
+VIDEOS: Final = "videos"
+"""The camera ids with a video file, sorted: carried only by a sighting whose video
+links were fetched (`bridge.video_links`). It makes a revision (`media.videos`, listed
+after the fields above) only when the *set* changes: the vendor re-signs URLs on every
+call, so the URLs themselves are never compared. A first non-empty set is a change."""
+
+VIDEOS_DUE: Final = "videos_due"
+"""Bookkeeping, never a revision: true while a video-link fetch failed and is owed."""
+
+_REMEMBERED: Final = (*MEDIA_FIELDS, VIDEOS, VIDEOS_DUE)
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -45,7 +56,16 @@ class Decision:
 
 
 def _media_only(fingerprint: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: fingerprint[k] for k in MEDIA_FIELDS if k in fingerprint}
+    return {k: fingerprint[k] for k in _REMEMBERED if k in fingerprint}
+
+
+def _camera_set(value: Any) -> frozenset[Any]:
+    return frozenset(value) if isinstance(value, list | tuple) else frozenset()
+
+
+def _videos_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """A fetched camera set that differs from the one remembered (none = empty)."""
+    return VIDEOS in new and _camera_set(new[VIDEOS]) != _camera_set(old.get(VIDEOS))
 
 
 def decide(
@@ -66,7 +86,9 @@ def decide(
 
     old = _media_only(prev.fingerprint)
     changed = [f"media.{k}" for k in MEDIA_FIELDS if k in old and k in new and old[k] != new[k]]
-    merged = {k: new.get(k, old.get(k)) for k in MEDIA_FIELDS if k in new or k in old}
+    if _videos_changed(old, new):
+        changed.append(f"media.{VIDEOS}")
+    merged = {k: new.get(k, old.get(k)) for k in _REMEMBERED if k in new or k in old}
     if not changed and merged == old and prev.fingerprint == old:
         return Decision(kind="duplicate", revision=prev.revision, changed=[], ticket_state=prev)
     revision = prev.revision + 1 if changed else prev.revision

@@ -2,9 +2,10 @@
 
 Every example is built by the code the service runs: vendor-shaped input from the
 simulator (`bridge.simulator`, called in-process) goes through the same builders
-the pollers and trackers use (`normalize_event`, `decide`, `event_data_with_revision`,
-`clip_data`, `clip_type`, `upload_data`, `report_data`, `build_notification`). A
-fixed seed and a fake clock make the output byte-for-byte stable.
+the pollers and trackers use (`normalize_event`, `wants_videos`, `with_videos`,
+`event_videos`, `decide`, `event_data_with_revision`, `clip_data`, `clip_type`,
+`upload_data`, `report_data`, `build_notification`). A fixed seed and a fake clock
+make the output byte-for-byte stable.
 
 The one thing that is not as in production is the notification id: the service
 draws its 80 random bits from `os.urandom`; here they come from a hash of the
@@ -27,17 +28,18 @@ from bridge.clips import tracked_clip_data
 from bridge.clock import FakeClock
 from bridge.dedup import decide, event_data_with_revision
 from bridge.event_types import EventTypeTable
-from bridge.normalize import clip_type, normalize_event, report_data, upload_data
+from bridge.normalize import clip_type, event_videos, normalize_event, report_data, upload_data
 from bridge.notifications import Notification, build_notification
 from bridge.report import previous_period
 from bridge.routing import TEST_TYPE
-from bridge.settings import NOTIFICATION_TYPES
+from bridge.settings import NOTIFICATION_TYPES, EventsPoll
 from bridge.simulator.analytics import safety_report
 from bridge.simulator.app import video_files
 from bridge.simulator.config import SimulatorConfig
 from bridge.simulator.core import Simulator
 from bridge.simulator.data import Device
 from bridge.simulator.tasks import ClipTask
+from bridge.video_links import wants_videos, with_videos
 
 BASE_URL: Final = "https://fleet.example.com"
 """`source.base_url`: the vendor portal the bridge reads (`upstream.base_url`)."""
@@ -46,6 +48,7 @@ SEED: Final = 1
 START: Final = datetime(2026, 11, 24, 6, 0, tzinfo=UTC).timestamp()
 """The simulator's (and the bridge's) clock at the start: 07:00 in Amsterdam."""
 
+VIDEO_LINKS_MAX_AGE_S: Final = EventsPoll().video_links_max_age_s
 REPORT_CRON: Final = "0 7 * * *"
 REPORT_TZ: Final = "Europe/Amsterdam"
 TEST_TARGET: Final = "ops-webhook"
@@ -92,7 +95,7 @@ def _video_detail(sim: Simulator, ticket: str) -> list[dict[str, Any]]:
     event = sim.log.get(ticket)
     if event is None:
         raise LookupError(ticket)
-    return video_files(event, origin=BASE_URL, now=sim.now())
+    return video_files(sim, event, origin=BASE_URL)
 
 
 def _other_device(sim: Simulator, used: Device) -> Device:
@@ -124,12 +127,15 @@ def build_examples() -> list[Notification]:
     data = event_data_with_revision(ev.data, decision.revision, decision.changed)
     out["event.created"] = _notify("event.created", data, clock.now())
 
-    # event.updated: a later poll sees the upload finished.
+    # event.updated: a later poll sees the upload finished, and fetches the video links.
     clock.advance(116.405)
     settled = sim.item(ev.ticket)
     if settled is None:
         raise LookupError(ev.ticket)
     ev2 = normalize_event(copy.deepcopy(settled), table)
+    if not wants_videos(ev2, decision.ticket_state, clock.now(), VIDEO_LINKS_MAX_AGE_S):
+        raise RuntimeError("the example's upload should fetch its video links")
+    ev2 = with_videos(ev2, event_videos(_video_detail(sim, ev2.ticket)))
     decision = decide(decision.ticket_state, ev2.ticket, ev2.fingerprint, clock.now())
     data = event_data_with_revision(ev2.data, decision.revision, decision.changed)
     out["event.updated"] = _notify("event.updated", data, clock.now())

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import structlog
 from aiohttp import web
@@ -167,8 +167,9 @@ class _HeaderDeadline(asyncio.Protocol):
         self._transport: asyncio.WriteTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        self._transport = transport
+        # A cast, not an isinstance check: uvloop's transports write like asyncio's
+        # but do not subclass asyncio.WriteTransport.
+        self._transport = cast(asyncio.WriteTransport, transport)
         self._timer = asyncio.get_running_loop().call_later(self._timeout_s, self._expire)
         self._inner.connection_made(transport)
 
@@ -218,8 +219,8 @@ class _Busy(asyncio.Protocol):
     def __init__(self) -> None:
         self._timer: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.WriteTransport, base)  # uvloop's too: see _HeaderDeadline
         transport.write(BUSY_RESPONSE)
         if transport.can_write_eof():
             transport.write_eof()

@@ -18,11 +18,12 @@ from typing import Any
 import structlog
 
 from bridge.clock import Clock
-from bridge.dedup import decide, event_data_with_revision
+from bridge.dedup import VIDEOS_DUE, decide, event_data_with_revision
 from bridge.event_types import EventTypeTable
 from bridge.metrics import Metrics
 from bridge.normalize import MalformedItem, NormalizedEvent, normalize_event
 from bridge.notifications import Notification, build_notification
+from bridge.reseen import ReseenItems
 from bridge.routing import route
 from bridge.settings import Settings
 from bridge.store.base import (
@@ -53,6 +54,10 @@ class IngestStats:
     duplicates: int = 0
     malformed: int = 0
     notifications: list[Notification] = field(default_factory=list)
+    # For ReseenItems: tickets whose stored state was left as it was, and how many
+    # committed transactions changed some ticket's state (each bumped its epoch).
+    unchanged: list[str] = field(default_factory=list)
+    state_changes: int = 0
 
     def add(self, other: IngestStats) -> None:
         self.fetched += other.fetched
@@ -60,6 +65,8 @@ class IngestStats:
         self.updated += other.updated
         self.duplicates += other.duplicates
         self.malformed += other.malformed
+        self.unchanged += other.unchanged
+        self.state_changes += other.state_changes
 
 
 class SeenOnce:
@@ -96,6 +103,7 @@ class EventIngestor:
         *,
         on_stored: Callable[[list[Notification]], None] | None = None,
         in_tx: Callable[[IngestTx, list[Notification]], Awaitable[None]] | None = None,
+        enrich: Callable[[list[NormalizedEvent]], Awaitable[list[NormalizedEvent]]] | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -107,10 +115,19 @@ class EventIngestor:
         self._base_url = settings.upstream.base
         self._notify_updates = settings.poll.events.notify_updates
         self._malformed = SeenOnce()
+        self._reseen = ReseenItems()
         self._on_stored = on_stored
         # Runs inside the ingest transaction: for state that must commit (or not) with
         # the notifications, e.g. auto-request clip candidates.
         self._in_tx = in_tx
+        # Network fetches (video links, detail) that must land in the notifications
+        # themselves: done before the transaction, never inside it (bridge.enrich).
+        self._enrich = enrich
+
+    @property
+    def reseen(self) -> ReseenItems:
+        """Poll items known unchanged (what the steady state skips)."""
+        return self._reseen
 
     @property
     def table(self) -> EventTypeTable:
@@ -160,8 +177,19 @@ class EventIngestor:
         culprit is skipped (logged once, counted as malformed) and the rest is stored.
         `also` runs in the (last) transaction too, e.g. forgetting the ingested pushes.
         """
+        fetched, skipped = len(items), 0
+        fingerprints: dict[str, int] = {}
+        epoch = self._reseen.epoch  # before any read of ticket state (enrich reads it too)
+        # Only poll items are fingerprinted: the same shape every time, re-seen often.
+        reseen = self._reseen if normalizer is normalize_event else None
+        if reseen is not None:
+            items, fingerprints, skipped = reseen.split(items)
+            if not items and cursor is None:
+                return IngestStats(fetched=fetched, duplicates=skipped)
         events, malformed = self.normalize(items, job=job, normalizer=normalizer)
-        stats = IngestStats(fetched=len(items), malformed=malformed)
+        if self._enrich is not None and events:
+            events = await self._enrich(events)
+        stats = IngestStats(fetched=fetched, duplicates=skipped, malformed=malformed)
         try:
             stored = await self._store_events(events, job=job, cursor=cursor, also=also)
         except Exception as err:
@@ -170,6 +198,10 @@ class EventIngestor:
             stored = await self._store_each(events, job=job, cursor=cursor, also=also)
         stats.add(stored)
         stats.notifications = stored.notifications
+        # Remember only if no ingest changed a ticket since this one began (its own
+        # changes, if any, bumped the epoch once per stored batch and dropped theirs).
+        if reseen is not None and reseen.epoch == epoch + stored.state_changes:
+            reseen.remember(fingerprints, stored.unchanged)
         return stats
 
     async def _store_each(
@@ -206,17 +238,18 @@ class EventIngestor:
     ) -> IngestStats:
         stats = IngestStats()
         now = self._clock.now()
+        changed_tickets: dict[str, SeenTicket] = {}
 
         async def work(tx: IngestTx) -> None:
             stats.created = stats.updated = stats.duplicates = 0
-            stats.notifications = []
+            stats.notifications, stats.unchanged = [], []
+            changed_tickets.clear()
             known = await tx.seen_tickets(list({e.ticket for e in events}))
             # What the decisions are based on: the store writes a ticket only if it
             # still holds this (insert-if-absent / revision compare-and-set), else the
             # store re-runs `work` with fresh state. So another replica (or the push
             # path) racing on a ticket never causes a second created/updated.
             read = dict(known)
-            changed_tickets: dict[str, SeenTicket] = {}
             new: list[NewNotification] = []
             for ev in events:
                 decision = decide(known.get(ev.ticket), ev.ticket, ev.fingerprint, now)
@@ -224,6 +257,10 @@ class EventIngestor:
                     stats.duplicates += 1
                     if decision.ticket_state != known.get(ev.ticket):
                         changed_tickets[ev.ticket] = decision.ticket_state
+                    elif not decision.ticket_state.fingerprint.get(VIDEOS_DUE):
+                        # A ticket whose video links are owed must be seen again: the
+                        # next sighting retries the fetch (bridge.video_links).
+                        stats.unchanged.append(ev.ticket)
                     known[ev.ticket] = decision.ticket_state
                     continue
                 known[ev.ticket] = decision.ticket_state
@@ -246,6 +283,8 @@ class EventIngestor:
                 await tx.put_tickets(
                     [TicketWrite(t, read.get(ticket)) for ticket, t in changed_tickets.items()]
                 )
+                # A ticket changed later in the batch is not unchanged after all.
+                stats.unchanged = [t for t in stats.unchanged if t not in changed_tickets]
             if new:
                 await tx.add_notifications(new)
                 if self._in_tx is not None:
@@ -256,6 +295,9 @@ class EventIngestor:
                 await also(tx)
 
         await self._store.ingest(work)
+        if changed_tickets:
+            self._reseen.forget(changed_tickets)
+            stats.state_changes = 1
         # One labels() lookup per type, not per notification (measured: ~1.5 µs each).
         for type_, count in Counter(n.type for n in stats.notifications).items():
             self._metrics.notifications.labels(type=type_).inc(count)

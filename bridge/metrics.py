@@ -95,6 +95,23 @@ class Metrics:
             registry=r,
         )
 
+        # Enrichment before storing (SPEC §5.1); both series exist from the start at 0.
+        self.video_link_fetches = Counter(
+            "bridge_video_link_fetches_total",
+            "GetVideoDetail fetches for media.videos, by outcome (ok, failed)",
+            ["outcome"],
+            registry=r,
+        )
+        self.event_detail_fetches = Counter(
+            "bridge_event_detail_fetches_total",
+            "detailV2 fetches for data.detail, by outcome (ok, failed)",
+            ["outcome"],
+            registry=r,
+        )
+        for counter in (self.video_link_fetches, self.event_detail_fetches):
+            for outcome in ("ok", "failed"):
+                counter.labels(outcome=outcome)
+
     def start_series(self, *, types: Iterable[str], jobs: Iterable[str]) -> None:
         """Create the series whose labels are known up front, at 0.
 

@@ -274,6 +274,7 @@ def _media(item: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         "videos_total_count": carried.get("videos_total_count"),
         "expired": carried.get("expired"),
         "expires_at": carried.get("expires_at"),
+        "videos": None,  # filled by bridge.video_links when the files are fetched
     }
     return media, carried
 
@@ -304,6 +305,7 @@ def _event(
         "location": location,
         "trip_id": as_int(item.get("trip_id")),
         "media": media,
+        "detail": None,  # filled by bridge.enrich when poll.events.detail is on
     }
     return NormalizedEvent(ticket=ticket, data=data, fingerprint=fingerprint, occurred_at=float(ts))
 
@@ -423,6 +425,15 @@ def _error_description(code: str, source: Mapping[str, Any]) -> str | None:
 
 
 def _videos(videos: Any) -> list[dict[str, Any]]:
+    """`videos` of `clip.*` and `upload.updated`: cam_id, url, expires_at."""
+    return [
+        {"cam_id": v["cam_id"], "url": v["url"], "expires_at": v["expires_at"]}
+        for v in event_videos(videos)
+    ]
+
+
+def event_videos(videos: Any) -> list[dict[str, Any]]:
+    """GetVideoDetail `videos` → `media.videos` of an event (entries without a URL dropped)."""
     out = []
     for v in _list(videos):
         if not isinstance(v, Mapping):
@@ -430,10 +441,12 @@ def _videos(videos: Any) -> list[dict[str, Any]]:
         url = as_str(v.get("url"))
         if url is None:
             continue
+        duration = _number(v.get("duration", v.get("duration_s")))
         out.append(
             {
                 "cam_id": as_str(v.get("cam_id")) or as_str(v.get("camId")),
                 "url": url,
+                "duration_s": duration if duration is not None and duration >= 0 else None,
                 "expires_at": _time(v.get("expires_at")),
             }
         )

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+
+import orjson
 
 from bridge.clock import parse_rfc3339, utc_iso
 
@@ -21,29 +24,60 @@ ENVELOPE_VERSION = 1
 SOURCE_SYSTEM = "visionmax"
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-# One encoder for every body: json.dumps with options builds a new one per call,
-# and the circular-reference check is moot for data parsed from JSON (measured:
-# 8.4 µs → 7.0 µs per envelope).
+# Every pair of Crockford digits (10 bits): an id is 13 lookups on small ints
+# instead of a 26-step loop on a 128-bit int (measured: ~8 µs → ~2.5 µs).
+_PAIRS = tuple(a + b for a in _CROCKFORD for b in _CROCKFORD)
+# A private generator, seeded from the OS: the module-level one may be reseeded by
+# anyone (test frameworks do, per example), and ids would then repeat. A forked
+# child reseeds, so two processes never share a sequence.
+_RNG = random.Random()
+os.register_at_fork(after_in_child=_RNG.seed)
+# The stdlib encoder for what orjson refuses (non-str keys, ints beyond 64 bits,
+# lone surrogates): one instance, since json.dumps with options builds a new one per call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False)
 
 
 def new_notification_id(now: float | None = None) -> str:
     """`ntf_` + a ULID: 48 bits of milliseconds then 80 random bits, Crockford base32.
 
-    Sortable by creation time, so ids double as a stable order for receivers.
+    Sortable by creation time, so ids double as a stable order for receivers. The
+    random part makes ids unique, not secret: a generator seeded from the OS
+    instead of an `os.urandom` system call per id.
     """
-    ms = int((time.time() if now is None else now) * 1000)
-    value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "ntf_" + "".join(reversed(chars))
+    ms = int((time.time() if now is None else now) * 1000) & 0xFFFF_FFFF_FFFF
+    hi, lo = _RNG.getrandbits(40), _RNG.getrandbits(40)
+    p = _PAIRS
+    # 26 digits hold 130 bits: 48 bits of time with 2 leading zero bits, then 80 random.
+    return "".join(
+        (
+            "ntf_",
+            p[ms >> 40],
+            p[(ms >> 30) & 1023],
+            p[(ms >> 20) & 1023],
+            p[(ms >> 10) & 1023],
+            p[ms & 1023],
+            p[hi >> 30],
+            p[(hi >> 20) & 1023],
+            p[(hi >> 10) & 1023],
+            p[hi & 1023],
+            p[lo >> 30],
+            p[(lo >> 20) & 1023],
+            p[(lo >> 10) & 1023],
+            p[lo & 1023],
+        )
+    )
 
 
 def dumps(obj: Any) -> str:
-    """Compact JSON, UTF-8 kept as is (the wire format of every target)."""
-    return _ENCODER.encode(obj)
+    """Compact JSON, UTF-8 kept as is (the wire format of every target).
+
+    orjson encodes an envelope in ~1 µs where the stdlib takes ~7 µs; both write
+    the same compact form (floats may differ in exponent spelling, e.g. `1e-7`).
+    """
+    try:
+        return orjson.dumps(obj).decode("utf-8")
+    except TypeError:  # orjson.JSONEncodeError: what only the stdlib can encode
+        return _ENCODER.encode(obj)
 
 
 @dataclass(frozen=True)

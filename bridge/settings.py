@@ -205,6 +205,11 @@ class EventsPoll(_Strict):
     device_cids: list[str] = Field(default_factory=list)
     serial_number: str | None = None
     notify_updates: bool = True
+    # SPEC §5.1: fetch GetVideoDetail when an event's video is uploaded; only for
+    # events younger than the max age, so a catch-up spends no vendor budget on links.
+    video_links: bool = True
+    video_links_max_age_s: NonNegativeSeconds = 900
+    detail: bool = False  # detailV2 records into data.detail of event.created
 
     @field_validator("start_from")
     @classmethod

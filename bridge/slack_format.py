@@ -69,6 +69,15 @@ _CLIP_TITLES: Final = {
     "clip.completed": ("✅", "Clip ready"),
     "clip.failed": ("❌", "Clip failed"),
 }
+CAMERA_NAMES: Final[Mapping[str, str]] = {
+    "C_F": "Front",
+    "C_I": "In-cabin",
+    "C_R": "Rear",
+    "C_E": "Extended (TVI)",
+    "GRID": "Grid (combined)",
+    "S_F_I": "Front + in-cabin",
+}
+"""Names of the vendor's camera ids (UPSTREAM.md "Camera ids"), as video links show them."""
 _SPARKS: Final = "▁▂▃▄▅▆▇█"
 _NOTHING: Final = "—"
 
@@ -428,7 +437,23 @@ def _change(path: str, media: Any, tz: tzinfo) -> str:
         case "media.expires_at":
             when = local_time(value, tz)
             return f"video expires {when}" if when else "expiry cleared"
+        case "media.videos":
+            names = _camera_names(value)
+            return f"video links: {names}" if names else "video links changed"
     return _m(path, 64) or "media"
+
+
+def _camera_names(videos: Any) -> str | None:
+    """ "Front, In-cabin" for the cameras of `media.videos` (escaped); None if none."""
+    names: list[str] = []
+    for video in _list(videos)[:100]:  # a hostile list is not walked to its end
+        name = escape_mrkdwn(camera_name(_get(video, "cam_id")))
+        if name not in names:
+            names.append(name)
+    if not names:
+        return None
+    more = len(names) - LIST_BLOCKS_MAX
+    return ", ".join(names[:LIST_BLOCKS_MAX]) + (f" and {more:,} more" if more > 0 else "")
 
 
 def what_changed(data: Mapping[str, Any], tz: tzinfo) -> str:
@@ -475,6 +500,9 @@ def _event_message(
     if trip:
         fields.append(_field("Trip", trip))
     blocks.append(section(fields=fields))
+    videos = _get(data, "media", "videos")
+    video_blocks, links = _video_blocks(videos, tz)
+    blocks.extend(video_blocks)
 
     ticket = _m(data.get("ticket"), 100)
     raw_category = _get(data, "event_type", "category")
@@ -502,6 +530,8 @@ def _event_message(
         when or "time unknown",
         f"at {coords[0]}, {coords[1]}" if coords else "location unknown",
     ]
+    if links and not (changed and "video links" in changed):  # said once is enough
+        facts.append(f"{_plural(links, 'video')} ({_camera_names(videos)})")
     lead = f"{marker} {severity_word}: {name_m}"
     if updated:
         lead = f"{marker} Update on {severity_word} {name_m}: {changed}"
@@ -542,18 +572,38 @@ def _error(data: Mapping[str, Any]) -> str | None:
     return code or description
 
 
-def _videos(data: Mapping[str, Any], tz: tzinfo) -> tuple[list[str], int]:
-    """Lines with one video link each, and how many videos had no usable link."""
+def camera_name(cam_id: Any) -> str:
+    """A camera's name ("Front", "In-cabin", …); an unknown id as `Camera <id>`."""
+    cam = clean(cam_id, 40)
+    if cam is None:
+        return "Video"
+    return CAMERA_NAMES.get(cam.upper(), f"Camera {cam}")
+
+
+def _videos(videos: Any, tz: tzinfo) -> tuple[list[str], int]:
+    """Lines with one video link per camera, and how many videos had no usable link."""
     lines, unusable = [], 0
-    for video in _list(data.get("videos")):
-        cam = clean(_get(video, "cam_id"), 40)
-        url_link = link(_get(video, "url"), f"Video {cam}" if cam else "Video")
+    for video in _list(videos):
+        url_link = link(_get(video, "url"), camera_name(_get(video, "cam_id")))
         if url_link is None:
             unusable += 1
             continue
-        expires = local_time(_get(video, "expires_at"), tz)
-        lines.append(f"• {url_link}" + (f" (expires {expires})" if expires else ""))
+        notes = [
+            _duration(_get(video, "duration_s")),
+            f"expires {when}" if (when := local_time(_get(video, "expires_at"), tz)) else None,
+        ]
+        shown = ", ".join(n for n in notes if n)
+        lines.append(f"• {url_link}" + (f" ({shown})" if shown else ""))
     return lines, unusable
+
+
+def _video_blocks(videos: Any, tz: tzinfo) -> tuple[list[dict[str, Any]], int]:
+    """A "Videos" list of links and a note on unusable ones; how many links."""
+    lines, unusable = _videos(videos, tz)
+    blocks = list_sections("Videos", lines) if lines else []
+    if unusable:
+        blocks.append(context([f"{_plural(unusable, 'video')} without a usable link"]))
+    return blocks, len(lines)
 
 
 def _duration(value: Any) -> str | None:
@@ -572,12 +622,9 @@ def _task_details(
     cameras = _cameras(data)
     if cameras:
         blocks.extend(list_sections("Cameras", cameras, max_blocks=3))
-    videos, unusable = _videos(data, tz)
-    if videos:
-        blocks.extend(list_sections("Videos", videos))
-    if unusable:
-        blocks.append(context([f"{_plural(unusable, 'video')} without a usable link"]))
-    return blocks, error, len(videos)
+    videos, links = _video_blocks(data.get("videos"), tz)
+    blocks.extend(videos)
+    return blocks, error, links
 
 
 def _clip_message(

@@ -123,6 +123,7 @@ async def make_rig(
     sim: dict[str, Any] | None = None,
     start: float | None = None,
     webhook: bool = True,
+    extra_targets: tuple[dict[str, Any], ...] = (),
     password_auth: bool = False,
 ) -> Rig:
     clock = FakeClock(start=time.time() if start is None else start)
@@ -147,6 +148,7 @@ async def make_rig(
                 "retry": {"base_delay_s": 0.5, "max_delay_s": 2, "max_attempts": 6},
             }
         )
+    targets.extend(extra_targets)
     raw = {
         "upstream": {
             "base_url": str(sim_server.make_url("")),

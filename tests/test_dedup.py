@@ -7,7 +7,14 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.dedup import MEDIA_FIELDS, Decision, decide, event_data_with_revision
+from bridge.dedup import (
+    MEDIA_FIELDS,
+    VIDEOS,
+    VIDEOS_DUE,
+    Decision,
+    decide,
+    event_data_with_revision,
+)
 from bridge.event_types import EventTypeTable
 from bridge.normalize import normalize_event, normalize_push_event
 from bridge.store.base import SeenTicket
@@ -222,3 +229,46 @@ def test_event_data_with_revision_places_fields_and_copies() -> None:
 
     bare = event_data_with_revision({"ticket": "x"}, 1, [])
     assert bare == {"ticket": "x", "revision": 1, "changed": []}
+
+
+# --------------------------------------------------------------------------- media.videos
+
+
+def test_a_first_camera_set_is_a_change_and_resigned_urls_are_not() -> None:
+    prev = _seen({"has_video": True, VIDEOS_DUE: True})  # the first fetch failed
+    d = decide(prev, "tk-1", {"has_video": True, VIDEOS: ["C_F", "C_I"], VIDEOS_DUE: False}, T0)
+    assert (d.kind, d.revision, d.changed) == ("updated", 2, ["media.videos"])
+    assert d.ticket_state.fingerprint == {
+        "has_video": True,
+        VIDEOS: ["C_F", "C_I"],
+        VIDEOS_DUE: False,
+    }
+    # The same cameras again (new signed URLs are not in the fingerprint): nothing new.
+    again = decide(d.ticket_state, "tk-1", {"has_video": True, VIDEOS: ["C_I", "C_F"]}, T0 + 1)
+    assert again.kind == "duplicate"
+
+
+def test_a_changed_camera_set_is_listed_after_the_scalar_fields() -> None:
+    prev = _seen({"videos_count": 1, VIDEOS: ["C_F"], VIDEOS_DUE: False})
+    new = {"videos_count": 2, VIDEOS: ["C_F", "C_I"], VIDEOS_DUE: False}
+    d = decide(prev, "tk-1", new, T0)
+    assert d.changed == ["media.videos_count", "media.videos"]
+
+
+def test_a_sighting_without_a_fetch_keeps_the_known_cameras() -> None:
+    prev = _seen({"has_video": True, VIDEOS: ["C_F"], VIDEOS_DUE: False})
+    d = decide(prev, "tk-1", {"has_video": True}, T0)
+    assert d.kind == "duplicate"
+    assert d.ticket_state is prev
+
+
+def test_an_empty_fetch_is_no_change_and_a_failed_one_is_remembered_quietly() -> None:
+    prev = _seen({"has_video": False})
+    assert decide(prev, "tk-1", {"has_video": False, VIDEOS: []}, T0).changed == []
+    owed = decide(prev, "tk-1", {"has_video": False, VIDEOS_DUE: True}, T0)
+    assert (owed.kind, owed.changed) == ("duplicate", [])
+    assert owed.ticket_state.fingerprint[VIDEOS_DUE] is True  # stored, but no revision
+    # Failing again teaches nothing new: no write.
+    assert decide(owed.ticket_state, "tk-1", {VIDEOS_DUE: True}, T0 + 1).ticket_state is (
+        owed.ticket_state
+    )

@@ -60,7 +60,16 @@ def test_examples_show_the_interesting_cases(examples: list[Notification]) -> No
     assert created["ticket"] == updated["ticket"]
     assert (created["revision"], created["changed"]) == (1, [])
     assert updated["revision"] == 2
-    assert updated["changed"] == ["media.has_video", "media.uploading", "media.videos_count"]
+    assert updated["changed"] == [
+        "media.has_video",
+        "media.uploading",
+        "media.videos_count",
+        "media.videos",
+    ]
+    # The update carries the video links (one per camera); the creation had none yet.
+    assert created["media"]["videos"] is None
+    assert [v["cam_id"] for v in updated["media"]["videos"]] == ["C_F", "C_I", "C_E"]
+    assert all(v["url"].startswith("https://") for v in updated["media"]["videos"])
     assert created["device"]["serial_number"] is None  # absent from the poll list: null
     assert by_type["clip.completed"]["videos"]
     assert by_type["clip.completed"]["ticket"]

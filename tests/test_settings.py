@@ -47,6 +47,9 @@ def test_minimal_config_gets_spec_defaults() -> None:
     assert s.upstream.auth_scheme == "Bearer"
     assert s.poll.events.interval_s == 30
     assert s.poll.events.lookback_s == 900
+    assert s.poll.events.video_links is True
+    assert s.poll.events.video_links_max_age_s == 900
+    assert s.poll.events.detail is False
     assert s.store.url == "sqlite:////var/lib/fleet-bridge/bridge.db"
     assert s.server.admin_token is None
     assert s.targets == []
@@ -143,6 +146,11 @@ def test_env_override_beats_file_and_parses_decimals() -> None:
         ),
         ({"poll": {"safety_report": {"tz": "Mars/Base"}}}, "poll.safety_report.tz: unknown time"),
         ({"poll": {"events": {"start_from": "yesterday"}}}, "poll.events.start_from: must be"),
+        (
+            {"poll": {"events": {"video_links_max_age_s": -1}}},
+            "poll.events.video_links_max_age_s: Input should be",
+        ),
+        ({"poll": {"events": {"detail": "sometimes"}}}, "poll.events.detail: Input should be"),
         ({"store": {"url": "mysql://x"}}, "store.url: must be sqlite"),
     ],
 )

@@ -337,6 +337,46 @@ async def test_backlog_media_is_settled_and_set_media_overrides(make_sim: MakeSi
     assert len(body["data"]["videos"]) == 2
 
 
+async def test_video_urls_are_signed_anew_on_every_call_and_calls_are_counted(
+    make_sim: MakeSim,
+) -> None:
+    sim, client = await make_sim()
+    item = sim.add_event(video=True, media_delay_s=0)
+    ticket = item["ticket"]
+    first, second = [
+        (await call(client, "POST", "/V2/event/GetVideoDetail", data={"ticket": ticket}))[1]
+        for _ in range(2)
+    ]
+    cams = [v["cam_id"] for v in first["data"]["videos"]]
+    assert cams == [v["cam_id"] for v in second["data"]["videos"]]
+    assert cams
+    for a, b in zip(first["data"]["videos"], second["data"]["videos"], strict=True):
+        assert "signature=" in a["url"]
+        assert a["url"] != b["url"]  # a new signature, same camera and file
+        assert a["url"].split("signature=")[0] == b["url"].split("signature=")[0]
+        async with client.get(b["url"].split(str(client.server.port), 1)[1]) as r:
+            assert r.status == 200
+    assert sim.video_detail_calls == {ticket: 2}
+    assert sim.peak_in_flight["/V2/event/GetVideoDetail"] == 1
+    assert sim.in_flight["/V2/event/GetVideoDetail"] == 0
+
+    # A queued fault fails the next call; it is in `requests` but not an answer.
+    sim.queue_faults("500", path_prefix="/V2/event/GetVideoDetail")
+    status, _ = await call(client, "POST", "/V2/event/GetVideoDetail", data={"ticket": ticket})
+    assert status == 500
+    assert sim.video_detail_calls == {ticket: 2}
+    assert sum(r.path == "/V2/event/GetVideoDetail" for r in sim.requests) == 3
+
+    # A ticket's videos can be made to fail until it is taken out of the set.
+    sim.failing_video_details.add(ticket)
+    status, body = await call(client, "POST", "/V2/event/GetVideoDetail", data={"ticket": ticket})
+    assert (status, body["result"]) == (500, False)
+    sim.failing_video_details.discard(ticket)
+    status, _ = await call(client, "POST", "/V2/event/GetVideoDetail", data={"ticket": ticket})
+    assert status == 200
+    assert sim.video_detail_calls == {ticket: 4}
+
+
 # ---- detail, discard ------------------------------------------------------------------
 
 

@@ -27,6 +27,7 @@ from bridge.notifications import build_notification
 from bridge.slack_format import (
     SEVERITY_MARKERS,
     SlackMessage,
+    camera_name,
     escape_mrkdwn,
     fit,
     fit_mrkdwn,
@@ -370,6 +371,108 @@ def test_event_updated_says_what_changed() -> None:
     assert block_problems(msg) == []
 
 
+EVENT_VIDEOS: list[dict[str, Any]] = [
+    {
+        "cam_id": "C_F",
+        "url": "https://media.example.com/t/C_F.mp4?expires=1764086400&signature=ab12",
+        "duration_s": 30,
+        "expires_at": "2025-11-25T16:00:00Z",
+    },
+    {
+        "cam_id": "C_I",
+        "url": "https://media.example.com/t/C_I.mp4?expires=1764086400&signature=cd34",
+        "duration_s": 30,
+        "expires_at": "2025-11-25T16:00:00Z",
+    },
+]
+
+
+def video_update_env(videos: list[dict[str, Any]], **fixed: Any) -> dict[str, Any]:
+    """The thread reply for a video: an event.updated whose links were fetched."""
+    data = normalize_event(EVENT_ITEM | {"videos_count": 2}, TABLE).data
+    data |= {"revision": 2, "changed": ["media.has_video", "media.videos"]}
+    data["media"]["videos"] = videos
+    return envelope("event.updated", data, **fixed)
+
+
+def test_video_links_name_each_camera_in_the_thread_reply() -> None:
+    msg = format_message(video_update_env(EVENT_VIDEOS), tz="Asia/Taipei")
+    changed = msg["blocks"][1]["text"]["text"]
+    assert changed == "*What changed:* video now available; video links: Front, In-cabin"
+    videos = next(t for t in mrkdwn_texts(msg) if t.startswith("*Videos*"))
+    assert videos.splitlines() == [
+        "*Videos*",
+        "• <https://media.example.com/t/C_F.mp4?expires=1764086400&amp;signature=ab12|Front>"
+        " (30 s, expires 2025-11-26 00:00:00 CST)",
+        "• <https://media.example.com/t/C_I.mp4?expires=1764086400&amp;signature=cd34|In-cabin>"
+        " (30 s, expires 2025-11-26 00:00:00 CST)",
+    ]
+    assert (
+        "Update on Severe Harsh Braking: video now available; video links: Front, In-cabin"
+        in (msg["text"])
+    )
+    assert block_problems(msg) == []
+    assert injection_problems(msg) == []
+
+
+def test_event_created_with_videos_links_them_too() -> None:
+    env = event_env()
+    env["data"]["media"]["videos"] = EVENT_VIDEOS[:1]
+    validate_envelope(env)
+    msg = format_message(env)
+    assert "signature=ab12|Front>" in "\n".join(mrkdwn_texts(msg))
+    assert msg["text"].endswith(", 1 video (Front)")
+
+
+@pytest.mark.parametrize(
+    ("cam_id", "name"),
+    [
+        ("C_F", "Front"),
+        ("C_I", "In-cabin"),
+        ("C_R", "Rear"),
+        ("C_E", "Extended (TVI)"),
+        ("GRID", "Grid (combined)"),
+        ("S_F_I", "Front + in-cabin"),
+        ("c_f", "Front"),
+        ("C_Z", "Camera C_Z"),
+        (None, "Video"),
+    ],
+)
+def test_camera_names(cam_id: str | None, name: str) -> None:
+    assert camera_name(cam_id) == name
+
+
+def test_only_http_video_urls_become_links_and_vendor_text_stays_inert() -> None:
+    videos = [
+        {"cam_id": HOSTILE, "url": "https://media.example.com/x|<!channel>", "duration_s": None,
+         "expires_at": None},
+        {"cam_id": "C_R", "url": "javascript:alert(1)", "duration_s": 5, "expires_at": None},
+        {"cam_id": "C_E", "url": "ftp://media.example.com/e.mp4", "duration_s": 5,
+         "expires_at": None},
+    ]  # fmt: skip
+    msg = format_message(video_update_env(videos))
+    texts = "\n".join(mrkdwn_texts(msg))
+    assert injection_problems(msg) == []
+    assert "<https://media.example.com/x%7C%3C!channel%3E|Camera &lt;!channel&gt;" in texts
+    assert "javascript" not in texts
+    assert "ftp://" not in texts
+    assert "2 videos without a usable link" in texts
+    assert "video links: Camera &lt;!channel&gt;" in texts
+
+
+def test_many_cameras_are_named_once_each_and_the_rest_counted() -> None:
+    videos = [
+        {"cam_id": f"X{i % 12}", "url": f"https://m.example.com/{i}", "duration_s": None,
+         "expires_at": None}
+        for i in range(30)
+    ]  # fmt: skip
+    msg = format_message(video_update_env(videos))
+    changed = msg["blocks"][1]["text"]["text"]
+    assert changed.endswith("Camera X6, Camera X7 and 4 more")
+    assert changed.count("Camera X0") == 1
+    assert block_problems(msg) == []
+
+
 def test_redacted_fields_render_as_missing() -> None:
     env = event_env()
     del env["data"]["driver"]["name"]
@@ -392,8 +495,8 @@ def test_clip_completed_shows_task_state_cameras_and_video_links() -> None:
     assert field(msg, "Ticket") == "tk-1"
     texts = "\n".join(mrkdwn_texts(msg))
     assert "• C_F: Success (state 2)" in texts
-    assert "<https://v.example.com/f.mp4?sig=a&amp;exp=1|Video C_F>" in texts
-    assert "<https://v.example.com/i.mp4|Video C_I>" in texts
+    assert "<https://v.example.com/f.mp4?sig=a&amp;exp=1|Front>" in texts
+    assert "<https://v.example.com/i.mp4|In-cabin>" in texts
     assert (
         msg["text"]
         == "✅ Clip ready: task task-1, device K245A0001234, state success (2), 2 videos"
@@ -695,9 +798,16 @@ def doc_example() -> tuple[dict[str, Any], SlackMessage]:
     return env, format_message(env, tz="Asia/Taipei")
 
 
+def doc_video_example() -> SlackMessage:
+    """The thread reply shown in docs/slack.md: the event's video links arrived."""
+    env = video_update_env(EVENT_VIDEOS, notification_id="ntf_01KAVA3Q2C7V4M8E5N1R6T9W0B")
+    return format_message(env, tz="Asia/Taipei")
+
+
 def render_doc_example() -> str:
     """The markdown pasted into docs/slack.md under "Rendered example"."""
     env, msg = doc_example()
+    reply = doc_video_example()
     return (
         "Notification (`event.created`):\n\n```json\n"
         + json.dumps(env, indent=2, ensure_ascii=False)
@@ -705,6 +815,11 @@ def render_doc_example() -> str:
         + msg["text"]
         + "\n```\n\n`blocks`:\n\n```json\n"
         + json.dumps(msg["blocks"], indent=2, ensure_ascii=False)
+        + "\n```\n\nThe thread reply when its video links arrive (`event.updated`, `changed:"
+        + ' ["media.has_video", "media.videos"]`), fallback `text`:\n\n```text\n'
+        + reply["text"]
+        + "\n```\n\n`blocks`:\n\n```json\n"
+        + json.dumps(reply["blocks"], indent=2, ensure_ascii=False)
         + "\n```\n"
     )
 
@@ -715,6 +830,7 @@ def test_docs_show_what_the_formatter_renders() -> None:
     )
     _, msg = doc_example()
     assert block_problems(msg) == []
+    assert block_problems(doc_video_example()) == []
 
 
 if __name__ == "__main__":

@@ -466,6 +466,25 @@ async def test_video_clip_is_never_retried_blindly(
     assert client.requests_made == 1
 
 
+async def test_enrichment_reads_make_one_attempt_when_asked(
+    make_client: MakeClient, sim: Simulator
+) -> None:
+    # Video links and detail during ingest retry on the next re-scan, never in the call.
+    client = make_client()
+    ticket = sim.events[0].ticket
+    sim.queue_faults("500", "500", path_prefix="/V2/event/")
+    with pytest.raises(UpstreamUnavailable):
+        await client.video_detail(ticket, retry=False)
+    with pytest.raises(UpstreamUnavailable):
+        await client.event_detail(ticket, retry=False)
+    assert len(seen(sim, "POST", "/V2/event/GetVideoDetail")) == 1
+    assert len(seen(sim, "GET", "/V2/event/detailV2")) == 1
+    # By default they stay retried like any read (the clip tracker relies on it).
+    sim.queue_faults("500", path_prefix="/V2/event/GetVideoDetail")
+    await client.video_detail(ticket)
+    assert len(seen(sim, "POST", "/V2/event/GetVideoDetail")) == 3
+
+
 async def test_discard_on_500_is_not_retried(make_client: MakeClient, sim: Simulator) -> None:
     client = make_client()
     ticket = sim.events[0].ticket

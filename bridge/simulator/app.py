@@ -23,6 +23,7 @@ from bridge.simulator.envelope import (
     BAD_API_KEY,
     BAD_CREDENTIALS,
     BAD_TOKEN,
+    INTERNAL,
     NOT_FOUND,
     ApiError,
     bad_parameter,
@@ -141,6 +142,18 @@ async def _vendor_middleware(request: web.Request, handler: _Handler) -> web.Str
     sim.record(request.method, request.path, dict(request.query))
     if request.path.startswith("/media/"):
         return await handler(request)  # pre-signed download URLs: no auth, no faults
+    # Keyed by route (e.g. `/V2/event/videoClip/{sn}`): bounded, whatever paths arrive.
+    resource = request.match_info.route.resource
+    path = resource.canonical if resource is not None else "(unrouted)"
+    sim.in_flight[path] += 1
+    sim.peak_in_flight[path] = max(sim.peak_in_flight[path], sim.in_flight[path])
+    try:
+        return await _answer(sim, request, handler)
+    finally:
+        sim.in_flight[path] -= 1
+
+
+async def _answer(sim: Simulator, request: web.Request, handler: _Handler) -> web.StreamResponse:
     try:
         _check_auth(sim, request)
         kind = sim.next_fault(request.path)
@@ -219,22 +232,25 @@ async def _events(request: web.Request) -> web.StreamResponse:
 
 
 def _videos(request: web.Request, event: Event) -> list[dict[str, Any]]:
-    return video_files(event, origin=f"{request.scheme}://{request.host}", now=_sim(request).now())
+    return video_files(_sim(request), event, origin=f"{request.scheme}://{request.host}")
 
 
-def video_files(event: Event, *, origin: str, now: float) -> list[dict[str, Any]]:
-    """GetVideoDetail's `videos` for `event`: signed-looking URLs under `origin`."""
+def video_files(sim: Simulator, event: Event, *, origin: str) -> list[dict[str, Any]]:
+    """GetVideoDetail's `videos` for `event`: pre-signed URLs under `origin`, signed
+    anew on every call (as the vendor does)."""
     if not event.has_video:
         return []
-    expires = int(now) + _MEDIA_URL_TTL_S
+    expires = int(sim.now()) + _MEDIA_URL_TTL_S
+    cams = event.cameras[: int(event.item["videos_count"])]
+    signatures = sim.sign_media(event.ticket, cams, expires)
     return [
         {
             "cam_id": cam,
-            "url": f"{origin}/media/{event.ticket}/{cam}.mp4?expires={expires}",
+            "url": f"{origin}/media/{event.ticket}/{cam}.mp4?expires={expires}&signature={sig}",
             "duration": event.video_duration,
             "expires_at": expires,
         }
-        for cam in event.cameras[: int(event.item["videos_count"])]
+        for cam, sig in zip(cams, signatures, strict=True)
     ]
 
 
@@ -258,7 +274,11 @@ async def _detail(request: web.Request) -> web.StreamResponse:
 
 
 async def _video_detail(request: web.Request) -> web.StreamResponse:
-    event = _event(_sim(request), await _form_ticket(request))
+    sim = _sim(request)
+    event = _event(sim, await _form_ticket(request))
+    sim.video_detail_calls[event.ticket] += 1
+    if event.ticket in sim.failing_video_details:
+        raise ApiError(500, INTERNAL, "simulated GetVideoDetail failure")
     return _ok(request, {"ticket": event.ticket, "videos": _videos(request, event)})
 
 

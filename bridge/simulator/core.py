@@ -9,8 +9,10 @@ seed however requests happen to be spaced.
 
 from __future__ import annotations
 
+import hmac
 import random
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +74,16 @@ class Simulator:
         self._aux_rng = random.Random(f"{seed}:aux")
         self._uq_rng = random.Random(f"{seed}:uq")
         self._fault_rng = random.Random(f"{seed}:faults")
+        self._media_key = f"{seed}:media".encode()
+        self._signings = 0
+        # GetVideoDetail calls per ticket (those failed by a queued fault are in
+        # `requests` only); tickets whose GetVideoDetail fails until removed from the set.
+        self.video_detail_calls: Counter[str] = Counter()
+        self.failing_video_details: set[str] = set()
+        # Requests being answered now, and the most at once, by path (a client's
+        # concurrency bound is visible here; a "slow" fault keeps a request open).
+        self.in_flight: Counter[str] = Counter()
+        self.peak_in_flight: Counter[str] = Counter()
 
         self.devices: list[Device] = make_devices(self._data_rng, config.devices)
         self._device_by_id = {d.device_cid: d for d in self.devices}
@@ -248,6 +260,23 @@ class Simulator:
             if draw < edge:
                 return kind
         return None
+
+    def sign_media(self, ticket: str, cams: Sequence[str], expires: int) -> list[str]:
+        """Pre-signed download URL signatures, one per camera, new on every call.
+
+        The vendor re-signs its media URLs each time it is asked, so a client must
+        never take a new URL for the same camera as a change.
+        """
+        self._signings += 1
+        # surrogatepass: tests give cameras poisoned names, which must not crash the answer.
+        return [
+            hmac.new(
+                self._media_key,
+                f"{ticket}/{cam}/{expires}/{self._signings}".encode("utf-8", "surrogatepass"),
+                "sha256",
+            ).hexdigest()[:32]
+            for cam in cams
+        ]
 
     def record(self, method: str, path: str, query: dict[str, str]) -> None:
         if len(self.requests) >= _MAX_RECORDED:

@@ -17,7 +17,9 @@ def ticket_row(t: SeenTicket) -> tuple[Any, ...]:
 
 def notification_row(n: Notification) -> tuple[Any, ...]:
     """(id, type, created_at, event_at, body): each fact stored once (the body has the rest)."""
-    return (n.id, n.type, n.created_at, event_at(n), n.body)
+    # Events carry their time as a number already: no RFC 3339 text parsed back per row.
+    at = n.event_at if n.event_at is not None else event_at(n)
+    return (n.id, n.type, n.created_at, at, n.body)
 
 
 def event_at(n: Notification) -> float | None:

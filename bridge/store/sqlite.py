@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import sqlite3
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -662,7 +663,7 @@ def split_statements(script: str) -> list[str]:
 async def _configure(db: aiosqlite.Connection, busy_timeout_ms: int) -> None:
     # busy_timeout first, so even switching to WAL waits for another process.
     await db.execute(f"PRAGMA busy_timeout = {busy_timeout_ms:d}")
-    await db.execute("PRAGMA journal_mode = WAL")
+    await _switch_to_wal(db, busy_timeout_ms / 1000)
     # In WAL mode NORMAL syncs at checkpoints, not at every commit: a committed
     # transaction survives a crash of this process (what at-least-once needs and
     # what we test); only an OS crash or power cut may lose the last commits,
@@ -675,6 +676,24 @@ async def _configure(db: aiosqlite.Connection, busy_timeout_ms: int) -> None:
     # ingest commits is copied into the database once per checkpoint, which made
     # ingest ~15% faster in our benchmark. The WAL file is reused, not grown.
     await db.execute("PRAGMA wal_autocheckpoint = 4096")
+
+
+async def _switch_to_wal(db: aiosqlite.Connection, timeout_s: float) -> None:
+    """`PRAGMA journal_mode = WAL`, retried while another connection holds the lock.
+
+    SQLite may answer "database is locked" at once here, without its busy handler,
+    when two processes open a new file together (seen under load in
+    test_two_processes_opening_at_once_migrate_once): retry until the busy timeout.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            await db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() >= deadline:
+                raise
+        await asyncio.sleep(0.01)
 
 
 def _probe(path: Path) -> None:

@@ -343,10 +343,11 @@ class UpstreamClient:
         reply = await self._call("GET", EVENTS, EVENTS, Retry.IDEMPOTENT, params=params)
         return _page(reply, EVENTS, offset, limit)
 
-    async def event_detail(self, ticket: str) -> list[dict[str, Any]]:
-        """`GET /V2/event/detailV2`: the event's detail records."""
+    async def event_detail(self, ticket: str, *, retry: bool = True) -> list[dict[str, Any]]:
+        """`GET /V2/event/detailV2`: the event's detail records (`retry=False`: one attempt)."""
+        policy = Retry.IDEMPOTENT if retry else Retry.NEVER
         reply = await self._call(
-            "GET", EVENT_DETAIL, EVENT_DETAIL, Retry.IDEMPOTENT, params={"ticket": ticket}
+            "GET", EVENT_DETAIL, EVENT_DETAIL, policy, params={"ticket": ticket}
         )
         data = reply.data
         if data is None:
@@ -357,11 +358,15 @@ class UpstreamClient:
             return [item for item in data if isinstance(item, dict)]
         raise malformed(EVENT_DETAIL, "data is neither a list nor an object", reply)
 
-    async def video_detail(self, ticket: str) -> dict[str, Any]:
-        """`POST /V2/event/GetVideoDetail`: the event's video assets (`videos`)."""
-        # A read despite the POST, so it is retried like a GET.
+    async def video_detail(self, ticket: str, *, retry: bool = True) -> dict[str, Any]:
+        """`POST /V2/event/GetVideoDetail`: the event's video assets (`videos`).
+
+        A read despite the POST, so it is retried like a GET; `retry=False` makes one
+        attempt, for callers that retry later themselves.
+        """
+        policy = Retry.IDEMPOTENT if retry else Retry.NEVER
         reply = await self._call(
-            "POST", VIDEO_DETAIL, VIDEO_DETAIL, Retry.IDEMPOTENT, form={"ticket": ticket}
+            "POST", VIDEO_DETAIL, VIDEO_DETAIL, policy, form={"ticket": ticket}
         )
         data = reply.data
         if data is None:

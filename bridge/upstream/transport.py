@@ -15,6 +15,8 @@ Retry policy (SPEC §5):
   established (`ClientConnectorError`, connect timeout) or it answered 429. A
   timeout, 5xx or dropped connection after sending may have created the work, so
   it is raised at once rather than risking a duplicate clip or discard.
+* `Retry.NEVER` — reads whose caller has its own, later retry (video links and
+  detail while ingesting: an alert must not wait for in-call backoff).
 """
 
 from __future__ import annotations
@@ -50,11 +52,14 @@ class Retry(enum.Enum):
 
     IDEMPOTENT = "idempotent"
     UNSENT = "unsent"
+    NEVER = "never"
 
 
 def _may_retry(err: UpstreamUnavailable, policy: Retry) -> bool:
     if policy is Retry.IDEMPOTENT:
         return True
+    if policy is Retry.NEVER:
+        return False
     return err.status == 429 or isinstance(err.__cause__, _NOT_SENT)
 
 

@@ -1,0 +1,166 @@
+"""Re-seen, unchanged poll items are skipped before normalizing (bridge/reseen.py).
+
+The shortcut must never change what is notified: an item that changed in any way,
+or whose ticket's stored state changed since it was last checked, takes the full
+normalize → de-dup → store path.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.clock import FakeClock
+from bridge.dedup import VIDEOS_DUE
+from bridge.ingest import EventIngestor
+from bridge.metrics import Metrics
+from bridge.normalize import normalize_push_event
+from bridge.reseen import ReseenItems
+from bridge.settings import settings_from_dict
+from bridge.store.base import IngestTx, TicketWrite
+from bridge.store.sqlite import SqliteStore
+
+T0 = 1_764_000_000
+
+
+def item(ticket: str, **overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "ticket": ticket,
+        "timestamp": T0,
+        "type": 3,
+        "device_cid": "cid-1",
+        "asset_info": {"has_video": False, "uploading": False},
+        "videos_count": 0,
+        "videos_total_count": 0,
+    }
+    return {**base, **overrides}
+
+
+@pytest.fixture
+async def store(tmp_path: Path, fake_clock: FakeClock) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(tmp_path / "b.db", fake_clock)
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+@pytest.fixture
+def ingestor(store: SqliteStore, fake_clock: FakeClock) -> EventIngestor:
+    settings = settings_from_dict(
+        {
+            "upstream": {
+                "base_url": "https://fleet.example.com",
+                "api_key": "k" * 16,
+                "auth": {"token": "t" * 16},
+            },
+            "poll": {"events": {"notify_updates": True}},
+            "targets": [{"name": "out", "type": "console"}],
+        },
+        {},
+    )
+    return EventIngestor(settings, store, fake_clock, Metrics())
+
+
+async def test_an_unchanged_item_is_skipped_once_the_store_found_it_unchanged(
+    ingestor: EventIngestor,
+) -> None:
+    page = [item("t-1"), item("t-2")]
+    first = await ingestor.ingest(page, job="events")
+    assert first.created == 2
+    assert len(ingestor.reseen) == 0  # created is a change: nothing remembered yet
+    second = await ingestor.ingest(copy.deepcopy(page), job="events")
+    assert (second.duplicates, second.created) == (2, 0)
+    assert len(ingestor.reseen) == 2
+    third = await ingestor.ingest(copy.deepcopy(page), job="events")
+    assert (third.fetched, third.duplicates, third.created, third.updated) == (2, 2, 0, 0)
+
+
+async def test_a_changed_item_takes_the_full_path_and_is_notified(
+    ingestor: EventIngestor,
+) -> None:
+    await ingestor.ingest([item("t-1")], job="events")
+    await ingestor.ingest([item("t-1")], job="events")
+    assert len(ingestor.reseen) == 1
+    # Only a media change makes an update; any other byte only skips the shortcut.
+    renamed = await ingestor.ingest([item("t-1", driver_name="Jo")], job="events")
+    assert (renamed.duplicates, renamed.updated) == (1, 0)
+    changed = item("t-1", driver_name="Jo", videos_count=1, videos_total_count=1)
+    stats = await ingestor.ingest([changed], job="events")
+    assert stats.updated == 1
+    assert stats.notifications[0].data["changed"] == [
+        "media.videos_count",
+        "media.videos_total_count",
+    ]
+    assert stats.notifications[0].data["revision"] == 2
+
+
+async def test_a_push_that_changes_the_ticket_makes_the_next_poll_check_it_again(
+    ingestor: EventIngestor,
+) -> None:
+    polled = item("t-1")
+    await ingestor.ingest([polled], job="events")
+    await ingestor.ingest([polled], job="events")
+    assert len(ingestor.reseen) == 1
+    # A vendor push says the event now has a clip; the poll list still says none.
+    pushed = {"ticket": "t-1", "timestamp": T0, "event_type": 3, "video": {"count": 1}}
+    stats = await ingestor.ingest([pushed], job="push", normalizer=normalize_push_event)
+    assert stats.updated == 1
+    assert len(ingestor.reseen) == 0
+    # The identical poll item is judged against the pushed state, as without the shortcut.
+    again = await ingestor.ingest([polled], job="events")
+    assert again.updated == 1
+    assert again.notifications[0].data["media"]["videos_count"] == 0
+
+
+async def test_skipped_items_still_move_the_cursor(ingestor: EventIngestor) -> None:
+    page = [item("t-1")]
+    await ingestor.ingest(page, job="events")
+    await ingestor.ingest(page, job="events")
+    stats = await ingestor.ingest(page, job="events", cursor=float(T0 + 60))
+    assert stats.duplicates == 1
+    assert await ingestor.get_cursor("events") == float(T0 + 60)
+
+
+def test_capacity_drops_the_oldest_entries_first() -> None:
+    reseen = ReseenItems(capacity=2)
+    pages = [item(f"t-{i}") for i in range(3)]
+    _, fingerprints, skipped = reseen.split(pages)
+    assert skipped == 0
+    reseen.remember(fingerprints, ["t-0", "t-1", "t-2"])
+    assert len(reseen) == 2
+    fresh, _, skipped = reseen.split(pages)
+    assert skipped == 2
+    assert [i["ticket"] for i in fresh] == ["t-0"]
+
+
+def test_items_without_a_fingerprint_always_take_the_full_path() -> None:
+    reseen = ReseenItems()
+    odd: list[Any] = [["not", "an", "object"], {"ticket": 7}, item("t-1", big=2**70)]
+    fresh, fingerprints, skipped = reseen.split(odd)
+    assert fresh == odd
+    assert (fingerprints, skipped) == ({}, 0)
+
+
+async def test_a_ticket_whose_video_links_are_owed_is_never_skipped(
+    ingestor: EventIngestor, store: SqliteStore
+) -> None:
+    await ingestor.ingest([item("t-1")], job="events")
+
+    # The state a failed GetVideoDetail leaves behind: the fetch is owed.
+    async def owe(tx: IngestTx) -> None:
+        prev = (await tx.seen_tickets(["t-1"]))["t-1"]
+        owed = dataclasses.replace(prev, fingerprint={**prev.fingerprint, VIDEOS_DUE: True})
+        await tx.put_tickets([TicketWrite(owed, prev)])
+
+    await store.ingest(owe)
+    await ingestor.ingest([item("t-1")], job="events")
+    await ingestor.ingest([item("t-1")], job="events")
+    # Every sighting takes the full path, so the next one retries the fetch.
+    assert len(ingestor.reseen) == 0

@@ -4,7 +4,7 @@ Every example is built by the code the service runs: vendor-shaped input from th
 simulator (`bridge.simulator`, called in-process) goes through the same builders
 the pollers and trackers use (`normalize_event`, `wants_videos`, `with_videos`,
 `event_videos`, `decide`, `event_data_with_revision`, `clip_data`, `clip_type`,
-`upload_data`, `report_data`, `build_notification`). A fixed seed and a fake clock
+`upload_data`, `report_data`, `group_data`, `build_notification`). A fixed seed and a fake clock
 make the output byte-for-byte stable.
 
 The one thing that is not as in production is the notification id: the service
@@ -39,6 +39,7 @@ from bridge.simulator.config import SimulatorConfig
 from bridge.simulator.core import Simulator
 from bridge.simulator.data import Device
 from bridge.simulator.tasks import ClipTask
+from bridge.storm import GROUP_TYPE, group_data, key_of
 from bridge.video_links import wants_videos, with_videos
 
 BASE_URL: Final = "https://fleet.example.com"
@@ -53,7 +54,7 @@ REPORT_CRON: Final = "0 7 * * *"
 REPORT_TZ: Final = "Europe/Amsterdam"
 TEST_TARGET: Final = "ops-webhook"
 
-TYPES: Final[tuple[str, ...]] = NOTIFICATION_TYPES
+TYPES: Final[tuple[str, ...]] = (*NOTIFICATION_TYPES, GROUP_TYPE)
 """Every notification type, in the order the examples are shown."""
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -214,6 +215,29 @@ def build_examples() -> list[Notification]:
         "message": f"fleet-bridge test notification for target {TEST_TARGET}",
     }
     out[TEST_TYPE] = _notify(TEST_TYPE, data, clock.now())
+
+    # event.group: a lane-departure storm on one vehicle (`group.by: [vehicle.id]`,
+    # `max_items: 3`), sent as one once the group's interval has passed.
+    members = []
+    for i in range(5):
+        clock.advance(47.5)
+        lane = copy.deepcopy(sim.add_event(type=22, device_cid=device.device_cid, video=False))
+        clock.advance(3.0)
+        ev = normalize_event(lane, table)
+        decision = decide(None, ev.ticket, ev.fingerprint, clock.now())
+        data = event_data_with_revision(ev.data, decision.revision, decision.changed)
+        members.append(
+            build_notification(
+                "event.created",
+                data,
+                base_url=BASE_URL,
+                now=clock.now(),
+                notification_id=example_id(f"{GROUP_TYPE} member {i}", clock.now()),
+            )
+        )
+    clock.advance(60)
+    key = key_of(["vehicle.id"], members[0].data)
+    out[GROUP_TYPE] = _notify(GROUP_TYPE, group_data("grouped", key, members, 3), clock.now())
 
     missing = [t for t in TYPES if t not in out or out[t].type != t]
     if missing:

@@ -326,9 +326,12 @@ def _field(label: str, value: str | None) -> str:
 
 
 def list_sections(
-    title: str, lines: Sequence[str], max_blocks: int = LIST_BLOCKS_MAX
+    title: str, lines: Sequence[str], max_blocks: int = LIST_BLOCKS_MAX, more: int = 0
 ) -> list[dict[str, Any]]:
-    """`lines` packed into as few sections as fit; what does not fit is counted, not cut."""
+    """`lines` packed into as few sections as fit; what does not fit is counted, not cut.
+
+    `more` counts lines that exist but were never given (they join the "…and N more").
+    """
     blocks: list[dict[str, Any]] = []
     current = f"*{title}*"
     shown = 0
@@ -343,8 +346,9 @@ def list_sections(
         blocks.append(section(current))
         current = line
         shown += 1
-    if shown < len(lines):
-        current += f"\n…and {len(lines) - shown:,} more"
+    hidden = len(lines) - shown + max(more, 0)
+    if hidden > 0:
+        current += f"\n…and {hidden:,} more"
     blocks.append(section(current))
     return blocks
 
@@ -822,6 +826,99 @@ def _report_message(
     return _finish(blocks, text)
 
 
+# --------------------------------------------------------------------------- event groups
+
+_GROUP_ITEMS_MAX: Final = 200  # members looked at; a hostile list is not walked to its end
+_GROUP_TEXT_ROOM: Final = TEXT_MAX - 200  # fallback members stop here, "and N more" follows
+_REASONS: Final = {
+    "muted": "Held during quiet hours: these arrived while the target was muted.",
+    "grouped": "Grouped: several events for the same key in a short time.",
+}
+
+
+def _key_words(key: Any) -> tuple[str, str]:
+    """A group key as plain text and as mrkdwn: `{"vehicle.id": 123}` → "vehicle 123"."""
+    plain: list[str] = []
+    marked: list[str] = []
+    for path, value in list(key.items())[:FIELDS_MAX] if isinstance(key, Mapping) else ():
+        name = clean(path, 64) or "key"
+        name = name.removesuffix(".id").replace(".", " ").replace("_", " ")
+        shown = clean(value, 100) or ("none" if value is None else "unknown")
+        plain.append(f"{name} {shown}")
+        marked.append(f"{escape_mrkdwn(name)} {escape_mrkdwn(shown)}")
+    return ", ".join(plain) or "all events", ", ".join(marked) or "all events"
+
+
+def _worst(counts: Mapping[str, int]) -> str:
+    return next((s for s in SEVERITY_MARKERS if counts.get(s, 0) > 0), "unknown")
+
+
+def _member_data(item: Any) -> Mapping[str, Any]:
+    data = _get(item, "data")
+    return data if isinstance(data, Mapping) else {}
+
+
+def _member(item: Any, tz: tzinfo) -> tuple[str, str]:
+    """One member of a group as a mrkdwn line and as a fallback fact."""
+    data = _member_data(item)
+    severity = _severity(data)
+    word = _SEVERITY_WORDS.get(severity, "Unknown severity")
+    name = _m(_get(data, "event_type", "name")) or "Unknown event"
+    if _get(item, "type") == "event.updated":
+        name += " (update)"
+    when = _time_m(data.get("occurred_at"), tz) or "time unknown"
+    driver = _driver(data) or "unknown"
+    line = f"{SEVERITY_MARKERS[severity]} {when} · *{name}* · {word} · driver {driver}"
+    return line, f"{when} {name} ({word}, driver {driver})"
+
+
+def _group_message(
+    envelope: Mapping[str, Any], type_: str, data: Mapping[str, Any], tz: tzinfo
+) -> SlackMessage:
+    items = list(_list(data.get("items"))[:_GROUP_ITEMS_MAX])
+    raw = data.get("by_severity")
+    counts: Counter[str] = Counter()
+    for level in SEVERITY_MARKERS:
+        n = _int(_get(raw, level))
+        counts[level] = n if n is not None and n > 0 else 0
+    if not any(counts.values()):  # redacted or absent: judge by the members carried
+        counts.update(_severity(_member_data(i)) for i in items)
+    count = _int(data.get("count"))
+    count = count if count is not None and count >= len(items) else len(items)
+    truncated = _int(data.get("truncated")) or 0
+    more = max(truncated, count - len(items), 0)
+    marker = SEVERITY_MARKERS[_worst(counts)]
+    key_plain, key_m = _key_words(data.get("key"))
+    events = _plural(count, "event")
+    reason = data.get("reason")
+    reason_text = _REASONS.get(reason) if isinstance(reason, str) else None
+    first = _time_m(data.get("first_occurred_at"), tz)
+    last = _time_m(data.get("last_occurred_at"), tz)
+    by_severity = _severity_counts(counts)
+    if counts["unknown"]:
+        by_severity += f" · {SEVERITY_MARKERS['unknown']} Unknown {counts['unknown']:,}"
+
+    blocks = [header(marker, f"{events} — {key_plain}")]
+    summary = [reason_text or "", f"*Between:* {first or '?'} → {last or '?'}"]
+    summary.append(f"*By severity:* {by_severity}")
+    blocks.append(section("\n".join(s for s in summary if s)))
+    members = [_member(i, tz) for i in items]
+    blocks.extend(list_sections("Events", [line for line, _ in members], more=more))
+    blocks.append(context(_context_parts(envelope, type_)))
+
+    held = " (held during quiet hours)" if reason == "muted" else ""
+    text = f"{marker} {events} — {key_m}{held}: {by_severity}"
+    shown = 0
+    for _, fact in members:
+        if _units(text) + _units(fact) + 2 > _GROUP_TEXT_ROOM:
+            break
+        text += ("; " if shown else " — ") + fact
+        shown += 1
+    if more + len(members) - shown > 0:
+        text += f"; and {more + len(members) - shown:,} more"
+    return _finish(blocks, text)
+
+
 # --------------------------------------------------------------------------- others
 
 
@@ -859,6 +956,8 @@ _Formatter = Callable[[Mapping[str, Any], str, Mapping[str, Any], tzinfo], Slack
 def _formatter(type_: str) -> _Formatter:
     if type_ in ("event.created", "event.updated"):
         return _event_message
+    if type_ == "event.group":
+        return _group_message
     if type_.startswith("clip."):
         return _clip_message
     if type_ == "upload.updated":

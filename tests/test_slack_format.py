@@ -23,8 +23,9 @@ from hypothesis import strategies as st
 
 from bridge.event_types import EventTypeTable
 from bridge.normalize import clip_data, normalize_event, report_data, upload_data
-from bridge.notifications import build_notification
+from bridge.notifications import Notification, build_notification
 from bridge.slack_format import (
+    BLOCKS_MAX,
     SEVERITY_MARKERS,
     SlackMessage,
     camera_name,
@@ -35,6 +36,7 @@ from bridge.slack_format import (
     link,
     sparkline,
 )
+from bridge.storm import GROUP_TYPE, group_data
 
 TABLE = EventTypeTable({})
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "slack.md"
@@ -772,6 +774,7 @@ _data = st.fixed_dictionaries(
             "clip.completed",
             "upload.updated",
             "report.safety",
+            "event.group",
             "bridge.test",
             "x",
         ]
@@ -786,6 +789,81 @@ def test_any_data_formats_within_limits_and_stays_inert(
     assert block_problems(msg) == []
     assert injection_problems(msg) == []
     json.dumps(msg)  # serializable as is
+
+
+# --------------------------------------------------------------------------- event.group
+
+
+def member(i: int, **item: Any) -> Notification:
+    """The i-th event of vehicle 123, one minute apart, as the pipeline builds it."""
+    fields = {"ticket": f"t-{i}", "timestamp": 1_764_000_000 + 60 * i} | item
+    data = normalize_event(EVENT_ITEM | fields, TABLE).data | {"revision": 1, "changed": []}
+    return build_notification(
+        "event.created", data, base_url="https://fleet.example.com", now=1_764_000_003.0 + 60 * i
+    )
+
+
+def group_env(
+    members: list[Notification], reason: str = "grouped", max_items: int = 20, **fixed: Any
+) -> dict[str, Any]:
+    data = group_data(reason, {"vehicle.id": 123}, members, max_items)
+    return envelope(GROUP_TYPE, data, **fixed)
+
+
+def test_group_header_gives_count_key_and_worst_severity() -> None:
+    members = [member(i, severity_level=1) for i in range(6)] + [member(6, severity_level=2)]
+    msg = format_message(group_env(members))
+    assert header_text(msg) == f"{SEVERITY_MARKERS['moderate']} 7 events — vehicle 123"
+    assert msg["text"].startswith(f"{SEVERITY_MARKERS['moderate']} 7 events — vehicle 123")
+    assert "notification of type" not in all_text(msg)
+    assert block_problems(msg) == []
+
+
+def test_group_lists_each_member_in_the_target_zone() -> None:
+    members = [member(0), member(1, driver_name="Bob Roe", driver_id=8, severity_level=1)]
+    msg = format_message(group_env(members), tz="Asia/Taipei")
+    dumped = all_text(msg)
+    assert "2025-11-25 00:00:00 CST · *Harsh Braking* · Severe · driver Jane Doe (#7)" in dumped
+    assert "2025-11-25 00:01:00 CST · *Harsh Braking* · Minor · driver Bob Roe (#8)" in dumped
+    assert "2025-11-25 00:01:00 CST Harsh Braking (Minor, driver Bob Roe (#8))" in msg["text"]
+    assert "more" not in dumped
+    assert "quiet hours" not in dumped
+
+
+def test_group_says_how_many_more_than_it_carries() -> None:
+    msg = format_message(group_env([member(i) for i in range(9)], max_items=3))
+    assert header_text(msg).endswith("9 events — vehicle 123")
+    assert all_text(msg).count("Harsh Braking* ·") == 3
+    assert "…and 6 more" in all_text(msg)
+    assert msg["text"].endswith("; and 6 more")
+
+
+def test_muted_group_says_it_was_held_during_quiet_hours() -> None:
+    msg = format_message(group_env([member(0), member(1)], reason="muted"))
+    assert "Held during quiet hours" in all_text(msg)
+    assert "(held during quiet hours)" in msg["text"]
+
+
+def test_group_keeps_a_hostile_driver_name_inert() -> None:
+    msg = format_message(group_env([member(0, driver_name=HOSTILE), member(1)]))
+    dumped = all_text(msg)
+    assert "<!channel>" not in dumped
+    assert "<http" not in dumped
+    assert "driver &lt;!channel&gt;" in dumped
+    assert "driver &lt;!channel&gt;" in msg["text"]
+    assert injection_problems(msg) == []
+
+
+def test_group_with_max_items_of_huge_members_respects_every_limit() -> None:
+    huge = "W" * 5000
+    members = [member(i, driver_name=huge, type_name=huge) for i in range(120)]
+    msg = format_message(group_env(members, max_items=100), tz="Asia/Taipei")
+    assert block_problems(msg) == []
+    assert len(msg["blocks"]) <= BLOCKS_MAX
+    more = re.search(r"…and (\d+) more", all_text(msg))
+    assert more is not None
+    assert int(more.group(1)) >= 20  # the 20 not carried, and what did not fit
+    assert re.search(r"; and \d+ more$", msg["text"])
 
 
 # --------------------------------------------------------------------------- the docs example
@@ -804,10 +882,22 @@ def doc_video_example() -> SlackMessage:
     return format_message(env, tz="Asia/Taipei")
 
 
+def doc_group_example() -> SlackMessage:
+    """The event.group shown in docs/slack.md: seven events of vehicle 123, five carried."""
+    levels = [1, 1, 3, 1, 2, 1, 1]
+    members = [member(i, severity_level=level) for i, level in enumerate(levels)]
+    members[3] = member(
+        3, severity_level=3, driver_name="Bob Roe", driver_id=8, type_name="Tailgating"
+    )
+    env = group_env(members, max_items=5, notification_id="ntf_01KAVA6R8N3D5F7H9K2M4P6Q8S")
+    return format_message(env, tz="Asia/Taipei")
+
+
 def render_doc_example() -> str:
     """The markdown pasted into docs/slack.md under "Rendered example"."""
     env, msg = doc_example()
     reply = doc_video_example()
+    group = doc_group_example()
     return (
         "Notification (`event.created`):\n\n```json\n"
         + json.dumps(env, indent=2, ensure_ascii=False)
@@ -820,6 +910,11 @@ def render_doc_example() -> str:
         + reply["text"]
         + "\n```\n\n`blocks`:\n\n```json\n"
         + json.dumps(reply["blocks"], indent=2, ensure_ascii=False)
+        + "\n```\n\nAn `event.group` of seven events for vehicle 123 (`group.by: [vehicle.id]`,"
+        + " `max_items: 5`), fallback `text`:\n\n```text\n"
+        + group["text"]
+        + "\n```\n\n`blocks`:\n\n```json\n"
+        + json.dumps(group["blocks"], indent=2, ensure_ascii=False)
         + "\n```\n"
     )
 
@@ -831,6 +926,7 @@ def test_docs_show_what_the_formatter_renders() -> None:
     _, msg = doc_example()
     assert block_problems(msg) == []
     assert block_problems(doc_video_example()) == []
+    assert block_problems(doc_group_example()) == []
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from bridge.notifications import Notification, build_notification
 from bridge.settings import SlackTarget, StoreSettings
 from bridge.store import open_store
 from bridge.store.base import Delivery, DeliveryState, IngestTx, NewNotification, Store
+from bridge.storm import GROUP_TYPE, group_data
 from bridge.targets.base import LazyEnvelope, SendResult
 from bridge.targets.slack import PERMANENT_ERRORS, THREAD_KIND, SlackSender
 
@@ -264,6 +265,24 @@ async def test_follow_ups_are_posted_in_the_thread_of_the_first_message(
     test = build_notification("bridge.test", {"target": "alerts"}, base_url="x", now=time.time())
     assert (await send(sender, test)).ok
     assert "thread_ts" not in fake.hits[-1].body
+
+
+async def test_a_group_is_posted_readable_and_its_members_follow_ups_join_its_thread(
+    slack: tuple[FakeSlack, TestServer], session: aiohttp.ClientSession, store: Store
+) -> None:
+    fake, server = slack
+    sender = SlackSender(bot_cfg(server), session, store=store)
+    members = [event(ticket=TICKET), event(ticket="t-2", driver_name=HOSTILE)]
+    data = group_data("muted", {"vehicle.id": 123}, members, 20)
+    group = build_notification(GROUP_TYPE, data, base_url="https://fleet.example.com", now=0)
+    assert (await send(sender, group)).ok
+    assert (await send(sender, updated())).ok
+    first, follow_up = fake.hits
+    assert first.body["blocks"][0]["text"]["text"] == "🔴 2 events — vehicle 123"
+    assert "held during quiet hours" in first.body["text"]
+    assert "<!channel>" not in json.dumps(first.body)
+    assert block_problems(first.body) == []
+    assert follow_up.body["thread_ts"] == first.ts
 
 
 async def test_an_unusable_thread_is_replaced_by_a_new_top_level_message(

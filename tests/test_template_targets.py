@@ -82,10 +82,22 @@ def test_check_renders_every_type_the_filter_lets_through() -> None:
                 template=fails_without_ticket,
                 filter={"min_severity": "severe"},
             ),
+            hook(
+                "grouped",
+                format="template",
+                template=fails_without_ticket,
+                filter={"types": ["event.created"]},
+                group={"by": ["vehicle.id"]},
+            ),
         ),
         {"TEST_FLEET_KEY": "k"},
     )
     found = template_problems(settings)
+    # An event.group (no ticket) is rendered only for the target whose storm control
+    # builds one; it is not in the 9 types of a target without it.
+    grouped = [p.split(": ")[1] for p in found if p.startswith("targets[4].template")]
+    assert grouped == ["bridge.test", "event.group"]
+    assert not any(": event.group: " in p for p in found if not p.startswith("targets[4]"))
     pd = [p for p in found if p.startswith("targets[0].preset: ")]
     # Every type, bridge.test included (the test endpoint ignores filters).
     assert len(pd) == 9

@@ -14,6 +14,7 @@ from bridge.formats.template import TemplateFormat, template_field
 from bridge.notifications import Notification
 from bridge.routing import redact
 from bridge.settings import Settings, TargetFilter, WebhookTarget
+from bridge.storm import GROUP_TYPE
 
 
 def could_pass(flt: TargetFilter, example: Notification) -> bool:
@@ -44,8 +45,13 @@ def template_problems(settings: Settings) -> list[str]:
             continue
         fmt = TemplateFormat.from_target(target)
         where = f"targets[{i}].{template_field(target)}"
+        # An event.group is built for one target, only by its own storm control.
+        groups = target.group is not None or bool(target.mute)
         for example in examples:
-            if example.type != "bridge.test" and not could_pass(target.filter, example):
+            if example.type == GROUP_TYPE:
+                if not groups:
+                    continue
+            elif example.type != "bridge.test" and not could_pass(target.filter, example):
                 continue
             try:
                 fmt.render(redact(example.envelope(), target.redact))

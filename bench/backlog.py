@@ -35,12 +35,12 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import asyncpg
 from common import (
-    SECRET,
     cpu_seconds,
     free_port,
     metric_total,
     new_loop,
     peak_rss_mb,
+    post_signed,
     receiver_count,
     start_bridge,
     start_receiver,
@@ -54,7 +54,6 @@ from bridge.dedup import event_data_with_revision
 from bridge.event_types import EventTypeTable
 from bridge.normalize import normalize_event
 from bridge.notifications import build_notification
-from bridge.targets.webhook import sign
 
 
 async def throwaway_database(server_url: str) -> str:
@@ -184,27 +183,10 @@ async def run_plain(
     bodies: list[tuple[str, str]], hook: str, rec: str, concurrency: int
 ) -> tuple[float, float]:
     """N signed POSTs with the same concurrency: the ceiling of this machine."""
-    queue = list(reversed(bodies))
-    secrets = [SECRET]
-
-    async def worker(session: aiohttp.ClientSession) -> None:
-        while queue:
-            msg_id, body = queue.pop()
-            ts = int(time.time())
-            headers = {
-                "content-type": "application/json",
-                "webhook-id": msg_id,
-                "webhook-timestamp": str(ts),
-                "webhook-signature": sign(secrets, msg_id, ts, body),
-            }
-            async with session.post(hook, data=body.encode(), headers=headers) as resp:
-                await resp.read()
-                assert resp.status == 200
-
     async with aiohttp.ClientSession() as session:
         await session.post(f"{rec}/reset")
         started, cpu = time.perf_counter(), time.process_time()
-        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        await post_signed(session, hook, bodies, concurrency)
         return time.perf_counter() - started, time.process_time() - cpu
 
 

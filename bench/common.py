@@ -17,6 +17,8 @@ from pathlib import Path
 
 import aiohttp
 
+from bridge.targets.webhook import sign
+
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -161,3 +163,27 @@ async def metric_total(
 async def receiver_count(session: aiohttp.ClientSession, base: str) -> int:
     async with session.get(f"{base}/count") as resp:
         return int((await resp.json())["count"])
+
+
+async def post_signed(
+    session: aiohttp.ClientSession, hook: str, bodies: list[tuple[str, str]], concurrency: int
+) -> None:
+    """The plain-client ceiling: sign and POST each (id, body), `concurrency` at a time."""
+    queue = list(reversed(bodies))
+    secrets = [SECRET]
+
+    async def worker() -> None:
+        while queue:
+            msg_id, body = queue.pop()
+            ts = int(time.time())
+            headers = {
+                "content-type": "application/json",
+                "webhook-id": msg_id,
+                "webhook-timestamp": str(ts),
+                "webhook-signature": sign(secrets, msg_id, ts, body),
+            }
+            async with session.post(hook, data=body.encode(), headers=headers) as resp:
+                await resp.read()
+                assert resp.status == 200
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))

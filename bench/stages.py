@@ -24,7 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from common import SECRET, free_port, new_loop, start_receiver, start_simulator, stop, wait_http
+from common import (
+    SECRET,
+    free_port,
+    new_loop,
+    post_signed,
+    start_receiver,
+    start_simulator,
+    stop,
+    wait_http,
+)
 
 from bridge.clock import SystemClock
 from bridge.dedup import decide, event_data_with_revision
@@ -38,7 +47,7 @@ from bridge.settings import WebhookTarget, settings_from_dict
 from bridge.store.base import Delivery, DeliveryState, Outcome
 from bridge.store.sqlite import SqliteStore
 from bridge.targets.base import LazyEnvelope
-from bridge.targets.webhook import WebhookSender, sign
+from bridge.targets.webhook import WebhookSender
 from bridge.upstream.client import UpstreamClient
 
 CLAIM_BATCH = 16  # what a dispatcher with max_in_flight 8 claims at a time
@@ -81,25 +90,8 @@ async def send_all(sender: WebhookSender, deliveries: list[Delivery], concurrenc
 
 async def plain_client(hook: str, bodies: list[tuple[str, str]], concurrency: int) -> None:
     """What the ceiling in bench/backlog.py does: sign and POST, nothing else."""
-    queue = list(reversed(bodies))
-    secrets = [SECRET]
-
-    async def worker(session: aiohttp.ClientSession) -> None:
-        while queue:
-            msg_id, body = queue.pop()
-            ts = int(time.time())
-            headers = {
-                "content-type": "application/json",
-                "webhook-id": msg_id,
-                "webhook-timestamp": str(ts),
-                "webhook-signature": sign(secrets, msg_id, ts, body),
-            }
-            async with session.post(hook, data=body.encode(), headers=headers) as resp:
-                await resp.read()
-                assert resp.status == 200
-
     async with aiohttp.ClientSession() as session:
-        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        await post_signed(session, hook, bodies, concurrency)
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:

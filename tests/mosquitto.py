@@ -322,10 +322,13 @@ def _session_expiry(seconds: int) -> Properties:
     return props
 
 
-async def wait_retained(port: int, topic: str, expected: bytes, **kwargs: object) -> None:
+async def wait_retained(
+    port: int, topic: str, expected: bytes, *, timeout: float = 10.0, **kwargs: object
+) -> None:
     """Wait until a fresh subscriber is handed `expected` as the retained message on `topic`."""
     async with Subscriber(port, (topic,), **kwargs) as sub:  # type: ignore[arg-type]
         await wait_for(
             lambda: any(m.retain and m.payload == expected for m in sub.on(topic)),
+            timeout=timeout,
             message=f"a fresh subscriber to get the retained {expected!r} on {topic}",
         )

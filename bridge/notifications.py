@@ -14,7 +14,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
@@ -93,9 +93,11 @@ def dumps(obj: Any) -> str:
         return _ENCODER.encode(obj)
 
 
-@dataclass(frozen=True)
-class RoutingKeys:
-    """What target filters look at; derived from `data`, never sent."""
+class RoutingKeys(NamedTuple):
+    """What target filters look at; derived from `data`, never sent.
+
+    A named tuple: immutable like a frozen dataclass at a third of its build cost
+    (one per notification)."""
 
     event_code: int | None = None
     category: str | None = None

@@ -39,6 +39,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from bridge.clock import Clock, SystemClock
 from bridge.ingest import EventIngestor, IngestStats
 from bridge.metrics import Metrics
+from bridge.reseen import KnownPage
 from bridge.settings import EventsPoll, parse_start_from
 from bridge.store.base import StoreUnavailable
 from bridge.streak import failure_reason
@@ -221,13 +222,23 @@ class EventsPoller:
             types=self._cfg.types,
             device_cids=self._cfg.device_cids,
             serial_number=self._cfg.serial_number,
+            # A page whose every item is known unchanged comes back unparsed (the
+            # steady state's re-scan: bridge/reseen.py).
+            memo=self._ingestor.reseen.known_page,
         )
 
     async def _ingest_page(self, page: Page, total: IngestStats) -> None:
         self._pages_this_run += 1
-        self._metrics.items_fetched.labels(job=self.job).inc(len(page.items))
-        if page.items:
-            total.add(await self._ingestor.ingest(page.items, job=self.job))
+        if page.known:
+            self._metrics.items_fetched.labels(job=self.job).inc(page.received)
+            total.fetched += page.received
+            total.duplicates += page.received
+        elif page.items:
+            self._metrics.items_fetched.labels(job=self.job).inc(len(page.items))
+            known = None
+            if page.digest is not None and page.received == len(page.items):
+                known = (page.digest, KnownPage(page.received, page.count))
+            total.add(await self._ingestor.ingest(page.items, job=self.job, page=known))
         if self._stopping:
             raise _Stopped
 

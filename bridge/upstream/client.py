@@ -12,6 +12,7 @@ without a request. Pacing, timeouts and retries live in `transport.Transport`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,9 +24,9 @@ import structlog
 
 from bridge.clock import Clock, SystemClock
 from bridge.settings import UpstreamSettings
-from bridge.upstream.envelope import Reply, malformed
+from bridge.upstream.envelope import Reply, malformed, page_digest, parse_reply
 from bridge.upstream.errors import UpstreamApiError, UpstreamAuthError, UpstreamError
-from bridge.upstream.transport import Retry, Transport
+from bridge.upstream.transport import Parser, Retry, Transport
 
 log = structlog.get_logger(__name__)
 
@@ -55,6 +56,11 @@ class LoginState:
     reason: str | None = None
 
 
+PageMemo = Callable[[int], tuple[int, int | None] | None]
+"""A page's digest → (entries, vendor total) when the caller needs the page unparsed
+(it already holds all of it: `bridge.reseen.ReseenItems.known_page`), else None."""
+
+
 @dataclass(frozen=True)
 class Page:
     """One page of a list endpoint: raw vendor items and the vendor's total."""
@@ -63,6 +69,9 @@ class Page:
     count: int | None
     offset: int
     limit: int
+    received: int = 0  # entries the vendor sent (objects or not)
+    digest: int | None = None  # `page_digest` of the answer, when read with a memo
+    known: bool = False  # the memo knew it: not parsed, `items` empty
 
 
 def _csv(values: Sequence[object]) -> str | None:
@@ -261,6 +270,7 @@ class UpstreamClient:
         form: Mapping[str, str] | None = None,
         relogin: bool = True,
         token: str | None = None,
+        parse: Parser | None = None,
     ) -> Reply:
         """An authenticated call; one re-login and repeat when the token is refused."""
         relogged = False
@@ -269,7 +279,7 @@ class UpstreamClient:
             try:
                 return await self._transport.call(
                     method, path, endpoint, policy=policy, token=used,
-                    params=params, json=json, form=form,
+                    params=params, json=json, form=form, parse=parse,
                 )  # fmt: skip
             except UpstreamAuthError as err:
                 if relogged or token is not None or not relogin or not self._can_login:
@@ -311,12 +321,18 @@ class UpstreamClient:
         serial_number: str | None = None,
         keyword: str | None = None,
         order: str = "ASC",
+        memo: PageMemo | None = None,
     ) -> AsyncIterator[Page]:
-        """Every page of `GET /V2/events` for the window, until the list is exhausted."""
+        """Every page of `GET /V2/events` for the window, until the list is exhausted.
+
+        With `memo`, each answer's `page_digest` is looked up first: a page the memo
+        knows is yielded unparsed (`known`, no items) with the paging facts it gave.
+        """
+        parse = None if memo is None else _memo_parser(memo)
 
         def fetch(off: int) -> Awaitable[tuple[Page, int]]:
             return self._events(
-                since, until, off, limit, types, device_cids, serial_number, keyword, order
+                since, until, off, limit, types, device_cids, serial_number, keyword, order, parse
             )
 
         async for page in _walk(fetch, offset):
@@ -333,6 +349,7 @@ class UpstreamClient:
         serial_number: str | None,
         keyword: str | None,
         order: str,
+        parse: Parser | None = None,
     ) -> tuple[Page, int]:
         limit = limit or self._settings.page_size
         params = _params(
@@ -340,7 +357,9 @@ class UpstreamClient:
             type=_csv(types), device_cids=_csv(device_cids),
             serial_number=serial_number, keyword=keyword,
         )  # fmt: skip
-        reply = await self._call("GET", EVENTS, EVENTS, Retry.IDEMPOTENT, params=params)
+        reply = await self._call(
+            "GET", EVENTS, EVENTS, Retry.IDEMPOTENT, params=params, parse=parse
+        )
         return _page(reply, EVENTS, offset, limit)
 
     async def event_detail(self, ticket: str, *, retry: bool = True) -> list[dict[str, Any]]:
@@ -441,6 +460,7 @@ class UpstreamClient:
         serial_number: str | None,
         keyword: str | None,
         order: str,
+        parse: Parser | None = None,
     ) -> tuple[Page, int]:
         limit = limit or self._settings.page_size
         params = _params(
@@ -506,6 +526,10 @@ class UpstreamClient:
 
 def _page(reply: Reply, endpoint: str, offset: int, limit: int) -> tuple[Page, int]:
     """A `Page` from a list answer, and how many entries the vendor really sent."""
+    if reply.known is not None:
+        received, count = reply.known
+        page = Page([], count, offset, limit, received=received, digest=reply.digest, known=True)
+        return page, received
     data = reply.data
     if data is None:
         data = []
@@ -514,7 +538,26 @@ def _page(reply: Reply, endpoint: str, offset: int, limit: int) -> tuple[Page, i
         # items we never saw; failing is the safe choice.
         raise malformed(endpoint, "data is not a list", reply)
     items = [item for item in data if isinstance(item, dict)]
-    return Page(items=items, count=_count(reply.body), offset=offset, limit=limit), len(data)
+    page = Page(items, _count(reply.body), offset, limit, received=len(data), digest=reply.digest)
+    return page, len(data)
+
+
+def _memo_parser(memo: PageMemo) -> Parser:
+    """`parse_reply` that first asks `memo` about a 2xx answer's digest."""
+
+    def parse(endpoint: str, status: int, raw: bytes, retry_after: float | None) -> Reply:
+        if not 200 <= status < 300:
+            return parse_reply(endpoint, status, raw, retry_after)
+        digest = page_digest(raw)
+        known = memo(digest)
+        if known is not None:
+            # The same bytes parsed successfully before: the same success now.
+            return Reply(
+                body={}, data=None, enveloped=True, status=status, digest=digest, known=known
+            )
+        return dataclasses.replace(parse_reply(endpoint, status, raw, retry_after), digest=digest)
+
+    return parse
 
 
 async def _walk(

@@ -54,6 +54,7 @@ class ReseenItems:
         self._capacity = capacity
         # page digest → (entries sent, vendor total, its items' (ticket, fingerprint))
         self._pages: dict[int, tuple[int, int | None, tuple[tuple[str, int], ...]]] = {}
+        self.pages_known = 0  # pages skipped unparsed so far
         self.epoch = 0  # bumped whenever a ticket's stored state changes
 
     def __len__(self) -> int:
@@ -98,6 +99,7 @@ class ReseenItems:
             if known.get(ticket) != fingerprint:
                 del self._pages[digest]  # re-learned once the full path finds it unchanged
                 return None
+        self.pages_known += 1
         return KnownPage(received, total)
 
     def remember_page(self, digest: int, page: KnownPage, keys: Sequence[tuple[str, int]]) -> None:

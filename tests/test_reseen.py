@@ -14,16 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bridge_rig import ClientFactory, ServerFactory, make_rig
 
 from bridge.clock import FakeClock
 from bridge.dedup import VIDEOS_DUE
 from bridge.ingest import EventIngestor
 from bridge.metrics import Metrics
 from bridge.normalize import normalize_push_event
-from bridge.reseen import ReseenItems
+from bridge.pollers import EventsPoller
+from bridge.reseen import KnownPage, ReseenItems
 from bridge.settings import settings_from_dict
 from bridge.store.base import IngestTx, TicketWrite
 from bridge.store.sqlite import SqliteStore
+from bridge.upstream.envelope import page_digest
 
 T0 = 1_764_000_000
 
@@ -164,3 +167,80 @@ async def test_a_ticket_whose_video_links_are_owed_is_never_skipped(
     await ingestor.ingest([item("t-1")], job="events")
     # Every sighting takes the full path, so the next one retries the fetch.
     assert len(ingestor.reseen) == 0
+
+
+async def ticket_state(store: Any, ticket: str) -> Any:
+    async def read(tx: IngestTx) -> Any:
+        return (await tx.seen_tickets([ticket]))[ticket]
+
+    return await store.ingest(read)
+
+
+# -- whole pages -------------------------------------------------------------------------
+
+
+def test_a_page_digest_leaves_out_only_the_leading_uq() -> None:
+    page = b'{"uq": "%s", "result": true, "code": "S00000", "data": [{"ticket": "t-1"}]}'
+    assert page_digest(page % b"a-1") == page_digest(page % b"b-2")
+    other = b'{"uq": "a-1", "result": true, "code": "S00000", "data": [{"ticket": "t-2"}]}'
+    assert page_digest(page % b"a-1") != page_digest(other)
+    # A uq elsewhere is content like any other field.
+    late = b'{"result": true, "uq": "%s", "data": []}'
+    assert page_digest(late % b"a-1") != page_digest(late % b"b-2")
+    assert page_digest(b'{"uq": "a", "x": 1}') != page_digest(b'{"x": 1}')
+
+
+def test_a_page_is_known_only_while_all_its_items_are() -> None:
+    reseen = ReseenItems()
+    items = [item("t-1"), item("t-2")]
+    _, fingerprints, _, keys = reseen.split_page(items)
+    assert keys is not None
+    reseen.remember_page(7, KnownPage(2, 40), keys)
+    assert reseen.known_page(7) is None  # its items were not remembered: not kept
+    reseen.remember(fingerprints, ["t-1", "t-2"])
+    reseen.remember_page(7, KnownPage(2, 40), keys)
+    assert reseen.known_page(7) == KnownPage(2, 40)
+    reseen.forget(["t-2"])  # t-2's stored state changed: the page must be read again
+    assert reseen.known_page(7) is None
+    reseen.remember(fingerprints, ["t-2"])
+    assert reseen.known_page(7) is None  # dropped: learned again from a full read
+    assert reseen.pages_known == 1
+
+
+async def test_a_rescanned_page_of_unchanged_items_is_not_parsed(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    rig = await make_rig(
+        aiohttp_server,
+        aiohttp_client,
+        tmp_path,
+        config={"upstream": {"page_size": 10}, "poll": {"events": {"notify_updates": True}}},
+        webhook=False,
+    )
+    now = int(rig.clock.now())
+    tickets = [rig.sim.add_event(timestamp=now - 600 + i, video=False)["ticket"] for i in range(25)]
+    rig.clock.advance(1)
+    b = rig.bridge
+    assert b.client is not None
+    assert b.ingestor is not None
+    cfg = b.settings.poll.events.model_copy(update={"lookback_s": 900, "head_lookback_s": 900})
+    poller = EventsPoller(cfg, b.client, b.ingestor, rig.clock, b.metrics)
+    reseen = b.ingestor.reseen
+
+    assert (await poller.run_once()).created == 25
+    checked = await poller.run_once()  # every item checked against the store: unchanged
+    assert (checked.fetched, checked.duplicates, checked.created) == (25, 25, 0)
+    before = reseen.pages_known
+    skipped = await poller.run_once()
+    assert (skipped.fetched, skipped.duplicates, skipped.created, skipped.updated) == (25, 25, 0, 0)
+    assert reseen.pages_known - before == 3  # 10 + 10 + 5 items, none parsed
+
+    # A media change on the middle page: that page is read in full and notified.
+    changed = rig.sim.item(tickets[12])
+    assert changed is not None
+    changed.update(videos_count=1, videos_total_count=1)
+    before = reseen.pages_known
+    stats = await poller.run_once()
+    assert (stats.fetched, stats.updated) == (25, 1)
+    assert (await ticket_state(b.store, tickets[12])).revision == 2
+    assert reseen.pages_known - before == 2

@@ -51,11 +51,17 @@ log = structlog.get_logger(__name__)
 RESCAN_SUFFIX = ":rescan"
 
 
-def poll_windows(start: float, end: float, max_window_s: float) -> Iterator[tuple[int, int]]:
+def poll_windows(
+    start: float, end: float, max_window_s: float, *, aligned: bool = False
+) -> Iterator[tuple[int, int]]:
     """Split [start, end] into inclusive whole-second windows of at most max_window_s.
 
     Windows share their boundary second: the vendor's since/until are inclusive,
     and an item at a boundary seen twice is absorbed by de-dup (never skipped).
+    `aligned`: inner boundaries fall on multiples of max_window_s, so successive
+    sweeps of a moving window read the same inner windows, page for page (what
+    lets an unchanged page be recognized unparsed: bridge/reseen.py), for at most
+    one window more.
     """
     lo, hi = int(start), int(end)
     step = max(1, int(max_window_s))
@@ -63,7 +69,7 @@ def poll_windows(start: float, end: float, max_window_s: float) -> Iterator[tupl
         yield (hi, hi)
         return
     while lo < hi:
-        upper = min(lo + step, hi)
+        upper = min((lo // step + 1) * step if aligned else lo + step, hi)
         yield (lo, upper)
         lo = upper
 
@@ -257,7 +263,9 @@ class EventsPoller:
                 return False
             self._owe(cursor)
             windows = [
-                w for lo, hi in self._owed for w in poll_windows(lo, hi, self._cfg.max_window_s)
+                w
+                for lo, hi in self._owed
+                for w in poll_windows(lo, hi, self._cfg.max_window_s, aligned=True)
             ]
             self._owed = []
             self._sweep = _Sweep(base=cursor, windows=windows, started_mono=mono)

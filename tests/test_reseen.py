@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from bridge_rig import ClientFactory, ServerFactory, make_rig
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bridge.clock import FakeClock
 from bridge.dedup import VIDEOS_DUE
 from bridge.ingest import EventIngestor
 from bridge.metrics import Metrics
 from bridge.normalize import normalize_push_event
-from bridge.pollers import EventsPoller
+from bridge.pollers import EventsPoller, poll_windows
 from bridge.reseen import KnownPage, ReseenItems
 from bridge.settings import settings_from_dict
 from bridge.store.base import IngestTx, TicketWrite
@@ -244,3 +247,21 @@ async def test_a_rescanned_page_of_unchanged_items_is_not_parsed(
     assert (stats.fetched, stats.updated) == (25, 1)
     assert (await ticket_state(b.store, tickets[12])).revision == 2
     assert reseen.pages_known - before == 2
+
+
+@given(
+    start=st.integers(min_value=0, max_value=10**9),
+    length=st.integers(min_value=0, max_value=20_000),
+    step=st.integers(min_value=1, max_value=7200),
+)
+def test_aligned_windows_cover_the_range_on_a_fixed_grid(
+    start: int, length: int, step: int
+) -> None:
+    windows = list(poll_windows(start, start + length, step, aligned=True))
+    assert windows[0][0] == start
+    assert windows[-1][1] == start + length
+    for (_, hi), (next_lo, _) in itertools.pairwise(windows):
+        assert hi == next_lo  # contiguous, sharing the boundary second
+        assert hi % step == 0  # inner boundaries on the grid: the same every sweep
+    assert all(0 <= hi - lo <= step for lo, hi in windows)
+    assert len(windows) <= len(list(poll_windows(start, start + length, step))) + 1

@@ -434,7 +434,7 @@ class Dispatcher:
                 self._outcomes[:0] = batch  # kept for the next claim or flush
                 raise
         self._next_share_ask = now + self.BUSY_RECHECK_S
-        self._in_flight.granted(got.share, got.until)
+        self._in_flight.granted(got.share, got.until, got.fair)
         return got.deliveries
 
     def _ask_share_now(self, now: float) -> bool:

@@ -27,6 +27,7 @@ class InFlightShare:
     def __init__(self, cap: int, clock: Clock, *, margin_s: float, renew_s: float) -> None:
         self.cap = cap
         self.share = 0
+        self.fair = cap
         self.until = 0.0
         self.sending = 0
         self._clock = clock
@@ -34,17 +35,18 @@ class InFlightShare:
         self._renew_s = renew_s  # ask again this long before the share ends
         self._changed = asyncio.Event()
 
-    def granted(self, share: int, until: float) -> None:
+    def granted(self, share: int, until: float, fair: int) -> None:
         """The store's answer to a claim."""
-        self.share, self.until = share, until
+        self.share, self.until, self.fair = share, until, fair
         self._changed.set()
 
     def usable(self) -> bool:
         return self.sending < self.share and self._clock.now() < self.until - self._margin_s
 
     def wants_more(self, held: int) -> bool:
-        """Whether a larger share would be used now (`held`: rows queued and under way)."""
-        return self.share < min(self.cap, held)
+        """Whether asking again soon may give a share that would be used now (`held`:
+        rows queued and under way): others still hold more than their fair share."""
+        return self.share < min(self.fair, held)
 
     def renew_at(self) -> float:
         """When the share must be asked for again (while there is work)."""

@@ -390,6 +390,7 @@ async def test_in_flight_shares_are_fair_and_never_exceed_the_cap(
         assert got_b.share == 8  # one writer process (SQLite): the share is the cap
         return
     assert got_b.share == 0  # a holds every slot
+    assert got_b.fair == 4  # so b asks again soon: a is over its fair share
     # a, sending 6, learns that b wants slots: its share halves; it keeps the slots of
     # the 6 sends under way until they end (the store counts max(sending, share)).
     got_a = await a.claim_share("hook", T0 + 51, 0, replica="a", sending=6, queued=14, **cap)
@@ -400,6 +401,7 @@ async def test_in_flight_shares_are_fair_and_never_exceed_the_cap(
     assert got_a.share == 4
     got_b = await b.claim_share("hook", T0 + 52, 0, replica="b", sending=2, queued=16, **cap)
     assert got_b.share == 4  # fair: half each
+    assert got_b.fair == 4  # nothing more to wait for
     # A clean stop gives a's slots back at once.
     await a.claim_share("hook", T0 + 53, 0, replica="a", sending=0, queued=0, **cap)
     got_b = await b.claim_share("hook", T0 + 53, 0, replica="b", sending=4, queued=16, **cap)

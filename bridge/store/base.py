@@ -129,6 +129,9 @@ class ShareClaim:
     deliveries: list[Delivery]
     share: int  # sends this claimer may have under way (all claimers' never exceed the cap)
     until: float  # the share lapses then unless a later claim renews it
+    # The fair share among the claimers holding work: above `share` while others still
+    # hold more than theirs (they give it back as their sends end).
+    fair: int
 
 
 @dataclass(frozen=True)

@@ -377,7 +377,10 @@ class PostgresStore:
         # The function's last row carries the share; the others are the claimed rows.
         *claimed, last = rows
         return ShareClaim(
-            [delivery_from_row(row, token, lease) for row in claimed], int(last[8]), lease
+            [delivery_from_row(row, token, lease) for row in claimed],
+            share=int(last[8]),
+            until=lease,
+            fair=int(last[9]),
         )
 
     async def next_due_at(self, target: str, *, fifo: bool) -> float | None:

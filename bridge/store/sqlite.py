@@ -312,7 +312,7 @@ class SqliteStore:
         the whole cap."""
         await self.record_outcomes(outcomes, now)
         claimed = await self.claim(target, now, limit, fifo=False)
-        return ShareClaim(claimed, max_in_flight, now + self._lease_s)
+        return ShareClaim(claimed, max_in_flight, now + self._lease_s, max_in_flight)
 
     async def target_failed(
         self,

@@ -11,7 +11,8 @@
 -- A replica asks for slots with each claim (it says how many sends it has under way,
 -- `p_sending`, and how much work it holds, `p_queued`). It is told its `share`: the
 -- sends it may start, fair among the replicas that want to send and never more than
--- what the others leave free. Its row keeps max(sending, share): a replica that must
+-- what the others leave free, and the fair share (above the share while others still
+-- hold more than theirs: worth asking again soon). Its row keeps max(sending, share): a replica that must
 -- shrink keeps the slots of sends already under way until they end (and starts none
 -- while over its share), so the sum of the rows always covers every send. A row
 -- expires with the claim lease; a replica that cannot renew stops sending (as with
@@ -36,7 +37,7 @@ CREATE FUNCTION fleet_bridge_claim_share(
 ) RETURNS TABLE (
     id bigint, notification_id text, type text, target text, body text,
     attempts integer, created_at double precision, event_at double precision,
-    share integer
+    share integer, fair integer
 ) LANGUAGE plpgsql VOLATILE AS $$
 #variable_conflict use_column
 DECLARE
@@ -48,6 +49,7 @@ DECLARE
     v_others integer;
     v_wanting integer;
     v_share integer;
+    v_fair integer;
 BEGIN
     INSERT INTO target_state (target, paused, updated_at) VALUES (p_target, false, p_now)
     ON CONFLICT (target) DO NOTHING;
@@ -70,7 +72,7 @@ BEGIN
     IF p_limit > 0 AND NOT v_paused AND coalesce(v_hold, 0) <= p_now AND NOT v_failing THEN
         -- Migration 0002's claim, uncapped (the cap is on sends, below).
         RETURN QUERY
-        SELECT c.*, NULL::integer FROM fleet_bridge_claim_due(
+        SELECT c.*, NULL::integer, NULL::integer FROM fleet_bridge_claim_due(
             p_target, p_now, p_lease, p_token, p_limit, NULL, false) AS c;
         GET DIAGNOSTICS v_claimed = ROW_COUNT;
     END IF;
@@ -85,10 +87,8 @@ BEGIN
     IF v_want > 0 THEN
         v_wanting := v_wanting + 1;
     END IF;
-    v_share := greatest(0, least(
-        v_want,
-        p_max_in_flight - v_others,
-        ceil(p_max_in_flight::numeric / greatest(v_wanting, 1))::integer));
+    v_fair := ceil(p_max_in_flight::numeric / greatest(v_wanting, 1))::integer;
+    v_share := greatest(0, least(v_want, p_max_in_flight - v_others, v_fair));
     INSERT INTO in_flight_shares AS t (target, replica, granted, wanted, until)
     VALUES (p_target, p_replica, greatest(p_sending, v_share), v_want, p_lease)
     ON CONFLICT (target, replica) DO UPDATE
@@ -97,6 +97,6 @@ BEGIN
 
     RETURN QUERY SELECT NULL::bigint, NULL::text, NULL::text, NULL::text, NULL::text,
                         NULL::integer, NULL::double precision, NULL::double precision,
-                        v_share;
+                        v_share, v_fair;
 END
 $$;

@@ -27,8 +27,9 @@ owed again. De-dup absorbs every overlap.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -211,16 +212,22 @@ class EventsPoller:
         return total
 
     async def _scan_window(self, since: int, until: int, total: IngestStats) -> None:
-        async for page in self._pages(since, until):
-            await self._ingest_page(page, total)
+        # The head is read to the end: the next page is fetched while this one is
+        # stored (the re-scan, under a page budget, fetches only what it reads).
+        async with contextlib.aclosing(self._pages(since, until, prefetch=True)) as pages:
+            async for page in pages:
+                await self._ingest_page(page, total)
 
-    def _pages(self, since: int, until: int) -> AsyncIterator[Page]:
+    def _pages(
+        self, since: int, until: int, *, prefetch: bool = False
+    ) -> AsyncGenerator[Page, None]:
         return self._client.iter_event_pages(
             since=since,
             until=until,
             types=self._cfg.types,
             device_cids=self._cfg.device_cids,
             serial_number=self._cfg.serial_number,
+            prefetch=prefetch,
         )
 
     async def _ingest_page(self, page: Page, total: IngestStats) -> None:

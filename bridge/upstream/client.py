@@ -12,8 +12,9 @@ without a request. Pacing, timeouts and retries live in `transport.Transport`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -311,16 +312,25 @@ class UpstreamClient:
         serial_number: str | None = None,
         keyword: str | None = None,
         order: str = "ASC",
-    ) -> AsyncIterator[Page]:
-        """Every page of `GET /V2/events` for the window, until the list is exhausted."""
+        prefetch: bool = False,
+    ) -> AsyncGenerator[Page, None]:
+        """Every page of `GET /V2/events` for the window, until the list is exhausted.
+
+        With `prefetch`, the next page is requested while the caller works on this one
+        (for callers that read to the end: one request more than read if they stop
+        early). Close the iterator (`contextlib.aclosing`) when stopping early.
+        """
 
         def fetch(off: int) -> Awaitable[tuple[Page, int]]:
             return self._events(
                 since, until, off, limit, types, device_cids, serial_number, keyword, order
             )
 
-        async for page in _walk(fetch, offset):
-            yield page
+        # Closed here, not left to the garbage collector: its prefetch is cancelled
+        # when our caller closes us.
+        async with contextlib.aclosing(_walk(fetch, offset, prefetch=prefetch)) as pages:
+            async for page in pages:
+                yield page
 
     async def _events(
         self,
@@ -518,19 +528,32 @@ def _page(reply: Reply, endpoint: str, offset: int, limit: int) -> tuple[Page, i
 
 
 async def _walk(
-    fetch: Callable[[int], Awaitable[tuple[Page, int]]], offset: int
-) -> AsyncIterator[Page]:
+    fetch: Callable[[int], Awaitable[tuple[Page, int]]], offset: int, *, prefetch: bool = False
+) -> AsyncGenerator[Page, None]:
     """Page through a list: next offset = offset + entries received, until a short page.
 
     A short page ends the scan unless the vendor's `count` says more remain (a
     vendor that silently caps `limit` would otherwise make us skip items); an
-    empty page always ends it.
+    empty page always ends it. With `prefetch` the next page's request is under way
+    while the caller handles this one (a catch-up then overlaps the vendor's latency
+    with storing; the pages still come in order).
     """
-    while True:
-        page, received = await fetch(offset)
-        yield page
-        offset += received
-        if received == 0:
-            return
-        if received < page.limit and (page.count is None or offset >= page.count):
-            return
+    following: asyncio.Future[tuple[Page, int]] | None = None
+    try:
+        current: Awaitable[tuple[Page, int]] = fetch(offset)
+        while True:
+            page, received = await current
+            offset += received
+            last = received == 0 or (
+                received < page.limit and (page.count is None or offset >= page.count)
+            )
+            if prefetch and not last:
+                following = asyncio.ensure_future(fetch(offset))
+            yield page
+            if last:
+                return
+            current, following = following or fetch(offset), None
+    finally:
+        if following is not None:
+            following.cancel()
+            await asyncio.gather(following, return_exceptions=True)

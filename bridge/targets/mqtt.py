@@ -397,24 +397,7 @@ class MqttSender:
 
     async def _session(self) -> bool:
         """One connection from connect to loss (False) or clean close (True)."""
-        tls_context = None
-        if self._endpoint.tls:
-            try:
-                tls_context = await asyncio.to_thread(self._tls_context)
-            except (OSError, ValueError) as err:  # ssl.SSLError is an OSError
-                raise aiomqtt.MqttError(f"TLS setup failed: {err}") from err
-        client = aiomqtt.Client(
-            self._endpoint.host,
-            self._endpoint.port,
-            username=self._endpoint.username,
-            password=self._endpoint.password,
-            identifier=self._client_id,
-            protocol=self._protocol,
-            will=aiomqtt.Will(self._status_topic, OFFLINE, qos=1, retain=True),
-            timeout=self._timeout_s,
-            keepalive=self._keepalive_s,
-            tls_context=tls_context,
-        )
+        client = await self._client(self._client_id, self._status_topic)
         # aiomqtt warns above 10 pending publishes; the dispatcher already bounds them
         # with `max_in_flight` (plus the status messages).
         client.pending_calls_threshold = self._cfg.max_in_flight + 10
@@ -511,24 +494,7 @@ class MqttSender:
     async def _presence_session(self) -> bool:
         """One presence connection from connect to loss (False) or clean close (True)."""
         assert self._replica_topic is not None
-        tls_context = None
-        if self._endpoint.tls:
-            try:
-                tls_context = await asyncio.to_thread(self._tls_context)
-            except (OSError, ValueError) as err:
-                raise aiomqtt.MqttError(f"TLS setup failed: {err}") from err
-        client = aiomqtt.Client(
-            self._endpoint.host,
-            self._endpoint.port,
-            username=self._endpoint.username,
-            password=self._endpoint.password,
-            identifier=f"{self._client_id}-replica",
-            protocol=self._protocol,
-            will=aiomqtt.Will(self._replica_topic, OFFLINE, qos=1, retain=True),
-            timeout=self._timeout_s,
-            keepalive=self._keepalive_s,
-            tls_context=tls_context,
-        )
+        client = await self._client(f"{self._client_id}-replica", self._replica_topic)
         async with client:
             await client.publish(self._replica_topic, ONLINE, qos=1, retain=True)
             self._presence_up_since = time.monotonic()
@@ -547,6 +513,27 @@ class MqttSender:
                 return False
             await client.publish(self._replica_topic, OFFLINE, qos=1, retain=True)
             return True
+
+    async def _client(self, identifier: str, will_topic: str) -> aiomqtt.Client:
+        """A client for one connection, with `offline` (retained) as its will on `will_topic`."""
+        tls_context = None
+        if self._endpoint.tls:
+            try:
+                tls_context = await asyncio.to_thread(self._tls_context)
+            except (OSError, ValueError) as err:  # ssl.SSLError is an OSError
+                raise aiomqtt.MqttError(f"TLS setup failed: {err}") from err
+        return aiomqtt.Client(
+            self._endpoint.host,
+            self._endpoint.port,
+            username=self._endpoint.username,
+            password=self._endpoint.password,
+            identifier=identifier,
+            protocol=self._protocol,
+            will=aiomqtt.Will(will_topic, OFFLINE, qos=1, retain=True),
+            timeout=self._timeout_s,
+            keepalive=self._keepalive_s,
+            tls_context=tls_context,
+        )
 
     def _tls_context(self) -> ssl.SSLContext:
         """Loaded per connection (in a thread), so rotated certificate files are used."""

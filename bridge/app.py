@@ -181,7 +181,7 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
             cfg, session=b.targets_session, clock=b.clock, stdout=b.stdout, store=b.store
         )
         b.dispatchers[cfg.name] = Dispatcher(
-            dispatch_options(cfg), target, b.store, b.clock, b.metrics
+            dispatch_options(cfg), target, b.store, b.clock, b.metrics, replica=b.replica
         )
     started: list[Dispatcher] = []
     try:

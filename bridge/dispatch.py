@@ -25,8 +25,11 @@ While a target is paused or failing its deliveries are not attempted, so
 Each outcome carries its claim's token; the store ignores it once the claim has
 expired. On a shared store (several replicas) the target's pause, Retry-After hold,
 rate budget and in-flight cap live in the store, so they hold for the target as a
-whole: claims are capped at `max_in_flight` live claims of all replicas, send slots
-are reserved in the store, and blocked state is re-read from the store.
+whole: sends are capped at `max_in_flight` for all replicas together by in-flight slots
+the store hands out with each claim (bridge.in_flight; outcomes ride on the same
+round trip), rate-limited send times are reserved in the store, and blocked state is
+re-read from the store. Strict FIFO (`max_in_flight: 1`) claims only the head, under
+the target's lock.
 """
 
 from __future__ import annotations
@@ -43,7 +46,10 @@ from typing import Any
 
 import structlog
 
+from bridge.aio import first_of
 from bridge.clock import Clock
+from bridge.in_flight import InFlightShare
+from bridge.lease import replica_id
 from bridge.metrics import Metrics
 from bridge.notifications import dumps
 from bridge.ratelimit import RateLimiter, StoreRateLimiter
@@ -120,6 +126,7 @@ class Dispatcher:
         metrics: Metrics,
         *,
         rng: random.Random | None = None,
+        replica: str | None = None,
     ) -> None:
         self.options = options
         self.name = options.name
@@ -134,11 +141,22 @@ class Dispatcher:
         else:
             self._limiter = RateLimiter(options.rate_limit_per_s, clock)
         self._fifo = options.max_in_flight == 1
+        # Shared and not FIFO: sends need a slot of the target's max_in_flight.
+        self._in_flight = (
+            InFlightShare(
+                options.max_in_flight,
+                clock,
+                margin_s=self.CLAIM_MARGIN_S,
+                renew_s=self.CLAIM_MARGIN_S + self.IDLE_RECHECK_S,
+            )
+            if self._shared and not self._fifo
+            else None
+        )
+        # Unique per dispatcher: the store keeps in-flight slots per (target, replica).
+        self._replica = f"{replica or replica_id()}/{random.getrandbits(32):08x}"
+        self._next_share_ask = 0.0
         # Claimed rows wait here for a worker; small, so little is held in flight.
         self._queue_size = 1 if self._fifo else min(128, max(32, options.max_in_flight * 4))
-        if self._shared:
-            # All replicas' live claims count against max_in_flight.
-            self._queue_size = min(self._queue_size, options.max_in_flight)
         if options.rate_limit_per_s is not None:
             # Never claim more than can be sent well within the claim's life.
             budget = int(options.rate_limit_per_s * self.CLAIM_MARGIN_S)
@@ -236,7 +254,26 @@ class Dispatcher:
         self._outcome_waiting.set()
         await flusher
         await self._flush()
+        await self._release_share()
         await self._target.close()
+
+    async def _release_share(self) -> None:
+        """A clean stop gives this replica's in-flight slots back at once (they would
+        otherwise lapse with the claim lease)."""
+        if self._in_flight is None:
+            return
+        try:
+            await self._store.claim_share(
+                self.name,
+                self._clock.now(),
+                0,
+                max_in_flight=self.options.max_in_flight,
+                replica=self._replica,
+                sending=0,
+                queued=0,
+            )
+        except StoreUnavailable as err:
+            self._feed_streak.failed(err)
 
     def wake(self) -> None:
         """New work was stored for this target."""
@@ -287,6 +324,8 @@ class Dispatcher:
             self._state = stored
             self._m_paused.set(int(stored.paused))
             self._show_failing()
+            if self._in_flight is not None:
+                self._in_flight.wake()  # workers waiting for a slot look at the new state
 
     def _show_failing(self) -> None:
         self.health.failing = self._state.failing
@@ -335,24 +374,18 @@ class Dispatcher:
         if self._state.failing:
             await self._feed_probe(now)
             return
-        if self._pending_work > self._queue_size // 2:
+        if self._pending_work > self._queue_size // 2 and not self._ask_share_now(now):
             # Workers are busy; they wake us when half the queue is free. Claiming
             # just the few rows freed meanwhile would cost a store round trip per
             # handful (measured: claims of 1-7 rows were a third of all claims).
-            await self._wait(self.IDLE_RECHECK_S)
+            await self._wait(min(self.IDLE_RECHECK_S, self._share_wait(now)))
             return
         storm_due = math.inf
         if self._storm is not None:
             storm_due = await self._storm.flush_if_due()
         room = self._queue_size - self._pending_work
         self._wake.clear()
-        claimed = await self._store.claim(
-            self.name,
-            now,
-            room,
-            fifo=self._fifo,
-            max_in_flight=self.options.max_in_flight if self._shared else None,
-        )
+        claimed = await self._claim(now, room)
         if claimed and self._storm is not None:
             claimed = await self._gate(claimed)
             if not claimed:
@@ -368,10 +401,60 @@ class Dispatcher:
                 # Due, yet nothing to claim: other replicas hold the target's
                 # in-flight budget (or the FIFO head). Their outcomes free it soon.
                 wait = self.BUSY_RECHECK_S
-            wait = min(wait, storm_due - self._clock.now())
+            wait = min(wait, storm_due - self._clock.now(), self._share_wait(self._clock.now()))
             await self._wait(max(0.0, min(wait, self.IDLE_RECHECK_S)))
             return
         self._enqueue(claimed)
+
+    async def _claim(self, now: float, room: int) -> list[Delivery]:
+        if self._in_flight is None:
+            return await self._store.claim(
+                self.name,
+                now,
+                room,
+                fifo=self._fifo,
+                max_in_flight=self.options.max_in_flight if self._shared else None,
+            )
+        # In-flight slots are asked for with each claim, and waiting outcomes go along (one
+        # round trip); the flush lock makes wait_idle wait for them as for any batch.
+        async with self._flush_lock:
+            batch, self._outcomes = self._outcomes, []
+            try:
+                got = await self._store.claim_share(
+                    self.name,
+                    now,
+                    room,
+                    max_in_flight=self.options.max_in_flight,
+                    replica=self._replica,
+                    sending=self._in_flight.sending,
+                    queued=self._pending_work,
+                    outcomes=batch,
+                )
+            except Exception:
+                self._outcomes[:0] = batch  # kept for the next claim or flush
+                raise
+        self._next_share_ask = now + self.BUSY_RECHECK_S
+        self._in_flight.granted(got.share, got.until, got.fair)
+        return got.deliveries
+
+    def _ask_share_now(self, now: float) -> bool:
+        """Whether the share must be asked for before the workers can go on."""
+        fl = self._in_flight
+        if fl is None or self._pending_work == 0:
+            return False
+        if now >= fl.renew_at():
+            return True
+        return fl.wants_more(self._pending_work) and now >= self._next_share_ask
+
+    def _share_wait(self, now: float) -> float:
+        """How long the feeder may sleep before the share needs asking for."""
+        fl = self._in_flight
+        if fl is None or self._pending_work == 0:
+            return math.inf
+        due = fl.renew_at()
+        if fl.wants_more(self._pending_work):
+            due = min(due, self._next_share_ask)
+        return max(0.0, due - now)
 
     async def _feed_probe(self, now: float) -> None:
         """A failing target: one probe delivery at a time, when the probe is due."""
@@ -442,15 +525,10 @@ class Dispatcher:
         if self._wake.is_set() or self._stopping.is_set():
             self._wake.clear()
             return
-        waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._wake.wait())]
-        if seconds is not None:
-            waiters.append(asyncio.ensure_future(self._clock.sleep(seconds)))
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
-            await asyncio.gather(*waiters, return_exceptions=True)
+        if seconds is None:
+            await self._wake.wait()
+        else:
+            await first_of(self._wake.wait(), self._clock.sleep(seconds))
         self._wake.clear()
 
     # -- the workers ----------------------------------------------------------------
@@ -460,10 +538,17 @@ class Dispatcher:
             delivery = await self._queue.get()
             if delivery is None:
                 return
+            slot = False  # an in-flight slot taken
             try:
                 if self._stopping.is_set() or self._blocked(delivery):
                     self._give_back(delivery)
                     continue
+                if self._in_flight is not None and delivery.id != self._probe_id:
+                    # The probe of a failing target is the target's only send.
+                    slot = await self._in_flight.acquire(self._stopping, self._blocked)
+                    if not slot:
+                        self._give_back(delivery)
+                        continue
                 await self._limiter.acquire()
                 if self._blocked(delivery) or self._claim_ending(delivery):
                     self._give_back(delivery)
@@ -477,6 +562,9 @@ class Dispatcher:
                     except Exception as err:
                         self._flush_streak.failed(err)
             finally:
+                if slot:
+                    assert self._in_flight is not None
+                    self._in_flight.release()
                 self._done_with_one()
 
     def _done_with_one(self) -> None:
@@ -536,7 +624,14 @@ class Dispatcher:
         self.health.last_status = result.status
         if result.ok:
             self._queue_outcome(
-                Outcome(delivery.id, DeliveryState.DELIVERED, attempts, status=result.status),
+                # Built with its claim: `replace` per delivery is measurable.
+                Outcome(
+                    delivery.id,
+                    DeliveryState.DELIVERED,
+                    attempts,
+                    status=result.status,
+                    claim=delivery.claim or None,
+                ),
                 delivery,
             )
             self._m_delivered.inc()
@@ -653,6 +748,8 @@ class Dispatcher:
             return
         self._state = replace(self._state, paused=True, paused_reason=reason, hold_until=None)
         self._m_paused.set(1)
+        if self._in_flight is not None:
+            self._in_flight.wake()
         # Atomic in the store: of several replicas seeing the 410, one logs it.
         try:
             changed = await self._store.pause_target(self.name, reason)
@@ -670,6 +767,8 @@ class Dispatcher:
         if current is not None and current >= until:
             return
         self._state = replace(self._state, hold_until=until)
+        if self._in_flight is not None:
+            self._in_flight.wake()
         try:
             await self._store.hold_target(self.name, until)  # never shortens another's hold
         except StoreUnavailable as err:
@@ -698,7 +797,9 @@ class Dispatcher:
     # -- outcome batching ------------------------------------------------------------
 
     def _queue_outcome(self, outcome: Outcome, delivery: Delivery) -> None:
-        self._outcomes.append(replace(outcome, claim=delivery.claim or None))
+        if outcome.claim is None and delivery.claim:
+            outcome = replace(outcome, claim=delivery.claim)
+        self._outcomes.append(outcome)
         self._outcome_waiting.set()
         # Shared: a row counts against every replica's max_in_flight until its
         # outcome is stored, so store it now rather than with the next batch.

@@ -27,8 +27,9 @@ owed again. De-dup absorbs every overlap.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -218,16 +219,22 @@ class EventsPoller:
         return total
 
     async def _scan_window(self, since: int, until: int, total: IngestStats) -> None:
-        async for page in self._pages(since, until):
-            await self._ingest_page(page, total)
+        # The head is read to the end: the next page is fetched while this one is
+        # stored (the re-scan, under a page budget, fetches only what it reads).
+        async with contextlib.aclosing(self._pages(since, until, prefetch=True)) as pages:
+            async for page in pages:
+                await self._ingest_page(page, total)
 
-    def _pages(self, since: int, until: int) -> AsyncIterator[Page]:
+    def _pages(
+        self, since: int, until: int, *, prefetch: bool = False
+    ) -> AsyncGenerator[Page, None]:
         return self._client.iter_event_pages(
             since=since,
             until=until,
             types=self._cfg.types,
             device_cids=self._cfg.device_cids,
             serial_number=self._cfg.serial_number,
+            prefetch=prefetch,
             # A page whose every item is known unchanged comes back unparsed (the
             # steady state's re-scan: bridge/reseen.py).
             memo=self._ingestor.reseen.known_page,
@@ -235,6 +242,10 @@ class EventsPoller:
 
     async def _ingest_page(self, page: Page, total: IngestStats) -> None:
         self._pages_this_run += 1
+        if page.known and not self._ingestor.reseen.holds_page(page.digest or 0):
+            # Checked when it arrived (maybe prefetched); a ticket on it has changed
+            # state since, so its items are judged as they would be without the memo.
+            page = page.parsed()
         if page.known:
             self._metrics.items_fetched.labels(job=self.job).inc(page.received)
             total.fetched += page.received

@@ -93,14 +93,20 @@ class ReseenItems:
         entry = self._pages.get(digest)
         if entry is None:
             return None
-        received, total, keys = entry
-        known = self._fingerprints
-        for ticket, fingerprint in keys:
-            if known.get(ticket) != fingerprint:
-                del self._pages[digest]  # re-learned once the full path finds it unchanged
-                return None
+        if not self.holds_page(digest):
+            del self._pages[digest]  # re-learned once the full path finds it unchanged
+            return None
         self.pages_known += 1
-        return KnownPage(received, total)
+        return KnownPage(entry[0], entry[1])
+
+    def holds_page(self, digest: int) -> bool:
+        """Whether a page is (still) known: for a page checked ahead of its use (a
+        prefetched page), checked again when it is used."""
+        entry = self._pages.get(digest)
+        if entry is None:
+            return False
+        known = self._fingerprints
+        return all(known.get(ticket) == fingerprint for ticket, fingerprint in entry[2])
 
     def remember_page(self, digest: int, page: KnownPage, keys: Sequence[tuple[str, int]]) -> None:
         """Record a page whose items (`keys`) are all remembered unchanged right now."""

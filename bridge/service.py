@@ -104,8 +104,12 @@ async def _serve(app: web.Application, settings: Settings) -> None:
         # keep-alive connections sit on the connection cap.
         keepalive_timeout=KEEPALIVE_S,
     )
-    await runner.setup()
     try:
+        # Inside the try: a SIGTERM while the cleanup contexts start (aiohttp installs
+        # the handler first) must still close those already started. Left open, the
+        # SQLite store's worker thread (not a daemon) kept the process alive for good
+        # after "fleet-bridge stopped".
+        await runner.setup()
         site = CappedTCPSite(
             runner,
             server.host,

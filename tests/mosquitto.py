@@ -121,7 +121,13 @@ class Mosquitto:
             lines.append("user root")  # else mosquitto drops to `mosquitto`, who can't read tmp
         lines += [
             "per_listener_settings false",
-            "log_type error warning notice information",
+            # One type per line: mosquitto reads only the first word of each.
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+            "log_type subscribe",
+            "log_timestamp_format %H:%M:%S",
             # The default drops QoS 1/2 messages beyond 1000 queued for a slow
             # subscriber; a test must see everything the bridge got acknowledged.
             "max_queued_messages 0",
@@ -325,10 +331,25 @@ def _session_expiry(seconds: int) -> Properties:
 async def wait_retained(
     port: int, topic: str, expected: bytes, *, timeout: float = 10.0, **kwargs: object
 ) -> None:
-    """Wait until a fresh subscriber is handed `expected` as the retained message on `topic`."""
-    async with Subscriber(port, (topic,), **kwargs) as sub:  # type: ignore[arg-type]
-        await wait_for(
-            lambda: any(m.retain and m.payload == expected for m in sub.on(topic)),
-            timeout=timeout,
-            message=f"a fresh subscriber to get the retained {expected!r} on {topic}",
-        )
+    """Wait until a fresh subscriber is handed `expected` as the retained message on `topic`.
+
+    A subscriber already subscribed when `expected` is published gets it live, with the
+    retain flag off (MQTT 3.1.1 §3.3.1.3), which says nothing of what the broker keeps;
+    a new subscriber then asks again. (Waiting on the first subscriber alone failed
+    whenever it subscribed just before the publish: it never saw a retained copy.)
+    """
+    deadline = time.monotonic() + timeout
+    message = f"a fresh subscriber to get the retained {expected!r} on {topic}"
+    while True:
+        async with Subscriber(port, (topic,), **kwargs) as sub:  # type: ignore[arg-type]
+            try:
+                await wait_for(
+                    lambda: expected in sub.payloads(topic),
+                    timeout=max(0.0, deadline - time.monotonic()),
+                    message=message,
+                )
+            except AssertionError as err:
+                got = [(m.payload, "retained" if m.retain else "live") for m in sub.on(topic)]
+                raise AssertionError(f"{err}; the last one got {got}") from None
+            if any(m.retain and m.payload == expected for m in sub.on(topic)):
+                return

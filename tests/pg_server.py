@@ -16,7 +16,8 @@ import asyncpg
 ADMIN_URL = os.environ.get("BRIDGE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 TABLES = (
-    "notifications, deliveries, seen_tickets, cursors, kv, target_state, poll_lease, storm_groups"
+    "notifications, deliveries, seen_tickets, cursors, kv, target_state, poll_lease, storm_groups,"
+    " in_flight_shares"
 )
 
 

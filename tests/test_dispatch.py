@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from conftest import wait_for
+from pg_server import truncate
 from structlog.testing import capture_logs
 from webhook_receiver import SECRET, Receiver
 
@@ -30,6 +32,7 @@ from bridge.metrics import Metrics
 from bridge.notifications import Notification, build_notification
 from bridge.settings import WebhookTarget
 from bridge.store.base import DeliveryState, NewNotification
+from bridge.store.postgres import PostgresStore
 from bridge.store.sqlite import SqliteStore
 from bridge.targets.webhook import WebhookSender
 
@@ -331,3 +334,72 @@ async def test_dead_deliveries_are_logged_once_until_the_next_success(
         assert not rig.dispatcher.state.failing  # the receiver answers: not failing
         dead = [e for e in logs if e["event"] == "delivery dead"]
         assert [e["status"] for e in dead] == [400, 400]
+
+
+async def test_on_a_shared_store_a_send_waits_for_an_in_flight_slot(
+    aiohttp_server: ServerFactory, pg_database: str
+) -> None:
+    """Several replicas: rows are claimed ahead, but a send starts only within this
+    replica's share of max_in_flight (another replica holds both slots here)."""
+    clock = FakeClock(start=time.time())
+    receiver = Receiver(behaviour=Switch(200))
+    server = await aiohttp_server(receiver.app())
+    cfg = WebhookTarget.model_validate(
+        {
+            "name": "hook",
+            "type": "webhook",
+            "url": str(server.make_url("/hook")),
+            "secret": SECRET,
+            "max_in_flight": 2,
+        }
+    )
+    store, other = PostgresStore(pg_database, clock), PostgresStore(pg_database, clock)
+    await store.open()  # migrates a fresh database
+    await other.open()
+    await truncate(pg_database)  # the database is shared by the run's tests
+
+    async def shares() -> list[tuple[int, int]]:
+        conn = await asyncpg.connect(pg_database)
+        try:
+            rows = await conn.fetch(
+                "SELECT granted, wanted FROM in_flight_shares WHERE replica <> 'other'"
+            )
+        finally:
+            await conn.close()
+        return [(r[0], r[1]) for r in rows]
+
+    share = {"max_in_flight": 2, "replica": "other"}
+    held = await other.claim_share("hook", clock.now(), 0, sending=2, queued=2, **share)
+    assert held.share == 2
+    async with aiohttp.ClientSession() as session:
+        sender = WebhookSender(cfg, session, clock=clock)
+        first = Dispatcher(dispatch_options(cfg), sender, store, clock, Metrics())
+        await first.start()
+        try:
+
+            async def fn(tx: Any) -> None:
+                await tx.add_notifications([NewNotification(note(i), ["hook"]) for i in range(5)])
+
+            await store.ingest(fn)
+            # Claimed ahead (all five wait in the dispatcher), told its share is 0.
+            await wait_for(lambda: first.in_progress == 5, message="rows claimed ahead")
+            assert await shares() == [(0, 2)]
+            assert receiver.requests == 0
+        finally:
+            await first.stop(5)
+        # A clean stop gives the unsent rows back and says it wants no slots.
+        assert await shares() == [(0, 0)]
+        assert (await store.queue_counts())["hook"]["pending"] == 5
+
+        # The other replica stops too: its slots are free for the next dispatcher.
+        await other.claim_share("hook", clock.now(), 0, sending=0, queued=0, **share)
+        second = Dispatcher(dispatch_options(cfg), sender, store, clock, Metrics())
+        await second.start()
+        try:
+            await wait_for(lambda: receiver.requests == 5, message="all five sent")
+            await second.wait_idle()
+            assert (await store.queue_counts())["hook"]["pending"] == 0
+        finally:
+            await second.stop(5)
+    await store.close()
+    await other.close()

@@ -733,9 +733,7 @@ async def test_several_replicas_keep_the_shared_status_online_until_the_last_goe
         for replica in ("pod-a-1", "pod-b-2"):
             topic = replica_status_topic("fleet", replica)
             assert topic == f"fleet/bridge/replicas/{replica}/status"
-            # The presence connection backs off from 0.5 s when a connect attempt fails;
-            # a loaded machine may need a few attempts.
-            await wait_retained(broker.port, topic, b"online", timeout=30)
+            await wait_retained(broker.port, topic, b"online")
         await wait_for(lambda: r1.connected and r2.connected, message="both connected")
         async with Subscriber(broker.port, (STATUS,)) as sub:
             await r1.close()  # says offline on the shared topic; r2 answers within 1 s
@@ -751,6 +749,88 @@ async def test_several_replicas_keep_the_shared_status_online_until_the_last_goe
         await r1.close()
     await wait_retained(broker.port, STATUS, b"offline")  # nobody left
     await wait_retained(broker.port, replica_status_topic("fleet", "pod-b-2"), b"offline")
+
+
+async def test_a_replica_status_comes_back_after_the_broker_restarts(tmp_path: Path) -> None:
+    """The broker keeps nothing over a restart here (no persistence): the replica's own
+    status connection reconnects and says `online` again; the loss is logged once."""
+    topic = replica_status_topic("fleet", "pod-a-1")
+    async with Mosquitto(tmp_path / "broker") as broker:
+        sender = MqttSender(
+            target_cfg(f"mqtt://{HOST}:{broker.port}"),
+            replica="pod-a-1",
+            reconnect_base_s=0.05,
+            reconnect_max_s=0.2,
+        )
+        with capture_logs() as logs:
+            await sender.start()
+            try:
+                await wait_retained(broker.port, topic, b"online")
+                await broker.stop()
+                await wait_for(
+                    lambda: bool(events_named(logs, "mqtt replica status disconnected")),
+                    message="the replica status connection noticing the broker went",
+                )
+                await broker.start()
+                await wait_retained(broker.port, topic, b"online")
+            finally:
+                await sender.close()
+            await wait_retained(broker.port, topic, b"offline")
+    assert len(events_named(logs, "mqtt replica status disconnected")) == 1
+    assert len(events_named(logs, "mqtt replica status online")) == 2
+    assert [e for e in logs if e["log_level"] in ("error", "critical")] == []
+
+
+async def test_wait_retained_asks_again_when_its_subscriber_got_the_message_live(
+    broker: Mosquitto,
+) -> None:
+    """Published just after the helper's subscriber subscribed, the message reaches that
+    subscriber live (retain flag off); the helper must still see it retained."""
+    waiting = asyncio.create_task(wait_retained(broker.port, "fleet/x", b"online"))
+    try:
+        await wait_for(
+            lambda: " 2 fleet/x" in broker.log() or waiting.done(),
+            message="the helper's subscriber subscribed",
+        )
+        assert not waiting.done()
+        async with aiomqtt.Client(HOST, broker.port) as client:
+            await client.publish("fleet/x", b"online", qos=1, retain=True)
+        await waiting
+    finally:
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+
+
+async def test_replicas_sharing_a_configured_client_id_each_connect_with_their_own(
+    broker: Mosquitto,
+) -> None:
+    # One config for every replica (the Helm chart): a fixed `client_id` used as it is
+    # would make each replica's connect knock the other's off the broker.
+    cfg = target_cfg(f"mqtt://{HOST}:{broker.port}", client_id="dispatch-bus")
+    r1 = MqttSender(cfg, replica="pod-a-1")
+    r2 = MqttSender(cfg, replica="pod-b/2")
+    await r1.start()
+    await r2.start()
+    try:
+        await wait_for(lambda: r1.connected and r2.connected, message="both connected")
+        for replica in ("pod-a-1", "pod-b/2"):
+            await wait_retained(broker.port, replica_status_topic("fleet", replica), b"online")
+        log = broker.log_file.read_text()
+        assert "dispatch-bus-pod-a-1" in log
+        assert "dispatch-bus-pod-b_2" in log
+        assert "already connected" not in log  # nobody took another's session over
+    finally:
+        await r2.close()
+        await r1.close()
+    # Alone (one replica, SQLite), the configured id is used as it is.
+    solo = MqttSender(cfg)
+    await solo.start()
+    try:
+        await wait_for(lambda: solo.connected, message="connected")
+        assert "New client connected from" in broker.log_file.read_text()
+        assert "as dispatch-bus " in broker.log_file.read_text().replace("(", " ")
+    finally:
+        await solo.close()
 
 
 def test_a_replica_id_never_adds_a_topic_level() -> None:

@@ -265,3 +265,41 @@ def test_aligned_windows_cover_the_range_on_a_fixed_grid(
         assert hi % step == 0  # inner boundaries on the grid: the same every sweep
     assert all(0 <= hi - lo <= step for lo, hi in windows)
     assert len(windows) <= len(list(poll_windows(start, start + length, step))) + 1
+
+
+async def test_a_known_page_can_still_be_read_in_full(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    """A page checked ahead of its use (prefetched) whose ticket changed state since
+    is parsed after all: `holds_page` turns false and `Page.parsed` gives its items."""
+    rig = await make_rig(
+        aiohttp_server, aiohttp_client, tmp_path, config={"upstream": {"page_size": 10}}
+    )
+    now = int(rig.clock.now())
+    tickets = [rig.sim.add_event(timestamp=now - 60 + i, video=False)["ticket"] for i in range(5)]
+    rig.clock.advance(1)
+    b = rig.bridge
+    assert b.client is not None
+    assert b.ingestor is not None
+    reseen = b.ingestor.reseen
+
+    async def read() -> list[Any]:
+        pages = b.client.iter_event_pages(since=now - 120, until=now + 1, memo=reseen.known_page)
+        return [p async for p in pages]
+
+    for _ in range(2):  # created, then found unchanged and remembered
+        for page in await read():
+            assert page.digest is not None
+            known = (page.digest, KnownPage(page.received, page.count))
+            await b.ingestor.ingest(page.items, job="events", page=known)
+    (page,) = await read()
+    assert page.known
+    assert page.items == []
+    assert page.digest is not None
+    assert reseen.holds_page(page.digest)
+    reseen.forget([tickets[2]])
+    assert not reseen.holds_page(page.digest)
+    full = page.parsed()
+    assert not full.known
+    assert [i["ticket"] for i in full.items] == tickets
+    assert (full.received, full.count) == (page.received, page.count)

@@ -394,6 +394,64 @@ async def test_max_in_flight_caps_live_claims_of_all_claimers(make_store: StoreF
     assert len(later) == 2
 
 
+async def test_claim_share_settles_the_outcomes_then_claims(store: Store) -> None:
+    await add(store, [note(T0 + i) for i in range(4)], ["hook"])
+    kw: dict[str, Any] = {"max_in_flight": 8, "replica": "r1", "sending": 0}
+    first = await store.claim_share("hook", T0 + 5, 2, queued=0, **kw)
+    assert len(first.deliveries) == 2
+    assert first.share == (2 if store.shared else 8)  # one writer process: the whole cap
+    done = [Outcome(d.id, DeliveryState.DELIVERED, 1, claim=d.claim) for d in first.deliveries]
+    # A foreign claim's outcome is ignored here too.
+    stale = Outcome(first.deliveries[0].id, DeliveryState.DEAD, 1, claim="someone-else")
+    second = await store.claim_share("hook", T0 + 6, 10, queued=0, outcomes=[stale, *done], **kw)
+    assert len(second.deliveries) == 2
+    assert {d.id for d in second.deliveries}.isdisjoint(d.id for d in first.deliveries)
+    counts = (await store.queue_counts())["hook"]
+    assert (counts["in_flight"], counts["pending"]) == (2, 0)
+    assert await store.count_notifications() == 4
+    rows, _ = await store.list_deliveries(limit=10)
+    assert sorted(r.state for r in rows) == ["delivered", "delivered", "in_flight", "in_flight"]
+
+
+async def test_in_flight_shares_are_fair_and_never_exceed_the_cap(
+    make_store: StoreFactory,
+) -> None:
+    a, b = await make_store(), await make_store()
+    await add(a, [note(T0 + i) for i in range(40)], ["hook"])
+    cap = {"max_in_flight": 8}
+    got_a = await a.claim_share("hook", T0 + 50, 16, replica="a", sending=0, queued=0, **cap)
+    assert (len(got_a.deliveries), got_a.share) == (16, 8)  # alone: the whole cap
+    got_b = await b.claim_share("hook", T0 + 50, 16, replica="b", sending=0, queued=0, **cap)
+    assert len(got_b.deliveries) == 16  # claims are not capped, sends are
+    if not a.shared:
+        assert got_b.share == 8  # one writer process (SQLite): the share is the cap
+        return
+    assert got_b.share == 0  # a holds every slot
+    assert got_b.fair == 4  # so b asks again soon: a is over its fair share
+    # a, sending 6, learns that b wants slots: its share halves; it keeps the slots of
+    # the 6 sends under way until they end (the store counts max(sending, share)).
+    got_a = await a.claim_share("hook", T0 + 51, 0, replica="a", sending=6, queued=14, **cap)
+    assert got_a.share == 4
+    got_b = await b.claim_share("hook", T0 + 51, 0, replica="b", sending=0, queued=16, **cap)
+    assert got_b.share == 2  # 8 - 6 still under way at a
+    got_a = await a.claim_share("hook", T0 + 52, 0, replica="a", sending=3, queued=10, **cap)
+    assert got_a.share == 4
+    got_b = await b.claim_share("hook", T0 + 52, 0, replica="b", sending=2, queued=16, **cap)
+    assert got_b.share == 4  # fair: half each
+    assert got_b.fair == 4  # nothing more to wait for
+    # A clean stop gives a's slots back at once.
+    await a.claim_share("hook", T0 + 53, 0, replica="a", sending=0, queued=0, **cap)
+    got_b = await b.claim_share("hook", T0 + 53, 0, replica="b", sending=4, queued=16, **cap)
+    assert got_b.share == 8
+    # A replica that stops asking (dead, frozen) loses its slots with the claim lease.
+    got_a = await a.claim_share("hook", T0 + 54, 0, replica="a", sending=0, queued=8, **cap)
+    assert got_a.share == 0  # b holds them all
+    assert got_a.until == T0 + 54 + CLAIM_S
+    later = T0 + 53 + CLAIM_S + 1  # b's share has lapsed
+    got_a = await a.claim_share("hook", later, 0, replica="a", sending=0, queued=8, **cap)
+    assert got_a.share == 8
+
+
 async def test_a_paused_or_held_target_hands_out_nothing(store: Store) -> None:
     await add(store, [note()], ["hook"])
     assert await store.pause_target("hook", "410 Gone") is True

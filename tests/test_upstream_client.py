@@ -10,6 +10,7 @@ records with the client's clock, so spacing is asserted exactly. Only the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
 import socket
@@ -20,6 +21,7 @@ import aiohttp
 import pytest
 import structlog
 from aiohttp.test_utils import TestServer
+from conftest import wait_for
 
 from bridge.clock import FakeClock
 from bridge.settings import UpstreamSettings
@@ -348,6 +350,53 @@ async def test_paging_defaults_to_settings_page_size(
     pages = [p async for p in client.iter_event_pages(since=BASE - DAY - 1, until=BASE)]
     assert [len(p.items) for p in pages] == [400, 400, 200]
     assert [r.query["limit"] for r in sim.requests] == ["400"] * 3
+
+
+async def test_prefetch_requests_the_next_page_while_the_caller_works_on_this_one(
+    make_client: MakeClient, sim: Simulator
+) -> None:
+    client = make_client()
+    seen: list[int] = []
+    tickets: list[str] = []
+    async with contextlib.aclosing(
+        client.iter_event_pages(since=BASE - DAY - 1, until=BASE, limit=100, prefetch=True)
+    ) as pages:
+        async for page in pages:
+            # The caller is still on this page; the next one's request is under way.
+            if page.offset < 900:
+                requested = page.offset // 100 + 2
+                await wait_for(
+                    lambda n=requested: len(events_requests(sim)) == n,  # type: ignore[misc]
+                    message="the next page requested",
+                )
+            seen.append(page.offset)
+            tickets += [i["ticket"] for i in page.items]
+    # The same pages, in order, as without prefetch; nothing requested twice.
+    assert seen[:10] == list(range(0, 1000, 100))
+    assert seen[10:] in ([], [1000])  # a last, empty page when the count is not trusted
+    assert len(set(tickets)) == len(tickets) == 1000
+    offsets = [r.query["offset"] for r in sim.requests if r.path == "/V2/events"]
+    assert offsets == [str(o) for o in seen]
+
+
+async def test_a_caller_stopping_early_cancels_the_prefetched_request(
+    make_client: MakeClient, sim: Simulator
+) -> None:
+    client = make_client()
+
+    def fetching() -> set[asyncio.Task[Any]]:
+        return {t for t in asyncio.all_tasks() if "UpstreamClient._events" in repr(t)}
+
+    async with contextlib.aclosing(
+        client.iter_event_pages(since=BASE - DAY - 1, until=BASE, limit=100, prefetch=True)
+    ) as pages:
+        async for page in pages:
+            assert page.offset == 0
+            assert len(fetching()) == 1  # the prefetch
+            break
+    # Closing cancelled the prefetch: no task of ours is left running.
+    assert fetching() == set()
+    assert len(events_requests(sim)) <= 2  # one page read, at most one more requested
 
 
 # --------------------------------------------------------------------- faults

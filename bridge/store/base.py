@@ -123,6 +123,18 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class ShareClaim:
+    """What `Store.claim_share` gives a dispatcher: rows, and how many sends it may run."""
+
+    deliveries: list[Delivery]
+    share: int  # sends this claimer may have under way (all claimers' never exceed the cap)
+    until: float  # the share lapses then unless a later claim renews it
+    # The fair share among the claimers holding work: above `share` while others still
+    # hold more than theirs (they give it back as their sends end).
+    fair: int
+
+
+@dataclass(frozen=True)
 class DeliveryRecord:
     """A delivery row as the admin API lists it."""
 
@@ -330,6 +342,32 @@ class Store(Protocol):
         `fifo`, only the oldest unfinished delivery is eligible, and only when it is
         due: a failing head blocks the rest (strict FIFO). With `max_in_flight`, the
         claim never makes the target's live claims (all claimers) exceed it.
+        """
+        ...
+
+    async def claim_share(
+        self,
+        target: str,
+        now: float,
+        limit: int,
+        *,
+        max_in_flight: int,
+        replica: str,
+        sending: int,
+        queued: int,
+        outcomes: Sequence[Outcome] = (),
+    ) -> ShareClaim:
+        """Settle, claim and take in-flight slots, in one transaction (one round trip).
+
+        `outcomes` are recorded first by the rules of `record_outcomes`. Then up to
+        `limit` due rows are claimed as `claim` does without `fifo`, uncapped: the cap
+        is on sends. `max_in_flight` counts the sends under way of all claimers: each
+        (`replica`) says how many it has (`sending`) and how much it holds (`queued`,
+        before this claim) and is given a `share`, the sends it may have under way
+        until `until` — fair among the claimers holding work, and never more than what
+        the others' sends and shares leave free. A claimer over its share starts no
+        send until it is under it. With one writer process (SQLite) the share is the
+        whole cap.
         """
         ...
 

@@ -41,6 +41,7 @@ from bridge.store.base import (
     NewNotification,
     Outcome,
     SeenTicket,
+    ShareClaim,
     StoreRejected,
     StoreUnavailable,
     TargetState,
@@ -344,6 +345,44 @@ class PostgresStore:
             )
         return [delivery_from_row(row, token, lease) for row in rows]
 
+    async def claim_share(
+        self,
+        target: str,
+        now: float,
+        limit: int,
+        *,
+        max_in_flight: int,
+        replica: str,
+        sending: int,
+        queued: int,
+        outcomes: Sequence[Outcome] = (),
+    ) -> ShareClaim:
+        """Settle, claim and ask for in-flight slots in one round trip (see `Store.claim_share`)."""
+        token = uuid.uuid4().hex
+        lease = now + self._claim_s
+        async with self._conn("claim_share") as conn:
+            rows = await conn.fetch(
+                sql.CLAIM_SHARE,
+                *_outcome_columns(outcomes, now),
+                target,
+                now,
+                lease,
+                token,
+                max(0, limit),
+                max_in_flight,
+                replica,
+                sending,
+                queued,
+            )
+        # The function's last row carries the share; the others are the claimed rows.
+        *claimed, last = rows
+        return ShareClaim(
+            [delivery_from_row(row, token, lease) for row in claimed],
+            share=int(last[8]),
+            until=lease,
+            fair=int(last[9]),
+        )
+
     async def next_due_at(self, target: str, *, fifo: bool) -> float | None:
         """The earliest time a claim of `target` can return something (None if nothing waits)."""
         async with self._conn("next_due_at") as conn:
@@ -360,21 +399,7 @@ class PostgresStore:
         """Record attempt results in one statement; stale or foreign claims are ignored."""
         if not outcomes:
             return
-        rows = []
-        for outcome in outcomes:
-            state, next_at, error = outcome_values(outcome, now)
-            rows.append(
-                (
-                    outcome.delivery_id,
-                    state,
-                    outcome.attempts,
-                    outcome.status,
-                    error,
-                    next_at,
-                    outcome.claim,
-                )
-            )
-        columns = _columns(rows, 7)
+        columns = _outcome_columns(outcomes, now)
         async with self._conn("record_outcomes") as conn:
             await conn.execute(sql.RECORD_OUTCOMES, *columns, now)
 
@@ -781,6 +806,26 @@ async def _migrate_locked(
     finally:
         with contextlib.suppress(*_CONNECTION_ERRORS, asyncpg.PostgresError):
             await conn.execute("SELECT pg_advisory_unlock($1)", sql.MIGRATION_LOCK_KEY)
+
+
+def _outcome_columns(outcomes: Sequence[Outcome], now: float) -> list[list[Any]]:
+    """The seven arrays the outcome UPDATE unnests (id, state, attempts, status, error,
+    next attempt, claim)."""
+    rows = []
+    for outcome in outcomes:
+        state, next_at, error = outcome_values(outcome, now)
+        rows.append(
+            (
+                outcome.delivery_id,
+                state,
+                outcome.attempts,
+                outcome.status,
+                error,
+                next_at,
+                outcome.claim,
+            )
+        )
+    return _columns(rows, 7)
 
 
 def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:

@@ -80,6 +80,12 @@ NOTIFY = "SELECT pg_notify($1, $2)"
 # The claim is a function (migrations/postgresql/0002_claim_function.sql): its
 # statements need fresh snapshots one after another, and it costs one round trip.
 CLAIM = "SELECT * FROM fleet_bridge_claim($1, $2, $3, $4, $5, $6, $7)"
+# Migration 0005: the outcome columns of RECORD_OUTCOMES, then the claim and the
+# in-flight share request.
+CLAIM_SHARE = """
+SELECT * FROM fleet_bridge_claim_share(
+    $1::bigint[], $2::text[], $3::int[], $4::int[], $5::text[], $6::float8[], $7::text[],
+    $8, $9, $10, $11, $12, $13, $14, $15, $16)"""
 FIFO_HEAD = """
 SELECT state, next_attempt_at, lease_until FROM deliveries
 WHERE target = $1 AND state IN ('pending', 'in_flight') ORDER BY id LIMIT 1"""

@@ -37,6 +37,7 @@ from bridge.store.base import (
     IngestFn,
     Lease,
     Outcome,
+    ShareClaim,
     StoreRejected,
     StoreUnavailable,
     TargetState,
@@ -279,10 +280,11 @@ class SqliteStore:
         lease = now + self._lease_s
         async with self._session("claim") as db:
             # The connection is ours until the session ends, so the checks and the
-            # claim below see one state of the file.
-            if list(await db.execute_fetchall(sql.TARGET_BLOCKED, (target, now))):
-                return []
+            # claim below see one state of the file. (The claim checks paused, held
+            # and failing itself; this earlier look only spares the cap's count.)
             if max_in_flight is not None:
+                if list(await db.execute_fetchall(sql.TARGET_BLOCKED, (target, now))):
+                    return []
                 [(live,)] = list(await db.execute_fetchall(sql.LIVE_CLAIMS, (target, now)))
                 limit = min(limit, max_in_flight - int(live))
                 if limit < 1:
@@ -294,6 +296,24 @@ class SqliteStore:
             rows = await db.execute_fetchall(sql.CLAIM_FIFO if fifo else sql.CLAIM, params)
         # RETURNING yields rows in no defined order; senders expect creation order.
         return [delivery_from_row(row, token, lease) for row in sorted(rows, key=itemgetter(0))]
+
+    async def claim_share(
+        self,
+        target: str,
+        now: float,
+        limit: int,
+        *,
+        max_in_flight: int,
+        replica: str,
+        sending: int,
+        queued: int,
+        outcomes: Sequence[Outcome] = (),
+    ) -> ShareClaim:
+        """See `Store.claim_share`: one process sends from this file, so the share is
+        the whole cap."""
+        await self.record_outcomes(outcomes, now)
+        claimed = await self.claim(target, now, limit, fifo=False)
+        return ShareClaim(claimed, max_in_flight, now + self._lease_s, max_in_flight)
 
     async def target_failed(
         self,

@@ -53,6 +53,7 @@ from bridge.mqtt_topics import (
     payload_bytes,
     placeholders,
     render_topic,
+    replica_slug,
     replica_status_topic,
     status_topic,
     topic_problem,
@@ -213,6 +214,11 @@ class MqttSender:
         # over at once, so a half-dead earlier connection cannot fire its `offline`
         # will after our fresh `online`.
         self._client_id = cfg.client_id or f"fleet-bridge-{cfg.name}-{secrets.token_hex(4)}"
+        if cfg.client_id and replica is not None:
+            # A configured id is shared by every replica (one config, e.g. the Helm
+            # chart): used as it is, each replica's connect would knock the others'
+            # off the broker, and their wills would fire. Each gets its own.
+            self._client_id = f"{cfg.client_id}-{replica_slug(replica)}"
         self._status_topic = status_topic(cfg.topic_prefix)
         # Several replicas (SPEC §6.3): each keeps its own status topic with its own
         # will (a second, tiny connection), and re-announces `online` on the shared
@@ -222,6 +228,8 @@ class MqttSender:
             replica_status_topic(cfg.topic_prefix, replica) if replica is not None else None
         )
         self._presence: asyncio.Task[None] | None = None
+        self._presence_up: bool | None = None  # None until the first attempt ends
+        self._presence_up_since: float | None = None
         self._reannounce: set[asyncio.Task[Any]] = set()
         self._template = cfg.topic
         self._type_only = placeholders(cfg.topic) <= TYPE_ONLY_PLACEHOLDERS
@@ -395,24 +403,7 @@ class MqttSender:
 
     async def _session(self) -> bool:
         """One connection from connect to loss (False) or clean close (True)."""
-        tls_context = None
-        if self._endpoint.tls:
-            try:
-                tls_context = await asyncio.to_thread(self._tls_context)
-            except (OSError, ValueError) as err:  # ssl.SSLError is an OSError
-                raise aiomqtt.MqttError(f"TLS setup failed: {err}") from err
-        client = aiomqtt.Client(
-            self._endpoint.host,
-            self._endpoint.port,
-            username=self._endpoint.username,
-            password=self._endpoint.password,
-            identifier=self._client_id,
-            protocol=self._protocol,
-            will=aiomqtt.Will(self._status_topic, OFFLINE, qos=1, retain=True),
-            timeout=self._timeout_s,
-            keepalive=self._keepalive_s,
-            tls_context=tls_context,
-        )
+        client = await self._client(self._client_id, self._status_topic)
         # aiomqtt warns above 10 pending publishes; the dispatcher already bounds them
         # with `max_in_flight` (plus the status messages).
         client.pending_calls_threshold = self._cfg.max_in_flight + 10
@@ -467,45 +458,88 @@ class MqttSender:
         task.add_done_callback(self._reannounce.discard)
 
     async def _keep_presence(self) -> None:
-        """`{prefix}/bridge/replicas/{replica}/status`: online while we run, its own will."""
-        assert self._replica_topic is not None
+        """`{prefix}/bridge/replicas/{replica}/status`: online while we run, its own will.
+
+        Logged once per change of state, like the main connection: the two connections
+        can fail apart, and a silent failure here would leave the replica shown offline.
+        """
         failures = 0
         while not self._stopping.is_set():
-            client = aiomqtt.Client(
-                self._endpoint.host,
-                self._endpoint.port,
-                username=self._endpoint.username,
-                password=self._endpoint.password,
-                identifier=f"{self._client_id}-replica",
-                protocol=self._protocol,
-                will=aiomqtt.Will(self._replica_topic, OFFLINE, qos=1, retain=True),
-                timeout=self._timeout_s,
-                keepalive=self._keepalive_s,
-                tls_context=await asyncio.to_thread(self._tls_context)
-                if self._endpoint.tls
-                else None,
-            )
             try:
-                async with client:
-                    await client.publish(self._replica_topic, ONLINE, qos=1, retain=True)
+                if await self._presence_session():
+                    return  # closed cleanly
+                if self._presence_up_since is not None and (
+                    time.monotonic() - self._presence_up_since >= STABLE_CONNECTION_S
+                ):
                     failures = 0
-                    lost = asyncio.create_task(_until_disconnected(client, None))
-                    stop = asyncio.create_task(self._stopping.wait())
-                    try:
-                        await asyncio.wait({lost, stop}, return_when="FIRST_COMPLETED")
-                    finally:
-                        for t in (lost, stop):
-                            t.cancel()
-                        await asyncio.gather(lost, stop, return_exceptions=True)
-                    if self._stopping.is_set():
-                        await client.publish(self._replica_topic, OFFLINE, qos=1, retain=True)
-                        return
-            except (aiomqtt.MqttError, OSError, ValueError):
-                pass  # the main connection reports the broker's state
+                self._set_presence_down("connection lost")
+            except (aiomqtt.MqttError, OSError, ValueError) as err:
+                self._set_presence_down(self._describe(err))
+            except Exception as err:
+                # As in `_run`: a bug in a library callback must not end the replica's
+                # status for the life of the process.
+                log.exception("mqtt replica status task failed; reconnecting", target=self.name)
+                self._set_presence_down(f"internal error: {type(err).__name__}")
             await self._sleep(
                 reconnect_delay(failures, self._rng, self._reconnect_base_s, self._reconnect_max_s)
             )
             failures += 1
+
+    def _set_presence_down(self, error: str) -> None:
+        self._presence_up_since = None
+        if self._presence_up is not False:
+            self._presence_up = False
+            log.warning(
+                "mqtt replica status disconnected",
+                target=self.name,
+                replica=self._replica,
+                broker=self._endpoint.address,
+                error=error,
+            )
+
+    async def _presence_session(self) -> bool:
+        """One presence connection from connect to loss (False) or clean close (True)."""
+        assert self._replica_topic is not None
+        client = await self._client(f"{self._client_id}-replica", self._replica_topic)
+        async with client:
+            await client.publish(self._replica_topic, ONLINE, qos=1, retain=True)
+            self._presence_up_since = time.monotonic()
+            if self._presence_up is not True:
+                self._presence_up = True
+                log.info("mqtt replica status online", target=self.name, replica=self._replica)
+            lost = asyncio.create_task(_until_disconnected(client, None))
+            stop = asyncio.create_task(self._stopping.wait())
+            try:
+                await asyncio.wait({lost, stop}, return_when="FIRST_COMPLETED")
+            finally:
+                for t in (lost, stop):
+                    t.cancel()
+                await asyncio.gather(lost, stop, return_exceptions=True)
+            if not self._stopping.is_set():
+                return False
+            await client.publish(self._replica_topic, OFFLINE, qos=1, retain=True)
+            return True
+
+    async def _client(self, identifier: str, will_topic: str) -> aiomqtt.Client:
+        """A client for one connection, with `offline` (retained) as its will on `will_topic`."""
+        tls_context = None
+        if self._endpoint.tls:
+            try:
+                tls_context = await asyncio.to_thread(self._tls_context)
+            except (OSError, ValueError) as err:  # ssl.SSLError is an OSError
+                raise aiomqtt.MqttError(f"TLS setup failed: {err}") from err
+        return aiomqtt.Client(
+            self._endpoint.host,
+            self._endpoint.port,
+            username=self._endpoint.username,
+            password=self._endpoint.password,
+            identifier=identifier,
+            protocol=self._protocol,
+            will=aiomqtt.Will(will_topic, OFFLINE, qos=1, retain=True),
+            timeout=self._timeout_s,
+            keepalive=self._keepalive_s,
+            tls_context=tls_context,
+        )
 
     def _tls_context(self) -> ssl.SSLContext:
         """Loaded per connection (in a thread), so rotated certificate files are used."""

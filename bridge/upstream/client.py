@@ -12,10 +12,11 @@ without a request. Pacing, timeouts and retries live in `transport.Transport`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -72,6 +73,15 @@ class Page:
     received: int = 0  # entries the vendor sent (objects or not)
     digest: int | None = None  # `page_digest` of the answer, when read with a memo
     known: bool = False  # the memo knew it: not parsed, `items` empty
+    raw: bytes | None = field(default=None, repr=False)  # a known page's answer
+
+    def parsed(self) -> Page:
+        """A known page read in full after all (what the memo knew no longer holds)."""
+        if self.raw is None:
+            return self
+        # The same bytes parsed as a success before: they do again (any 2xx status).
+        reply = dataclasses.replace(parse_reply(EVENTS, 200, self.raw, None), digest=self.digest)
+        return _page(reply, EVENTS, self.offset, self.limit)[0]
 
 
 def _csv(values: Sequence[object]) -> str | None:
@@ -321,10 +331,14 @@ class UpstreamClient:
         serial_number: str | None = None,
         keyword: str | None = None,
         order: str = "ASC",
+        prefetch: bool = False,
         memo: PageMemo | None = None,
-    ) -> AsyncIterator[Page]:
+    ) -> AsyncGenerator[Page, None]:
         """Every page of `GET /V2/events` for the window, until the list is exhausted.
 
+        With `prefetch`, the next page is requested while the caller works on this one
+        (for callers that read to the end: one request more than read if they stop
+        early). Close the iterator (`contextlib.aclosing`) when stopping early.
         With `memo`, each answer's `page_digest` is looked up first: a page the memo
         knows is yielded unparsed (`known`, no items) with the paging facts it gave.
         """
@@ -335,8 +349,11 @@ class UpstreamClient:
                 since, until, off, limit, types, device_cids, serial_number, keyword, order, parse
             )
 
-        async for page in _walk(fetch, offset):
-            yield page
+        # Closed here, not left to the garbage collector: its prefetch is cancelled
+        # when our caller closes us.
+        async with contextlib.aclosing(_walk(fetch, offset, prefetch=prefetch)) as pages:
+            async for page in pages:
+                yield page
 
     async def _events(
         self,
@@ -528,7 +545,7 @@ def _page(reply: Reply, endpoint: str, offset: int, limit: int) -> tuple[Page, i
     """A `Page` from a list answer, and how many entries the vendor really sent."""
     if reply.known is not None:
         received, count = reply.known
-        page = Page([], count, offset, limit, received=received, digest=reply.digest, known=True)
+        page = Page([], count, offset, limit, received, reply.digest, known=True, raw=reply.raw)
         return page, received
     data = reply.data
     if data is None:
@@ -552,28 +569,39 @@ def _memo_parser(memo: PageMemo) -> Parser:
         known = memo(digest)
         if known is not None:
             # The same bytes parsed successfully before: the same success now.
-            return Reply(
-                body={}, data=None, enveloped=True, status=status, digest=digest, known=known
-            )
+            return Reply({}, None, True, status, digest=digest, known=known, raw=raw)
         return dataclasses.replace(parse_reply(endpoint, status, raw, retry_after), digest=digest)
 
     return parse
 
 
 async def _walk(
-    fetch: Callable[[int], Awaitable[tuple[Page, int]]], offset: int
-) -> AsyncIterator[Page]:
+    fetch: Callable[[int], Awaitable[tuple[Page, int]]], offset: int, *, prefetch: bool = False
+) -> AsyncGenerator[Page, None]:
     """Page through a list: next offset = offset + entries received, until a short page.
 
     A short page ends the scan unless the vendor's `count` says more remain (a
     vendor that silently caps `limit` would otherwise make us skip items); an
-    empty page always ends it.
+    empty page always ends it. With `prefetch` the next page's request is under way
+    while the caller handles this one (a catch-up then overlaps the vendor's latency
+    with storing; the pages still come in order).
     """
-    while True:
-        page, received = await fetch(offset)
-        yield page
-        offset += received
-        if received == 0:
-            return
-        if received < page.limit and (page.count is None or offset >= page.count):
-            return
+    following: asyncio.Future[tuple[Page, int]] | None = None
+    try:
+        current: Awaitable[tuple[Page, int]] = fetch(offset)
+        while True:
+            page, received = await current
+            offset += received
+            last = received == 0 or (
+                received < page.limit and (page.count is None or offset >= page.count)
+            )
+            if prefetch and not last:
+                following = asyncio.ensure_future(fetch(offset))
+            yield page
+            if last:
+                return
+            current, following = following or fetch(offset), None
+    finally:
+        if following is not None:
+            following.cancel()
+            await asyncio.gather(following, return_exceptions=True)

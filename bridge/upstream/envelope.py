@@ -43,6 +43,7 @@ class Reply:
     # a parse (`data` is then None).
     digest: int | None = None
     known: tuple[int, int | None] | None = None
+    raw: bytes | None = None  # a known page's answer, should it have to be parsed after all
 
 
 def page_digest(raw: bytes) -> int:

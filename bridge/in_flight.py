@@ -1,0 +1,74 @@
+"""This replica's in-flight slots of one target: `max_in_flight` across replicas (SPEC §9).
+
+On a shared store the cap is on sends, not on claimed rows: a replica claims ahead
+(a local queue, as with one replica) and starts a send only within its *share*, which
+the store hands out with each claim (`Store.claim_share`): fair among the replicas
+holding work, never more than the others' sends and shares leave free. The store keeps
+max(sends under way, share) per replica, so a replica told to shrink keeps the slots of
+the sends it already started until they end, and starts none while over its share.
+
+A share lapses with the claim lease (`until`): a replica that cannot reach the store
+(or was frozen) stops starting sends before the others may take its slots, as it does
+with its claimed rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from bridge.aio import first_of
+from bridge.clock import Clock
+
+
+class InFlightShare:
+    """The share, and the sends under way against it; workers wait in `acquire`."""
+
+    def __init__(self, cap: int, clock: Clock, *, margin_s: float, renew_s: float) -> None:
+        self.cap = cap
+        self.share = 0
+        self.fair = cap
+        self.until = 0.0
+        self.sending = 0
+        self._clock = clock
+        self._margin_s = margin_s  # no send starts this close to the share's end
+        self._renew_s = renew_s  # ask again this long before the share ends
+        self._changed = asyncio.Event()
+
+    def granted(self, share: int, until: float, fair: int) -> None:
+        """The store's answer to a claim."""
+        self.share, self.until, self.fair = share, until, fair
+        self._changed.set()
+
+    def usable(self) -> bool:
+        return self.sending < self.share and self._clock.now() < self.until - self._margin_s
+
+    def wants_more(self, held: int) -> bool:
+        """Whether asking again soon may give a share that would be used now (`held`:
+        rows queued and under way): others still hold more than their fair share."""
+        return self.share < min(self.fair, held)
+
+    def renew_at(self) -> float:
+        """When the share must be asked for again (while there is work)."""
+        return self.until - self._renew_s
+
+    async def acquire(self, stopping: asyncio.Event, blocked: Callable[[], bool]) -> bool:
+        """Take a slot (True), or False once stopping or `blocked()` (paused, held).
+
+        Whoever makes `blocked()` true calls `wake()`.
+        """
+        while not self.usable():
+            if stopping.is_set() or blocked():
+                return False
+            self._changed.clear()
+            await first_of(self._changed.wait(), stopping.wait())
+        self.sending += 1
+        return True
+
+    def release(self) -> None:
+        self.sending -= 1
+        self._changed.set()
+
+    def wake(self) -> None:
+        """Let waiting workers look again (e.g. the target was paused)."""
+        self._changed.set()

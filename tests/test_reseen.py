@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bridge_rig import ClientFactory, ServerFactory, make_rig
+from bridge_rig import ClientFactory, Rig, ServerFactory, make_rig
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -210,19 +210,26 @@ def test_a_page_is_known_only_while_all_its_items_are() -> None:
     assert reseen.pages_known == 1
 
 
+async def rig_with_events(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, tmp_path: Path, count: int
+) -> tuple[Rig, list[str]]:
+    """A bridge reading 10 items a page, and `count` events of the last 10 minutes."""
+    config = {"upstream": {"page_size": 10}, "poll": {"events": {"notify_updates": True}}}
+    rig = await make_rig(aiohttp_server, aiohttp_client, tmp_path, config=config, webhook=False)
+    now = int(rig.clock.now())
+    tickets = [
+        rig.sim.add_event(timestamp=now - 600 + i, video=False)["ticket"] for i in range(count)
+    ]
+    rig.clock.advance(1)
+    assert rig.bridge.client is not None
+    assert rig.bridge.ingestor is not None
+    return rig, tickets
+
+
 async def test_a_rescanned_page_of_unchanged_items_is_not_parsed(
     aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, tmp_path: Path
 ) -> None:
-    rig = await make_rig(
-        aiohttp_server,
-        aiohttp_client,
-        tmp_path,
-        config={"upstream": {"page_size": 10}, "poll": {"events": {"notify_updates": True}}},
-        webhook=False,
-    )
-    now = int(rig.clock.now())
-    tickets = [rig.sim.add_event(timestamp=now - 600 + i, video=False)["ticket"] for i in range(25)]
-    rig.clock.advance(1)
+    rig, tickets = await rig_with_events(aiohttp_server, aiohttp_client, tmp_path, 25)
     b = rig.bridge
     assert b.client is not None
     assert b.ingestor is not None
@@ -272,19 +279,15 @@ async def test_a_known_page_can_still_be_read_in_full(
 ) -> None:
     """A page checked ahead of its use (prefetched) whose ticket changed state since
     is parsed after all: `holds_page` turns false and `Page.parsed` gives its items."""
-    rig = await make_rig(
-        aiohttp_server, aiohttp_client, tmp_path, config={"upstream": {"page_size": 10}}
-    )
+    rig, tickets = await rig_with_events(aiohttp_server, aiohttp_client, tmp_path, 5)
     now = int(rig.clock.now())
-    tickets = [rig.sim.add_event(timestamp=now - 60 + i, video=False)["ticket"] for i in range(5)]
-    rig.clock.advance(1)
     b = rig.bridge
     assert b.client is not None
     assert b.ingestor is not None
     reseen = b.ingestor.reseen
 
     async def read() -> list[Any]:
-        pages = b.client.iter_event_pages(since=now - 120, until=now + 1, memo=reseen.known_page)
+        pages = b.client.iter_event_pages(since=now - 700, until=now, memo=reseen.known_page)
         return [p async for p in pages]
 
     for _ in range(2):  # created, then found unchanged and remembered

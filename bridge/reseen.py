@@ -35,8 +35,9 @@ CAPACITY = 100_000
 
 A window holding more events than this still works, only without the shortcut."""
 
-PAGE_CAPACITY = 2_000
-"""Pages remembered (each its items' tickets and fingerprints: ~15 kB at 100 items)."""
+PAGE_CAPACITY = CAPACITY
+"""Items of remembered pages, all pages together (~100 bytes each: the ticket strings
+are those the per-ticket memory holds); beyond it the oldest pages go first."""
 
 
 class KnownPage(NamedTuple):
@@ -49,11 +50,13 @@ class KnownPage(NamedTuple):
 class ReseenItems:
     """Raw-item fingerprints of tickets the store last found unchanged."""
 
-    def __init__(self, capacity: int = CAPACITY) -> None:
+    def __init__(self, capacity: int = CAPACITY, page_capacity: int = PAGE_CAPACITY) -> None:
         self._fingerprints: dict[str, int] = {}
         self._capacity = capacity
         # page digest → (entries sent, vendor total, its items' (ticket, fingerprint))
         self._pages: dict[int, tuple[int, int | None, tuple[tuple[str, int], ...]]] = {}
+        self._page_capacity = page_capacity
+        self._page_items = 0  # items of all remembered pages
         self.pages_known = 0  # pages skipped unparsed so far
         self.epoch = 0  # bumped whenever a ticket's stored state changes
 
@@ -94,7 +97,7 @@ class ReseenItems:
         if entry is None:
             return None
         if not self.holds_page(digest):
-            del self._pages[digest]  # re-learned once the full path finds it unchanged
+            self._drop_page(digest)  # re-learned once the full path finds it unchanged
             return None
         self.pages_known += 1
         return KnownPage(entry[0], entry[1])
@@ -113,10 +116,19 @@ class ReseenItems:
         known = self._fingerprints
         if any(known.get(ticket) != fingerprint for ticket, fingerprint in keys):
             return
+        if len(keys) > self._page_capacity:
+            return
         pages = self._pages
-        if digest not in pages and len(pages) >= PAGE_CAPACITY:
-            del pages[next(iter(pages))]  # the oldest entry
+        self._drop_page(digest)
+        while self._page_items + len(keys) > self._page_capacity:
+            self._drop_page(next(iter(pages)))  # the oldest entry
         pages[digest] = (page.received, page.total, tuple(keys))
+        self._page_items += len(keys)
+
+    def _drop_page(self, digest: int) -> None:
+        entry = self._pages.pop(digest, None)
+        if entry is not None:
+            self._page_items -= len(entry[2])
 
     def remember(self, fingerprints: dict[str, int], tickets: Iterable[str]) -> None:
         """Record `tickets` (found unchanged by a committed ingest) with their fingerprints."""

@@ -210,6 +210,20 @@ def test_a_page_is_known_only_while_all_its_items_are() -> None:
     assert reseen.pages_known == 1
 
 
+def test_page_capacity_counts_items_and_drops_the_oldest_pages_first() -> None:
+    reseen = ReseenItems(page_capacity=5)
+    items = [item(f"t-{i}") for i in range(6)]
+    _, fingerprints, _, keys = reseen.split_page(items)
+    assert keys is not None
+    reseen.remember(fingerprints, [i["ticket"] for i in items])
+    reseen.remember_page(1, KnownPage(2, None), keys[:2])
+    reseen.remember_page(2, KnownPage(2, None), keys[2:4])
+    reseen.remember_page(3, KnownPage(2, None), keys[4:])  # 6 items > 5: page 1 goes
+    assert [reseen.known_page(d) is not None for d in (1, 2, 3)] == [False, True, True]
+    reseen.remember_page(4, KnownPage(6, None), keys)  # larger than all: not kept
+    assert [reseen.known_page(d) is not None for d in (2, 3, 4)] == [True, True, False]
+
+
 async def rig_with_events(
     aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, tmp_path: Path, count: int
 ) -> tuple[Rig, list[str]]:

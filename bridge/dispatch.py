@@ -426,7 +426,7 @@ class Dispatcher:
                     room,
                     max_in_flight=self.options.max_in_flight,
                     replica=self._replica,
-                    sending=self._in_flight.sending,
+                    sending=self._in_flight.holding(),
                     queued=self._pending_work,
                     outcomes=batch,
                 )

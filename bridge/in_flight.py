@@ -4,8 +4,10 @@ On a shared store the cap is on sends, not on claimed rows: a replica claims ahe
 (a local queue, as with one replica) and starts a send only within its *share*, which
 the store hands out with each claim (`Store.claim_share`): fair among the replicas
 holding work, never more than the others' sends and shares leave free. The store keeps
-max(sends under way, share) per replica, so a replica told to shrink keeps the slots of
-the sends it already started until they end, and starts none while over its share.
+max(held, share) per replica, where a replica holds its sends under way or, while
+its claim is in the air, its current share (sends may still start within it); so a
+replica told to shrink keeps the slots of the sends it already started until they
+end, and starts none while over its share.
 
 A share lapses with the claim lease (`until`): a replica that cannot reach the store
 (or was frozen) stops starting sends before the others may take its slots, as it does
@@ -41,7 +43,17 @@ class InFlightShare:
         self._changed.set()
 
     def usable(self) -> bool:
-        return self.sending < self.share and self._clock.now() < self.until - self._margin_s
+        return self.sending < self.share and self._live()
+
+    def _live(self) -> bool:
+        return self._clock.now() < self.until - self._margin_s
+
+    def holding(self) -> int:
+        """What to tell the store we hold: the sends under way, or the current share if
+        larger. Until the store's answer to this claim is applied, workers may still
+        start sends up to the current share; the store must count those too, or
+        another replica could be given slots we are about to use."""
+        return max(self.sending, self.share if self._live() else 0)
 
     def wants_more(self, held: int) -> bool:
         """Whether asking again soon may give a share that would be used now (`held`:

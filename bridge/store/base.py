@@ -362,8 +362,9 @@ class Store(Protocol):
         `outcomes` are recorded first by the rules of `record_outcomes`. Then up to
         `limit` due rows are claimed as `claim` does without `fifo`, uncapped: the cap
         is on sends. `max_in_flight` counts the sends under way of all claimers: each
-        (`replica`) says how many it has (`sending`) and how much it holds (`queued`,
-        before this claim) and is given a `share`, the sends it may have under way
+        (`replica`) says how many it has or may start before this answer (`sending`:
+        at least its current share) and how much work it holds (`queued`, before this
+        claim) and is given a `share`, the sends it may have under way
         until `until` — fair among the claimers holding work, and never more than what
         the others' sends and shares leave free. A claimer over its share starts no
         send until it is under it. With one writer process (SQLite) the share is the

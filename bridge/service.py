@@ -74,16 +74,23 @@ class StopWatchdog:
 
 
 def _where(coro: object) -> str:
-    """Where a coroutine (chain) is suspended: the innermost frame."""
-    frame = None
+    """Where a coroutine (chain) is suspended: the innermost frame, and the innermost
+    of the bridge's own when that is another."""
+    frames: list[FrameType] = []
     while coro is not None:
         f = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
         f = f or getattr(coro, "ag_frame", None)
         if f is None:
             break
-        frame = f
+        frames.append(f)
         coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
-    return _frame_text(frame)
+    if not frames:
+        return "?"
+    where = _frame_text(frames[-1])
+    ours = [f for f in frames if f"{os.sep}bridge{os.sep}" in f.f_code.co_filename]
+    if ours and ours[-1] is not frames[-1]:
+        where += f" (in {_frame_text(ours[-1])})"
+    return where
 
 
 def _frame_text(frame: FrameType | None) -> str:

@@ -12,6 +12,7 @@ exact moment every time, in process.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import socket
 import sys
@@ -221,3 +222,47 @@ async def test_sigterm_while_another_replica_holds_the_lease_exits_0_in_time(
         code, log = await rig.sigterm(when=rig.healthy)
         assert_clean_stop(code, log)
         assert "poll lease acquired" not in log
+
+
+STUCK_IN_THE_LOOP = """
+import asyncio
+loop = asyncio.new_event_loop()
+loop.create_task(asyncio.Event().wait(), name="stuck-drain")
+watchdog.arm(loop)
+loop.run_until_complete(asyncio.Event().wait())
+"""
+STUCK_AT_EXIT = """
+import asyncio, threading
+threading.Thread(target=threading.Event().wait, name="stuck-worker").start()
+watchdog.arm(asyncio.new_event_loop())
+"""
+
+
+@pytest.mark.parametrize(("program", "culprit"), [
+    (STUCK_IN_THE_LOOP, "stuck-drain: "),
+    (STUCK_AT_EXIT, "stuck-worker: "),
+])  # fmt: skip
+async def test_a_stop_that_hangs_exits_1_naming_what_it_waited_for(
+    program: str, culprit: str
+) -> None:
+    setup = (
+        "from bridge.logs import configure_logging\n"
+        "from bridge.service import StopWatchdog\n"
+        "configure_logging('info', 'json', [])\n"
+        "watchdog = StopWatchdog(0.5)\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", setup + program,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 1, err
+    [line] = [json.loads(ln) for ln in err.decode().splitlines() if "did not finish" in ln]
+    assert line["event"] == "shutdown did not finish in time; exiting"
+    assert line["limit_s"] == 0.5
+    assert any(culprit in entry for entry in line["tasks"] + line["threads"]), line

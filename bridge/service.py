@@ -58,6 +58,10 @@ class StopWatchdog:
     def disarm(self) -> None:
         self._done.set()
 
+    def loop_closed(self) -> None:
+        """Drop the closed loop (no tasks left to report), so nothing it holds stays alive."""
+        self._loop = None
+
     def _watch(self) -> None:
         if self._done.wait(self.limit_s):
             return
@@ -186,6 +190,7 @@ def _run(app: web.Application, settings: Settings, watchdog: StopWatchdog) -> No
             loop.run_until_complete(loop.shutdown_asyncgens())
             asyncio.set_event_loop(None)
             loop.close()
+            watchdog.loop_closed()
 
 
 async def _serve(app: web.Application, settings: Settings) -> None:

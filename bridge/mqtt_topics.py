@@ -63,11 +63,16 @@ def status_topic(prefix: str) -> str:
     return f"{clean_prefix(prefix)}/{STATUS_SUFFIX}"
 
 
+def replica_slug(replica: str) -> str:
+    """A replica id without topic levels, wildcards or control characters."""
+    safe = "".join("_" if c in "/+#" or ord(c) < 32 or 127 <= ord(c) < 160 else c for c in replica)
+    return safe or "-"
+
+
 def replica_status_topic(prefix: str, replica: str) -> str:
     """`{prefix}/bridge/replicas/{replica}/status` (SPEC §6.3); the replica id never adds
     a topic level, a wildcard or a control character."""
-    safe = "".join("_" if c in "/+#" or ord(c) < 32 or 127 <= ord(c) < 160 else c for c in replica)
-    return f"{clean_prefix(prefix)}/bridge/replicas/{safe or '-'}/status"
+    return f"{clean_prefix(prefix)}/bridge/replicas/{replica_slug(replica)}/status"
 
 
 def placeholders(template: str) -> frozenset[str]:

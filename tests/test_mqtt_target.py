@@ -801,6 +801,38 @@ async def test_wait_retained_asks_again_when_its_subscriber_got_the_message_live
         await asyncio.gather(waiting, return_exceptions=True)
 
 
+async def test_replicas_sharing_a_configured_client_id_each_connect_with_their_own(
+    broker: Mosquitto,
+) -> None:
+    # One config for every replica (the Helm chart): a fixed `client_id` used as it is
+    # would make each replica's connect knock the other's off the broker.
+    cfg = target_cfg(f"mqtt://{HOST}:{broker.port}", client_id="dispatch-bus")
+    r1 = MqttSender(cfg, replica="pod-a-1")
+    r2 = MqttSender(cfg, replica="pod-b/2")
+    await r1.start()
+    await r2.start()
+    try:
+        await wait_for(lambda: r1.connected and r2.connected, message="both connected")
+        for replica in ("pod-a-1", "pod-b/2"):
+            await wait_retained(broker.port, replica_status_topic("fleet", replica), b"online")
+        log = broker.log_file.read_text()
+        assert "dispatch-bus-pod-a-1" in log
+        assert "dispatch-bus-pod-b_2" in log
+        assert "already connected" not in log  # nobody took another's session over
+    finally:
+        await r2.close()
+        await r1.close()
+    # Alone (one replica, SQLite), the configured id is used as it is.
+    solo = MqttSender(cfg)
+    await solo.start()
+    try:
+        await wait_for(lambda: solo.connected, message="connected")
+        assert "New client connected from" in broker.log_file.read_text()
+        assert "as dispatch-bus " in broker.log_file.read_text().replace("(", " ")
+    finally:
+        await solo.close()
+
+
 def test_a_replica_id_never_adds_a_topic_level() -> None:
     assert replica_status_topic("fleet", "a/b+#\x00") == "fleet/bridge/replicas/a_b___/status"
 

@@ -280,10 +280,11 @@ class SqliteStore:
         lease = now + self._lease_s
         async with self._session("claim") as db:
             # The connection is ours until the session ends, so the checks and the
-            # claim below see one state of the file.
-            if list(await db.execute_fetchall(sql.TARGET_BLOCKED, (target, now))):
-                return []
+            # claim below see one state of the file. (The claim checks paused, held
+            # and failing itself; this earlier look only spares the cap's count.)
             if max_in_flight is not None:
+                if list(await db.execute_fetchall(sql.TARGET_BLOCKED, (target, now))):
+                    return []
                 [(live,)] = list(await db.execute_fetchall(sql.LIVE_CLAIMS, (target, now)))
                 limit = min(limit, max_in_flight - int(live))
                 if limit < 1:

@@ -53,6 +53,7 @@ from bridge.mqtt_topics import (
     payload_bytes,
     placeholders,
     render_topic,
+    replica_slug,
     replica_status_topic,
     status_topic,
     topic_problem,
@@ -213,6 +214,11 @@ class MqttSender:
         # over at once, so a half-dead earlier connection cannot fire its `offline`
         # will after our fresh `online`.
         self._client_id = cfg.client_id or f"fleet-bridge-{cfg.name}-{secrets.token_hex(4)}"
+        if cfg.client_id and replica is not None:
+            # A configured id is shared by every replica (one config, e.g. the Helm
+            # chart): used as it is, each replica's connect would knock the others'
+            # off the broker, and their wills would fire. Each gets its own.
+            self._client_id = f"{cfg.client_id}-{replica_slug(replica)}"
         self._status_topic = status_topic(cfg.topic_prefix)
         # Several replicas (SPEC §6.3): each keeps its own status topic with its own
         # will (a second, tiny connection), and re-announces `online` on the shared

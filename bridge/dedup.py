@@ -40,9 +40,10 @@ VIDEOS_DUE: Final = "videos_due"
 _REMEMBERED: Final = (*MEDIA_FIELDS, VIDEOS, VIDEOS_DUE)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Decision:
-    """What to do with one sighting of a ticket."""
+    """What to do with one sighting of a ticket (treated as immutable; not frozen for
+    the ~0.4 µs a frozen `__init__` costs per sighting)."""
 
     kind: Literal["created", "updated", "duplicate"]
     revision: int

@@ -23,7 +23,7 @@ from bridge.event_types import EventTypeTable
 from bridge.metrics import Metrics
 from bridge.normalize import MalformedItem, NormalizedEvent, normalize_event
 from bridge.notifications import Notification, build_notification
-from bridge.reseen import ReseenItems
+from bridge.reseen import KnownPage, ReseenItems
 from bridge.routing import route
 from bridge.settings import Settings
 from bridge.store.base import (
@@ -169,6 +169,7 @@ class EventIngestor:
         cursor: float | None = None,
         normalizer: Normalizer = normalize_event,
         also: Callable[[IngestTx], Awaitable[None]] | None = None,
+        page: tuple[int, KnownPage] | None = None,
     ) -> IngestStats:
         """Normalize, de-dup and store `items`; move `job`'s cursor in the same transaction.
 
@@ -176,15 +177,20 @@ class EventIngestor:
         for anything but being unavailable, the items go in one by one so only the
         culprit is skipped (logged once, counted as malformed) and the rest is stored.
         `also` runs in the (last) transaction too, e.g. forgetting the ingested pushes.
+        `page`: the digest and paging facts of the list page that `items` are, to be
+        remembered (`ReseenItems.known_page`) once all of them are known unchanged.
         """
         fetched, skipped = len(items), 0
         fingerprints: dict[str, int] = {}
+        keys: list[tuple[str, int]] | None = None
         epoch = self._reseen.epoch  # before any read of ticket state (enrich reads it too)
         # Only poll items are fingerprinted: the same shape every time, re-seen often.
         reseen = self._reseen if normalizer is normalize_event else None
         if reseen is not None:
-            items, fingerprints, skipped = reseen.split(items)
+            items, fingerprints, skipped, keys = reseen.split_page(items)
             if not items and cursor is None:
+                if page is not None and keys is not None:
+                    reseen.remember_page(*page, keys)
                 return IngestStats(fetched=fetched, duplicates=skipped)
         events, malformed = self.normalize(items, job=job, normalizer=normalizer)
         if self._enrich is not None and events:
@@ -202,6 +208,8 @@ class EventIngestor:
         # changes, if any, bumped the epoch once per stored batch and dropped theirs).
         if reseen is not None and reseen.epoch == epoch + stored.state_changes:
             reseen.remember(fingerprints, stored.unchanged)
+            if page is not None and keys is not None:
+                reseen.remember_page(*page, keys)  # only if all its items are now known
         return stats
 
     async def _store_each(

@@ -7,13 +7,14 @@ dispatchers send stored bytes instead of re-encoding per delivery.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
@@ -45,9 +46,29 @@ def new_notification_id(now: float | None = None) -> str:
     instead of an `os.urandom` system call per id.
     """
     ms = int((time.time() if now is None else now) * 1000) & 0xFFFF_FFFF_FFFF
-    hi, lo = _RNG.getrandbits(40), _RNG.getrandbits(40)
+    rand = _RNG.getrandbits(80)
     p = _PAIRS
     # 26 digits hold 130 bits: 48 bits of time with 2 leading zero bits, then 80 random.
+    # A batch shares its millisecond, so the time part comes from a small cache.
+    return "".join(
+        (
+            _time_part(ms),
+            p[rand >> 70],
+            p[(rand >> 60) & 1023],
+            p[(rand >> 50) & 1023],
+            p[(rand >> 40) & 1023],
+            p[(rand >> 30) & 1023],
+            p[(rand >> 20) & 1023],
+            p[(rand >> 10) & 1023],
+            p[rand & 1023],
+        )
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _time_part(ms: int) -> str:
+    """`ntf_` and the 10 digits of a 48-bit millisecond time."""
+    p = _PAIRS
     return "".join(
         (
             "ntf_",
@@ -56,14 +77,6 @@ def new_notification_id(now: float | None = None) -> str:
             p[(ms >> 20) & 1023],
             p[(ms >> 10) & 1023],
             p[ms & 1023],
-            p[hi >> 30],
-            p[(hi >> 20) & 1023],
-            p[(hi >> 10) & 1023],
-            p[hi & 1023],
-            p[lo >> 30],
-            p[(lo >> 20) & 1023],
-            p[(lo >> 10) & 1023],
-            p[lo & 1023],
         )
     )
 
@@ -80,9 +93,11 @@ def dumps(obj: Any) -> str:
         return _ENCODER.encode(obj)
 
 
-@dataclass(frozen=True)
-class RoutingKeys:
-    """What target filters look at; derived from `data`, never sent."""
+class RoutingKeys(NamedTuple):
+    """What target filters look at; derived from `data`, never sent.
+
+    A named tuple: immutable like a frozen dataclass at a third of its build cost
+    (one per notification)."""
 
     event_code: int | None = None
     category: str | None = None
@@ -109,7 +124,7 @@ class Notification:
             "id": self.id,
             "type": self.type,
             "version": ENVELOPE_VERSION,
-            "created_at": utc_iso(self.created_at, millis=True),
+            "created_at": _created_iso(self.created_at),
             "source": {"system": SOURCE_SYSTEM, "base_url": self.source_base_url},
             "data": self.data,
         }
@@ -142,6 +157,12 @@ def build_notification(
     )
 
 
+# A batch of notifications shares one creation time and one base URL: each is
+# rendered once, not once per notification (~1 µs each).
+_created_iso = functools.lru_cache(maxsize=8)(functools.partial(utc_iso, millis=True))
+
+
+@functools.lru_cache(maxsize=8)
 def public_url(url: str) -> str:
     """`url` without userinfo and query: credentials never travel in a notification."""
     try:
@@ -154,8 +175,12 @@ def public_url(url: str) -> str:
 
 def routing_keys(type_: str, data: dict[str, Any]) -> RoutingKeys:
     """Routing keys read from a notification's `data` (event and clip shapes)."""
-    event_type = data.get("event_type") if isinstance(data.get("event_type"), dict) else None
-    device = data.get("device") if isinstance(data.get("device"), dict) else None
+    event_type = data.get("event_type")
+    if not isinstance(event_type, dict):
+        event_type = None
+    device = data.get("device")
+    if not isinstance(device, dict):
+        device = None
     return RoutingKeys(
         event_code=event_type.get("code") if event_type else None,
         category=event_type.get("category") if event_type else None,

@@ -40,6 +40,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from bridge.clock import Clock, SystemClock
 from bridge.ingest import EventIngestor, IngestStats
 from bridge.metrics import Metrics
+from bridge.reseen import KnownPage
 from bridge.settings import EventsPoll, parse_start_from
 from bridge.store.base import StoreUnavailable
 from bridge.streak import failure_reason
@@ -51,11 +52,17 @@ log = structlog.get_logger(__name__)
 RESCAN_SUFFIX = ":rescan"
 
 
-def poll_windows(start: float, end: float, max_window_s: float) -> Iterator[tuple[int, int]]:
+def poll_windows(
+    start: float, end: float, max_window_s: float, *, aligned: bool = False
+) -> Iterator[tuple[int, int]]:
     """Split [start, end] into inclusive whole-second windows of at most max_window_s.
 
     Windows share their boundary second: the vendor's since/until are inclusive,
     and an item at a boundary seen twice is absorbed by de-dup (never skipped).
+    `aligned`: inner boundaries fall on multiples of max_window_s, so successive
+    sweeps of a moving window read the same inner windows, page for page (what
+    lets an unchanged page be recognized unparsed: bridge/reseen.py), for at most
+    one window more.
     """
     lo, hi = int(start), int(end)
     step = max(1, int(max_window_s))
@@ -63,7 +70,7 @@ def poll_windows(start: float, end: float, max_window_s: float) -> Iterator[tupl
         yield (hi, hi)
         return
     while lo < hi:
-        upper = min(lo + step, hi)
+        upper = min((lo // step + 1) * step if aligned else lo + step, hi)
         yield (lo, upper)
         lo = upper
 
@@ -228,13 +235,27 @@ class EventsPoller:
             device_cids=self._cfg.device_cids,
             serial_number=self._cfg.serial_number,
             prefetch=prefetch,
+            # A page whose every item is known unchanged comes back unparsed (the
+            # steady state's re-scan: bridge/reseen.py).
+            memo=self._ingestor.reseen.known_page,
         )
 
     async def _ingest_page(self, page: Page, total: IngestStats) -> None:
         self._pages_this_run += 1
-        self._metrics.items_fetched.labels(job=self.job).inc(len(page.items))
-        if page.items:
-            total.add(await self._ingestor.ingest(page.items, job=self.job))
+        if page.known and not self._ingestor.reseen.holds_page(page.digest or 0):
+            # Checked when it arrived (maybe prefetched); a ticket on it has changed
+            # state since, so its items are judged as they would be without the memo.
+            page = page.parsed()
+        if page.known:
+            self._metrics.items_fetched.labels(job=self.job).inc(page.received)
+            total.fetched += page.received
+            total.duplicates += page.received
+        elif page.items:
+            self._metrics.items_fetched.labels(job=self.job).inc(len(page.items))
+            known = None
+            if page.digest is not None and page.received == len(page.items):
+                known = (page.digest, KnownPage(page.received, page.count))
+            total.add(await self._ingestor.ingest(page.items, job=self.job, page=known))
         if self._stopping:
             raise _Stopped
 
@@ -253,7 +274,9 @@ class EventsPoller:
                 return False
             self._owe(cursor)
             windows = [
-                w for lo, hi in self._owed for w in poll_windows(lo, hi, self._cfg.max_window_s)
+                w
+                for lo, hi in self._owed
+                for w in poll_windows(lo, hi, self._cfg.max_window_s, aligned=True)
             ]
             self._owed = []
             self._sweep = _Sweep(base=cursor, windows=windows, started_mono=mono)

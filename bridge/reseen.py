@@ -13,12 +13,20 @@ entry. An item that differs in any byte misses and takes the full path. Another
 replica changing a ticket is not seen here; the poll item would have to be
 byte-identical to the last one this process checked, i.e. the vendor's list still
 showing what the store had before, for the skip to matter.
+
+Whole pages too: a page whose bytes (apart from the envelope's per-response `uq`:
+`bridge.upstream.envelope.page_digest`) are those of a page whose every item was
+remembered here is not even parsed (`known_page`), as long as each of its items is
+still remembered with the same fingerprint. Identical bytes parse to identical
+items, so this skips exactly what the per-item check would; it saves the JSON
+parse, the vendor-text bounds and the per-item fingerprints, the larger part of a
+re-seen item's cost.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -27,13 +35,29 @@ CAPACITY = 100_000
 
 A window holding more events than this still works, only without the shortcut."""
 
+PAGE_CAPACITY = CAPACITY
+"""Items of remembered pages, all pages together (~100 bytes each: the ticket strings
+are those the per-ticket memory holds); beyond it the oldest pages go first."""
+
+
+class KnownPage(NamedTuple):
+    """What paging needs of a page skipped unparsed: entries sent and the vendor total."""
+
+    received: int
+    total: int | None
+
 
 class ReseenItems:
     """Raw-item fingerprints of tickets the store last found unchanged."""
 
-    def __init__(self, capacity: int = CAPACITY) -> None:
+    def __init__(self, capacity: int = CAPACITY, page_capacity: int = PAGE_CAPACITY) -> None:
         self._fingerprints: dict[str, int] = {}
         self._capacity = capacity
+        # page digest → (entries sent, vendor total, its items' (ticket, fingerprint))
+        self._pages: dict[int, tuple[int, int | None, tuple[tuple[str, int], ...]]] = {}
+        self._page_capacity = page_capacity
+        self._page_items = 0  # items of all remembered pages
+        self.pages_known = 0  # pages skipped unparsed so far
         self.epoch = 0  # bumped whenever a ticket's stored state changes
 
     def __len__(self) -> int:
@@ -41,19 +65,70 @@ class ReseenItems:
 
     def split(self, items: Sequence[Any]) -> tuple[list[Any], dict[str, int], int]:
         """The items still to ingest, their fingerprints by ticket, and how many were skipped."""
+        fresh, fingerprints, skipped, _ = self.split_page(items)
+        return fresh, fingerprints, skipped
+
+    def split_page(
+        self, items: Sequence[Any]
+    ) -> tuple[list[Any], dict[str, int], int, list[tuple[str, int]] | None]:
+        """`split`, and every item's (ticket, fingerprint): None if one has none."""
         known = self._fingerprints
         fresh: list[Any] = []
         fingerprints: dict[str, int] = {}
+        keys: list[tuple[str, int]] | None = []
         for item in items:
             key = _fingerprint(item)
             if key is None:
                 fresh.append(item)
+                keys = None
                 continue
+            if keys is not None:
+                keys.append(key)
             ticket, fingerprint = key
             if known.get(ticket) != fingerprint:
                 fresh.append(item)
                 fingerprints[ticket] = fingerprint
-        return fresh, fingerprints, len(items) - len(fresh)
+        return fresh, fingerprints, len(items) - len(fresh), keys
+
+    def known_page(self, digest: int) -> KnownPage | None:
+        """Paging facts of a page that need not be parsed: every item it holds is still
+        remembered unchanged with the fingerprint it had; else None."""
+        entry = self._pages.get(digest)
+        if entry is None:
+            return None
+        if not self.holds_page(digest):
+            self._drop_page(digest)  # re-learned once the full path finds it unchanged
+            return None
+        self.pages_known += 1
+        return KnownPage(entry[0], entry[1])
+
+    def holds_page(self, digest: int) -> bool:
+        """Whether a page is (still) known: for a page checked ahead of its use (a
+        prefetched page), checked again when it is used."""
+        entry = self._pages.get(digest)
+        if entry is None:
+            return False
+        known = self._fingerprints
+        return all(known.get(ticket) == fingerprint for ticket, fingerprint in entry[2])
+
+    def remember_page(self, digest: int, page: KnownPage, keys: Sequence[tuple[str, int]]) -> None:
+        """Record a page whose items (`keys`) are all remembered unchanged right now."""
+        known = self._fingerprints
+        if any(known.get(ticket) != fingerprint for ticket, fingerprint in keys):
+            return
+        if len(keys) > self._page_capacity:
+            return
+        pages = self._pages
+        self._drop_page(digest)
+        while self._page_items + len(keys) > self._page_capacity:
+            self._drop_page(next(iter(pages)))  # the oldest entry
+        pages[digest] = (page.received, page.total, tuple(keys))
+        self._page_items += len(keys)
+
+    def _drop_page(self, digest: int) -> None:
+        entry = self._pages.pop(digest, None)
+        if entry is not None:
+            self._page_items -= len(entry[2])
 
     def remember(self, fingerprints: dict[str, int], tickets: Iterable[str]) -> None:
         """Record `tickets` (found unchanged by a committed ingest) with their fingerprints."""

@@ -9,21 +9,27 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from bridge_rig import ClientFactory, Rig, ServerFactory, make_rig
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bridge.clock import FakeClock
 from bridge.dedup import VIDEOS_DUE
 from bridge.ingest import EventIngestor
 from bridge.metrics import Metrics
 from bridge.normalize import normalize_push_event
-from bridge.reseen import ReseenItems
+from bridge.pollers import EventsPoller, poll_windows
+from bridge.reseen import KnownPage, ReseenItems
 from bridge.settings import settings_from_dict
 from bridge.store.base import IngestTx, TicketWrite
 from bridge.store.sqlite import SqliteStore
+from bridge.upstream.envelope import page_digest
 
 T0 = 1_764_000_000
 
@@ -164,3 +170,153 @@ async def test_a_ticket_whose_video_links_are_owed_is_never_skipped(
     await ingestor.ingest([item("t-1")], job="events")
     # Every sighting takes the full path, so the next one retries the fetch.
     assert len(ingestor.reseen) == 0
+
+
+async def ticket_state(store: Any, ticket: str) -> Any:
+    async def read(tx: IngestTx) -> Any:
+        return (await tx.seen_tickets([ticket]))[ticket]
+
+    return await store.ingest(read)
+
+
+# -- whole pages -------------------------------------------------------------------------
+
+
+def test_a_page_digest_leaves_out_only_the_leading_uq() -> None:
+    page = b'{"uq": "%s", "result": true, "code": "S00000", "data": [{"ticket": "t-1"}]}'
+    assert page_digest(page % b"a-1") == page_digest(page % b"b-2")
+    other = b'{"uq": "a-1", "result": true, "code": "S00000", "data": [{"ticket": "t-2"}]}'
+    assert page_digest(page % b"a-1") != page_digest(other)
+    # A uq elsewhere is content like any other field.
+    late = b'{"result": true, "uq": "%s", "data": []}'
+    assert page_digest(late % b"a-1") != page_digest(late % b"b-2")
+    assert page_digest(b'{"uq": "a", "x": 1}') != page_digest(b'{"x": 1}')
+
+
+def test_a_page_is_known_only_while_all_its_items_are() -> None:
+    reseen = ReseenItems()
+    items = [item("t-1"), item("t-2")]
+    _, fingerprints, _, keys = reseen.split_page(items)
+    assert keys is not None
+    reseen.remember_page(7, KnownPage(2, 40), keys)
+    assert reseen.known_page(7) is None  # its items were not remembered: not kept
+    reseen.remember(fingerprints, ["t-1", "t-2"])
+    reseen.remember_page(7, KnownPage(2, 40), keys)
+    assert reseen.known_page(7) == KnownPage(2, 40)
+    reseen.forget(["t-2"])  # t-2's stored state changed: the page must be read again
+    assert reseen.known_page(7) is None
+    reseen.remember(fingerprints, ["t-2"])
+    assert reseen.known_page(7) is None  # dropped: learned again from a full read
+    assert reseen.pages_known == 1
+
+
+def test_page_capacity_counts_items_and_drops_the_oldest_pages_first() -> None:
+    reseen = ReseenItems(page_capacity=5)
+    items = [item(f"t-{i}") for i in range(6)]
+    _, fingerprints, _, keys = reseen.split_page(items)
+    assert keys is not None
+    reseen.remember(fingerprints, [i["ticket"] for i in items])
+    reseen.remember_page(1, KnownPage(2, None), keys[:2])
+    reseen.remember_page(2, KnownPage(2, None), keys[2:4])
+    reseen.remember_page(3, KnownPage(2, None), keys[4:])  # 6 items > 5: page 1 goes
+    assert [reseen.known_page(d) is not None for d in (1, 2, 3)] == [False, True, True]
+    reseen.remember_page(4, KnownPage(6, None), keys)  # larger than all: not kept
+    assert [reseen.known_page(d) is not None for d in (2, 3, 4)] == [True, True, False]
+
+
+async def rig_with_events(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, tmp_path: Path, count: int
+) -> tuple[Rig, list[str]]:
+    """A bridge reading 10 items a page, and `count` events of the last 10 minutes."""
+    config = {"upstream": {"page_size": 10}, "poll": {"events": {"notify_updates": True}}}
+    rig = await make_rig(aiohttp_server, aiohttp_client, tmp_path, config=config, webhook=False)
+    now = int(rig.clock.now())
+    tickets = [
+        rig.sim.add_event(timestamp=now - 600 + i, video=False)["ticket"] for i in range(count)
+    ]
+    rig.clock.advance(1)
+    assert rig.bridge.client is not None
+    assert rig.bridge.ingestor is not None
+    return rig, tickets
+
+
+async def test_a_rescanned_page_of_unchanged_items_is_not_parsed(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    rig, tickets = await rig_with_events(aiohttp_server, aiohttp_client, tmp_path, 25)
+    b = rig.bridge
+    assert b.client is not None
+    assert b.ingestor is not None
+    cfg = b.settings.poll.events.model_copy(update={"lookback_s": 900, "head_lookback_s": 900})
+    poller = EventsPoller(cfg, b.client, b.ingestor, rig.clock, b.metrics)
+    reseen = b.ingestor.reseen
+
+    assert (await poller.run_once()).created == 25
+    checked = await poller.run_once()  # every item checked against the store: unchanged
+    assert (checked.fetched, checked.duplicates, checked.created) == (25, 25, 0)
+    before = reseen.pages_known
+    skipped = await poller.run_once()
+    assert (skipped.fetched, skipped.duplicates, skipped.created, skipped.updated) == (25, 25, 0, 0)
+    assert reseen.pages_known - before == 3  # 10 + 10 + 5 items, none parsed
+
+    # A media change on the middle page: that page is read in full and notified.
+    changed = rig.sim.item(tickets[12])
+    assert changed is not None
+    changed.update(videos_count=1, videos_total_count=1)
+    before = reseen.pages_known
+    stats = await poller.run_once()
+    assert (stats.fetched, stats.updated) == (25, 1)
+    assert (await ticket_state(b.store, tickets[12])).revision == 2
+    assert reseen.pages_known - before == 2
+
+
+@given(
+    start=st.integers(min_value=0, max_value=10**9),
+    length=st.integers(min_value=0, max_value=20_000),
+    step=st.integers(min_value=1, max_value=7200),
+)
+def test_aligned_windows_cover_the_range_on_a_fixed_grid(
+    start: int, length: int, step: int
+) -> None:
+    windows = list(poll_windows(start, start + length, step, aligned=True))
+    assert windows[0][0] == start
+    assert windows[-1][1] == start + length
+    for (_, hi), (next_lo, _) in itertools.pairwise(windows):
+        assert hi == next_lo  # contiguous, sharing the boundary second
+        assert hi % step == 0  # inner boundaries on the grid: the same every sweep
+    assert all(0 <= hi - lo <= step for lo, hi in windows)
+    assert len(windows) <= len(list(poll_windows(start, start + length, step))) + 1
+
+
+async def test_a_known_page_can_still_be_read_in_full(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    """A page checked ahead of its use (prefetched) whose ticket changed state since
+    is parsed after all: `holds_page` turns false and `Page.parsed` gives its items."""
+    rig, tickets = await rig_with_events(aiohttp_server, aiohttp_client, tmp_path, 5)
+    now = int(rig.clock.now())
+    b = rig.bridge
+    assert b.client is not None
+    assert b.ingestor is not None
+    reseen = b.ingestor.reseen
+
+    async def read() -> list[Any]:
+        pages = b.client.iter_event_pages(since=now - 700, until=now, memo=reseen.known_page)
+        return [p async for p in pages]
+
+    for _ in range(2):  # created, then found unchanged and remembered
+        for page in await read():
+            assert page.digest is not None
+            known = (page.digest, KnownPage(page.received, page.count))
+            await b.ingestor.ingest(page.items, job="events", page=known)
+    (page,) = await read()
+    assert page.known
+    assert page.items == []
+    assert page.digest is not None
+    assert reseen.holds_page(page.digest)
+    reseen.forget([tickets[2]])
+    assert not reseen.holds_page(page.digest)
+    full = page.parsed()
+    assert not full.known
+    assert [i["ticket"] for i in full.items] == tickets
+    assert (full.received, full.count) == (page.received, page.count)

@@ -217,6 +217,43 @@ async def test_a_revision_moves_only_from_the_revision_read(store: Store) -> Non
     assert (await tickets(store, "tk"))["tk"] == r2
 
 
+async def test_one_stale_ticket_fails_its_whole_batch(store: Store) -> None:
+    """Ticket writes are checked per batch (set-based): one stale row among many is
+    caught, and nothing of the batch is stored."""
+    a1, b1 = SeenTicket("a", 1, {}, T0, T0), SeenTicket("b", 1, {}, T0, T0)
+
+    async def setup(tx: IngestTx) -> None:
+        await tx.put_tickets([TicketWrite(a1, prev=None), TicketWrite(b1, prev=None)])
+
+    await store.ingest(setup)
+    c1, d1 = SeenTicket("c", 1, {}, T0 + 1, T0 + 1), SeenTicket("d", 1, {}, T0 + 1, T0 + 1)
+    b_again = SeenTicket("b", 1, {"has_video": True}, T0 + 1, T0 + 1)
+
+    async def insert_with_one_present(tx: IngestTx) -> None:
+        await tx.put_tickets([TicketWrite(t, prev=None) for t in (c1, b_again, d1)])
+
+    with pytest.raises(TicketConflict):
+        await store.ingest(insert_with_one_present)
+    assert await tickets(store, "a", "b", "c", "d") == {"a": a1, "b": b1}
+
+    a2 = SeenTicket("a", 2, {"has_video": True}, T0, T0 + 2)
+    b2 = SeenTicket("b", 3, {"has_video": True}, T0, T0 + 2)
+    stale_b = SeenTicket("b", 2, {}, T0, T0)  # b is at revision 1, not 2
+
+    async def move_with_one_stale(tx: IngestTx) -> None:
+        await tx.put_tickets([TicketWrite(a2, prev=a1), TicketWrite(b2, prev=stale_b)])
+
+    with pytest.raises(TicketConflict):
+        await store.ingest(move_with_one_stale)
+    assert await tickets(store, "a", "b") == {"a": a1, "b": b1}
+
+    async def move_both(tx: IngestTx) -> None:
+        await tx.put_tickets([TicketWrite(a2, prev=a1), TicketWrite(b2, prev=b1)])
+
+    await store.ingest(move_both)
+    assert await tickets(store, "a", "b") == {"a": a2, "b": b2}
+
+
 async def test_ingest_runs_again_after_a_conflict_with_fresh_state(store: Store) -> None:
     stored = SeenTicket("tk", 1, {}, T0, T0)
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import aiosqlite
+import orjson
 
 from bridge.clock import Clock
 from bridge.notifications import dumps
@@ -53,12 +54,12 @@ class SqliteIngestTx:
             return {}
         # One JSON array parameter instead of N placeholders: one statement for
         # any batch size, far below SQLite's variable limit.
-        rows = await self._conn().execute_fetchall(sql.SEEN_TICKETS, (json.dumps(list(tickets)),))
+        rows = await self._conn().execute_fetchall(sql.SEEN_TICKETS, (dumps(list(tickets)),))
         return {
             row[0]: SeenTicket(
                 ticket=row[0],
                 revision=row[1],
-                fingerprint=json.loads(row[2]),
+                fingerprint=orjson.loads(row[2]),
                 first_seen_at=row[3],
                 updated_at=row[4],
             )
@@ -70,24 +71,37 @@ class SqliteIngestTx:
 
         One process owns a SQLite file, so a conflict here means a caller read state
         outside this transaction; the checks are the same as PostgreSQL's all the same.
+        Set-based like PostgreSQL's: one `executemany` per kind of write, its summed
+        row count checked (it was one statement, one thread hop, per ticket).
         """
         if not rows:
             return
         db = self._conn()
-        plain = [t for t in rows if isinstance(t, SeenTicket)]
-        if plain:
-            await db.executemany(sql.PUT_TICKET, [ticket_row(t) for t in plain])
+        plain: list[tuple[Any, ...]] = []
+        fresh: list[tuple[Any, ...]] = []
+        moved: list[tuple[Any, ...]] = []
         for w in rows:
             if isinstance(w, SeenTicket):
-                continue
-            t = w.new
-            if w.prev is None:
-                cur = await db.execute(sql.INSERT_TICKET_IF_ABSENT, ticket_row(t))
+                plain.append(ticket_row(w))
+            elif w.prev is None:
+                fresh.append(ticket_row(w.new))
             else:
-                params = (t.revision, dumps(t.fingerprint), t.updated_at, t.ticket, w.prev.revision)
-                cur = await db.execute(sql.UPDATE_TICKET_IF_REVISION, params)
-            if cur.rowcount != 1:
-                raise TicketConflict(t.ticket)
+                t = w.new
+                moved.append(
+                    (t.revision, dumps(t.fingerprint), t.updated_at, t.ticket, w.prev.revision)
+                )
+        if plain:
+            await db.executemany(sql.PUT_TICKET, plain)
+        # executemany sums the rows each run of the statement changed: a ticket
+        # inserted meanwhile (DO NOTHING) or moved past its revision counts 0.
+        if fresh:
+            cur = await db.executemany(sql.INSERT_TICKET_IF_ABSENT, fresh)
+            if cur.rowcount != len(fresh):
+                raise TicketConflict("a ticket was inserted by another writer")
+        if moved:
+            cur = await db.executemany(sql.UPDATE_TICKET_IF_REVISION, moved)
+            if cur.rowcount != len(moved):
+                raise TicketConflict("a ticket's revision was moved by another writer")
 
     async def add_notifications(self, items: Sequence[NewNotification]) -> None:
         """Store notifications and one pending delivery per distinct routed target."""

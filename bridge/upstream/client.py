@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -24,9 +25,9 @@ import structlog
 
 from bridge.clock import Clock, SystemClock
 from bridge.settings import UpstreamSettings
-from bridge.upstream.envelope import Reply, malformed
+from bridge.upstream.envelope import Reply, malformed, page_digest, parse_reply
 from bridge.upstream.errors import UpstreamApiError, UpstreamAuthError, UpstreamError
-from bridge.upstream.transport import Retry, Transport
+from bridge.upstream.transport import Parser, Retry, Transport
 
 log = structlog.get_logger(__name__)
 
@@ -56,6 +57,11 @@ class LoginState:
     reason: str | None = None
 
 
+PageMemo = Callable[[int], tuple[int, int | None] | None]
+"""A page's digest → (entries, vendor total) when the caller needs the page unparsed
+(it already holds all of it: `bridge.reseen.ReseenItems.known_page`), else None."""
+
+
 @dataclass(frozen=True)
 class Page:
     """One page of a list endpoint: raw vendor items and the vendor's total."""
@@ -64,6 +70,18 @@ class Page:
     count: int | None
     offset: int
     limit: int
+    received: int = 0  # entries the vendor sent (objects or not)
+    digest: int | None = None  # `page_digest` of the answer, when read with a memo
+    known: bool = False  # the memo knew it: not parsed, `items` empty
+    raw: bytes | None = field(default=None, repr=False)  # a known page's answer
+
+    def parsed(self) -> Page:
+        """A known page read in full after all (what the memo knew no longer holds)."""
+        if self.raw is None:
+            return self
+        # The same bytes parsed as a success before: they do again (any 2xx status).
+        reply = dataclasses.replace(parse_reply(EVENTS, 200, self.raw, None), digest=self.digest)
+        return _page(reply, EVENTS, self.offset, self.limit)[0]
 
 
 def _csv(values: Sequence[object]) -> str | None:
@@ -262,6 +280,7 @@ class UpstreamClient:
         form: Mapping[str, str] | None = None,
         relogin: bool = True,
         token: str | None = None,
+        parse: Parser | None = None,
     ) -> Reply:
         """An authenticated call; one re-login and repeat when the token is refused."""
         relogged = False
@@ -270,7 +289,7 @@ class UpstreamClient:
             try:
                 return await self._transport.call(
                     method, path, endpoint, policy=policy, token=used,
-                    params=params, json=json, form=form,
+                    params=params, json=json, form=form, parse=parse,
                 )  # fmt: skip
             except UpstreamAuthError as err:
                 if relogged or token is not None or not relogin or not self._can_login:
@@ -313,17 +332,21 @@ class UpstreamClient:
         keyword: str | None = None,
         order: str = "ASC",
         prefetch: bool = False,
+        memo: PageMemo | None = None,
     ) -> AsyncGenerator[Page, None]:
         """Every page of `GET /V2/events` for the window, until the list is exhausted.
 
         With `prefetch`, the next page is requested while the caller works on this one
         (for callers that read to the end: one request more than read if they stop
         early). Close the iterator (`contextlib.aclosing`) when stopping early.
+        With `memo`, each answer's `page_digest` is looked up first: a page the memo
+        knows is yielded unparsed (`known`, no items) with the paging facts it gave.
         """
+        parse = None if memo is None else _memo_parser(memo)
 
         def fetch(off: int) -> Awaitable[tuple[Page, int]]:
             return self._events(
-                since, until, off, limit, types, device_cids, serial_number, keyword, order
+                since, until, off, limit, types, device_cids, serial_number, keyword, order, parse
             )
 
         # Closed here, not left to the garbage collector: its prefetch is cancelled
@@ -343,6 +366,7 @@ class UpstreamClient:
         serial_number: str | None,
         keyword: str | None,
         order: str,
+        parse: Parser | None = None,
     ) -> tuple[Page, int]:
         limit = limit or self._settings.page_size
         params = _params(
@@ -350,7 +374,9 @@ class UpstreamClient:
             type=_csv(types), device_cids=_csv(device_cids),
             serial_number=serial_number, keyword=keyword,
         )  # fmt: skip
-        reply = await self._call("GET", EVENTS, EVENTS, Retry.IDEMPOTENT, params=params)
+        reply = await self._call(
+            "GET", EVENTS, EVENTS, Retry.IDEMPOTENT, params=params, parse=parse
+        )
         return _page(reply, EVENTS, offset, limit)
 
     async def event_detail(self, ticket: str, *, retry: bool = True) -> list[dict[str, Any]]:
@@ -451,6 +477,7 @@ class UpstreamClient:
         serial_number: str | None,
         keyword: str | None,
         order: str,
+        parse: Parser | None = None,
     ) -> tuple[Page, int]:
         limit = limit or self._settings.page_size
         params = _params(
@@ -516,6 +543,10 @@ class UpstreamClient:
 
 def _page(reply: Reply, endpoint: str, offset: int, limit: int) -> tuple[Page, int]:
     """A `Page` from a list answer, and how many entries the vendor really sent."""
+    if reply.known is not None:
+        received, count = reply.known
+        page = Page([], count, offset, limit, received, reply.digest, known=True, raw=reply.raw)
+        return page, received
     data = reply.data
     if data is None:
         data = []
@@ -524,7 +555,24 @@ def _page(reply: Reply, endpoint: str, offset: int, limit: int) -> tuple[Page, i
         # items we never saw; failing is the safe choice.
         raise malformed(endpoint, "data is not a list", reply)
     items = [item for item in data if isinstance(item, dict)]
-    return Page(items=items, count=_count(reply.body), offset=offset, limit=limit), len(data)
+    page = Page(items, _count(reply.body), offset, limit, received=len(data), digest=reply.digest)
+    return page, len(data)
+
+
+def _memo_parser(memo: PageMemo) -> Parser:
+    """`parse_reply` that first asks `memo` about a 2xx answer's digest."""
+
+    def parse(endpoint: str, status: int, raw: bytes, retry_after: float | None) -> Reply:
+        if not 200 <= status < 300:
+            return parse_reply(endpoint, status, raw, retry_after)
+        digest = page_digest(raw)
+        known = memo(digest)
+        if known is not None:
+            # The same bytes parsed successfully before: the same success now.
+            return Reply({}, None, True, status, digest=digest, known=known, raw=raw)
+        return dataclasses.replace(parse_reply(endpoint, status, raw, retry_after), digest=digest)
+
+    return parse
 
 
 async def _walk(

@@ -8,6 +8,7 @@ without the envelope, which counts as success on 2xx (UPSTREAM.md, "Common").
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,11 @@ from bridge.vendor_text import loads_clean
 SUCCESS_CODE = "S00000"
 _MAX_MESSAGE = 500  # vendor messages end up in logs and errors; keep them bounded
 
+# Every envelope opens with its per-response id: `{"uq": "…", …}`. Only that leading
+# field is left out of a page's digest; an answer laid out otherwise is hashed whole
+# (and then only repeats when the vendor sends the very same bytes).
+_LEADING_UQ = re.compile(rb'\A\s*\{\s*"uq"\s*:\s*"[^"\\]*"\s*,')
+
 
 @dataclass(frozen=True)
 class Reply:
@@ -32,6 +38,25 @@ class Reply:
     data: Any  # the envelope's `data`, or the bare object/array itself
     enveloped: bool
     status: int
+    # A list page read with a page memo (`UpstreamClient.iter_event_pages`): its
+    # `page_digest`, and for a page the memo knew, (entries, vendor total) instead of
+    # a parse (`data` is then None).
+    digest: int | None = None
+    known: tuple[int, int | None] | None = None
+    raw: bytes | None = None  # a known page's answer, should it have to be parsed after all
+
+
+def page_digest(raw: bytes) -> int:
+    """A hash of an answer's bytes without the envelope's per-response `uq` field.
+
+    Equal digests mean equal documents but for `uq` (a 64-bit SipHash collision
+    apart), so an answer with a known digest needs no parse to know what it holds.
+    """
+    match = _LEADING_UQ.match(raw)
+    if match is None:
+        return hash(raw)
+    # `{` stands in for the field, so `{"uq":"a","x":…` and `{"x":…` never collide.
+    return hash((b"{", raw[match.end() :]))
 
 
 def _text(value: object) -> str | None:

@@ -39,6 +39,9 @@ from bridge.upstream.errors import UpstreamRateLimited, UpstreamUnavailable
 
 log = structlog.get_logger(__name__)
 
+Parser = Callable[[str, int, bytes, float | None], Reply]
+"""(endpoint, status, body, Retry-After) → `Reply`: `parse_reply` or a wrapper of it."""
+
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 """Largest vendor answer read (a full events page is well under 1 MiB); past it the
 call fails instead of the bridge buffering whatever a broken proxy streams."""
@@ -102,12 +105,15 @@ class Transport:
         params: Mapping[str, str] | None = None,
         json: Any = None,
         form: Mapping[str, str] | None = None,
+        parse: Parser | None = None,
     ) -> Reply:
         """Send one logical call, retrying transient failures as `policy` allows."""
         attempt = 0
         while True:
             try:
-                reply = await self._send(method, path, endpoint, token, params, json, form)
+                reply = await self._send(
+                    method, path, endpoint, token, params, json, form, parse or parse_reply
+                )
             except UpstreamUnavailable as err:
                 if attempt >= self._settings.max_retries or not _may_retry(err, policy):
                     raise
@@ -142,6 +148,7 @@ class Transport:
         params: Mapping[str, str] | None,
         json: Any,
         form: Mapping[str, str] | None,
+        parse: Parser,
     ) -> Reply:
         held = self.limiter.hold_remaining()
         if held > self._max_delay:
@@ -195,7 +202,7 @@ class Transport:
         self._record(endpoint, str(status))
         if retry_after is not None and status in (429, 503):
             self.limiter.hold(retry_after)
-        return parse_reply(endpoint, status, raw, retry_after)
+        return parse(endpoint, status, raw, retry_after)
 
     def _record(self, endpoint: str, status: str) -> None:
         if self._on_request is not None:

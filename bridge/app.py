@@ -9,6 +9,7 @@ then sessions close, then the store is flushed and closed.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -77,6 +78,19 @@ class Bridge:
     reporter: SafetyReporter | None = None
     replica: str = field(default_factory=replica_id)
     lease: PollLease | None = None
+    stop_deadline: float | None = None  # monotonic; set when the stop begins
+
+    def stop_budget(self) -> float:
+        """Seconds left of the one grace period the whole stop shares.
+
+        The first call starts it: the HTTP drain, the running poll, the vendor push
+        queue and the in-flight deliveries all fit in `server.shutdown_grace_s`
+        together, not each in one of its own.
+        """
+        now = self.clock.monotonic()
+        if self.stop_deadline is None:
+            self.stop_deadline = now + self.settings.server.shutdown_grace_s
+        return max(0.0, self.stop_deadline - now)
 
 
 BRIDGE = web.AppKey("bridge", Bridge)
@@ -109,16 +123,25 @@ def make_target(
     raise AssertionError(cfg)
 
 
+async def _begin_stop(app: web.Application) -> None:
+    """Start the stop's grace period before the HTTP drain (which spends it first)."""
+    app[BRIDGE].stop_budget()
+
+
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     b = app[BRIDGE]
     # exclusive: a second `run` on the same SQLite file refuses to start (SPEC §9).
     b.store = open_store(b.settings.store, b.clock, exclusive=True)
     await b.store.open()
-    released = await b.store.recover()
-    if released:
-        log.info("released deliveries left in flight by the last run", count=released)
-    yield
-    await b.store.close()
+    # From here on the store is closed however start-up ends: a SIGTERM during
+    # `recover` left the SQLite worker thread (not a daemon) running for good.
+    try:
+        released = await b.store.recover()
+        if released:
+            log.info("released deliveries left in flight by the last run", count=released)
+        yield
+    finally:
+        await b.store.close()
 
 
 async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -191,9 +214,12 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
         await _report_orphans(b.store, b.dispatchers)
         yield
     finally:
-        grace = b.settings.server.shutdown_grace_s
-        for d in started:
-            await d.stop(grace)
+        # Together: each target's in-flight sends get the time left, not a turn.
+        budget = b.stop_budget()
+        results = await asyncio.gather(*(d.stop(budget) for d in started), return_exceptions=True)
+        for d, result in zip(started, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("dispatcher stop failed", target=d.name, exc_info=result)
 
 
 async def _report_orphans(store: Store, dispatchers: dict[str, Dispatcher]) -> None:
@@ -219,12 +245,12 @@ async def _clips_ctx(app: web.Application) -> AsyncIterator[None]:
     assert b.store is not None
     assert b.client is not None
     b.clips = ClipTracker(b.settings, b.store, b.client, b.clock, b.metrics)
-    if b.clips.auto_enabled:
-        b.clips.start()
-        requeued = await b.clips.requeue_candidates()
-        if requeued:
-            log.info("re-queued auto clip candidates from the last run", count=requeued)
     try:
+        if b.clips.auto_enabled:
+            b.clips.start()
+            requeued = await b.clips.requeue_candidates()
+            if requeued:
+                log.info("re-queued auto clip candidates from the last run", count=requeued)
         yield
     finally:
         await b.clips.stop()
@@ -251,7 +277,7 @@ async def _push_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await b.push.stop(b.settings.server.shutdown_grace_s)
+        await b.push.stop(b.stop_budget())
 
 
 async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -313,15 +339,15 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
     }
     b.metrics.start_series(types=NOTIFICATION_TYPES, jobs=[j for j, on in polled.items() if on])
     leader_gauge.set(0)
-    # Take (or learn we cannot take) the lease before the first scheduled run.
-    await b.lease.step()
-    b.lease.start()
-    b.scheduler.start()
     try:
+        # Take (or learn we cannot take) the lease before the first scheduled run.
+        await b.lease.step()
+        b.lease.start()
+        b.scheduler.start()
         yield
     finally:
-        await b.scheduler.stop(b.settings.server.shutdown_grace_s)
-        await b.lease.stop()
+        await b.scheduler.stop(b.stop_budget())
+        await b.lease.stop()  # releases the lease if the first step took it
 
 
 PRUNE_INTERVAL_S = 3600.0
@@ -367,6 +393,7 @@ def build_app(
         started_at=clock.now(),
         upstream_clock=upstream_clock,
     )
+    app.on_shutdown.append(_begin_stop)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_sessions_ctx)
     app.cleanup_ctx.append(_pipeline_ctx)

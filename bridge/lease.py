@@ -65,6 +65,7 @@ class PollLease:
         self._task: asyncio.Task[None] | None = None
         self._leading = False
         self._step_lock = asyncio.Lock()
+        self._stopping = False
 
     @property
     def epoch(self) -> int | None:
@@ -91,20 +92,38 @@ class PollLease:
         return False
 
     def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.create_task(self._run(), name="poll-lease")
 
     async def stop(self) -> None:
-        """Stop renewing and give the lease up at once (another replica takes over)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """Stop renewing and give the lease up at once (another replica takes over).
+
+        Bounded: the release gets one renewal period; a lease not released expires
+        by itself within the TTL.
+        """
+        self._stopping = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            # `wait`, not `await task`: a cancellation of our caller must propagate,
+            # never be taken for the keeper's own.
+            await asyncio.wait([task])
+            if not task.cancelled() and task.exception() is not None:
+                log.error("poll lease keeper failed", exc_info=task.exception())
         epoch, self._epoch = self._epoch, None
         self._set_leading(False)
         if epoch is not None:
-            with contextlib.suppress(StoreUnavailable):
-                await self._store.release_lease(self.replica, epoch)
+            try:
+                async with asyncio.timeout(self._ttl / 3):
+                    await self._store.release_lease(self.replica, epoch)
+            except (StoreUnavailable, TimeoutError):
+                log.warning(
+                    "poll lease not released; it expires by itself",
+                    replica=self.replica,
+                    epoch=epoch,
+                    ttl_s=self._ttl,
+                )
+            else:
                 log.info("poll lease released", replica=self.replica, epoch=epoch)
 
     async def step(self) -> None:
@@ -153,10 +172,14 @@ class PollLease:
 
     async def _run(self) -> None:
         period = self._ttl / 3
-        while True:
+        while not self._stopping:
             try:
                 # A renewal stuck on a dead connection must not outlive our validity.
-                await asyncio.wait_for(self.step(), period)
+                # `timeout`, not `wait_for`: on Python 3.11, wait_for drops a
+                # cancellation that arrives just as the round completes, and the loop
+                # (and `stop()`, which awaits it) would go on for good.
+                async with asyncio.timeout(period):
+                    await self.step()
             except TimeoutError:
                 pass
             except Exception:  # the keeper must survive anything; leadership is re-judged

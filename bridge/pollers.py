@@ -359,6 +359,10 @@ class EventsPoller:
         self.status.reason = reason
 
 
+# How long `stop` waits for a cancelled job (or its caller) to end before leaving it.
+CANCEL_WAIT_S = 2.0
+
+
 class PollScheduler:
     """APScheduler 3 wrapper that can wait for a running job on shutdown.
 
@@ -381,6 +385,8 @@ class PollScheduler:
         self._locks: dict[str, asyncio.Lock] = {}
         self._stop_hooks: list[Callable[[], None]] = []
         self._stopping = False
+        self._callers: set[asyncio.Task[Any]] = set()  # tasks inside `_run_job`
+        self._admitting: set[asyncio.Task[Any]] = set()  # of those, asking the lease
         self.skipped: dict[str, int] = {}
         # Last run / success / error of every job, for the status API.
         self.status: dict[str, PollerStatus] = {}
@@ -446,11 +452,36 @@ class PollScheduler:
         return await self._run_job(name)
 
     async def _run_job(self, name: str) -> Any:
+        caller = asyncio.current_task()
+        assert caller is not None
+        self._callers.add(caller)
+        try:
+            return await self._run_job_locked(name)
+        finally:
+            self._callers.discard(caller)
+
+    async def _admitted(self) -> bool:
+        """May a run start now? Asks the poll lease; `stop` cancels this wait at once."""
+        if self._stopping:
+            return False
+        caller = asyncio.current_task()
+        assert caller is not None
+        self._admitting.add(caller)
+        try:
+            return await self.may_run()
+        except asyncio.CancelledError:
+            if self._stopping:
+                return False  # shutdown: nothing ran, nothing to report
+            raise
+        finally:
+            self._admitting.discard(caller)
+
+    async def _run_job_locked(self, name: str) -> Any:
         # One run of a job at a time, whoever starts it (scheduler or API).
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
-            if not await self.may_run():
-                return None  # another replica holds the poll lease
+            if not await self._admitted():
+                return None  # shutting down, or another replica holds the poll lease
             status = self.status.setdefault(name, PollerStatus())
             status.last_run_at = self._clock.now()
             task = asyncio.ensure_future(self._jobs[name]())
@@ -509,6 +540,11 @@ class PollScheduler:
             return
         self._stopping = True
         self._scheduler.pause()
+        # Runs not started yet (waiting for the poll lease) are called off at once;
+        # left to APScheduler's shutdown, they would be cancelled halfway through a
+        # lease query and each logged as a failed job.
+        for caller in self._admitting:
+            caller.cancel()
         for hook in self._stop_hooks:
             hook()
         running = [t for t in self._running.values() if not t.done()]
@@ -516,7 +552,17 @@ class PollScheduler:
             _, late = await asyncio.wait(running, timeout=grace_s)
             for t in late:
                 t.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+            if late:
+                _, stuck = await asyncio.wait(late, timeout=CANCEL_WAIT_S)
+                for t in stuck:
+                    log.error("poll job still running after cancel; left behind", task=repr(t))
+        # Every caller returns once its run is over; then nothing is left for
+        # APScheduler to cancel.
+        callers = [t for t in self._callers if not t.done()]
+        if callers:
+            _, stuck = await asyncio.wait(callers, timeout=CANCEL_WAIT_S)
+            for t in stuck:
+                log.error("poll job caller did not return; left behind", task=repr(t))
         self._scheduler.shutdown(wait=False)
 
 

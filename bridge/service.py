@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
+import threading
+from types import FrameType
 
 import aiohttp
 import structlog
 from aiohttp import web
 
 from bridge.app import build_app, make_target
-from bridge.cli import EXIT_OK, StartupError
+from bridge.cli import EXIT_FAILURE, EXIT_OK, StartupError
 from bridge.clock import SystemClock
 from bridge.dispatch import Dispatcher, dispatch_options
 from bridge.httpguard import CappedTCPSite
@@ -25,6 +28,99 @@ log = structlog.get_logger(__name__)
 
 
 KEEPALIVE_S = 75.0
+# Past `server.shutdown_grace_s`, the stop's last steps (final outcome writes, closing
+# connections and the store) get this long before the process gives up on them.
+STOP_MARGIN_S = 5.0
+
+
+class StopWatchdog:
+    """Exits the process (status 1) when a stop outlives the grace period plus a margin.
+
+    Armed when the stop begins, and left armed until the process exits: a daemon
+    thread, it also fires while the interpreter waits at exit for a thread that never
+    ends (the SQLite store's worker is not a daemon). It logs what the stop was waiting
+    for (the event loop's tasks, the threads still running) before it exits.
+    """
+
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s = limit_s
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._thread is not None:
+            return
+        self._loop = loop
+        self._thread = threading.Thread(target=self._watch, name="stop-watchdog", daemon=True)
+        self._thread.start()
+
+    def disarm(self) -> None:
+        self._done.set()
+
+    def loop_closed(self) -> None:
+        """Drop the closed loop (no tasks left to report), so nothing it holds stays alive."""
+        self._loop = None
+
+    def _watch(self) -> None:
+        if self._done.wait(self.limit_s):
+            return
+        try:
+            log.error(
+                "shutdown did not finish in time; exiting",
+                limit_s=self.limit_s,
+                tasks=_pending_tasks(self._loop),
+                threads=_live_threads(),
+            )
+        finally:
+            sys.stderr.flush()
+            os._exit(EXIT_FAILURE)
+
+
+def _where(coro: object) -> str:
+    """Where a coroutine (chain) is suspended: the innermost frame, and the innermost
+    of the bridge's own when that is another."""
+    frames: list[FrameType] = []
+    while coro is not None:
+        f = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        f = f or getattr(coro, "ag_frame", None)
+        if f is None:
+            break
+        frames.append(f)
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    if not frames:
+        return "?"
+    where = _frame_text(frames[-1])
+    ours = [f for f in frames if f"{os.sep}bridge{os.sep}" in f.f_code.co_filename]
+    if ours and ours[-1] is not frames[-1]:
+        where += f" (in {_frame_text(ours[-1])})"
+    return where
+
+
+def _frame_text(frame: FrameType | None) -> str:
+    if frame is None:
+        return "?"
+    path = "/".join(frame.f_code.co_filename.split("/")[-2:])
+    return f"{path}:{frame.f_lineno} {frame.f_code.co_name}"
+
+
+def _pending_tasks(loop: asyncio.AbstractEventLoop | None) -> list[str]:
+    if loop is None or loop.is_closed():
+        return []
+    try:
+        tasks = list(asyncio.all_tasks(loop))
+    except RuntimeError:  # the loop changed the set meanwhile; best effort
+        return ["?"]
+    return sorted(f"{t.get_name()}: {_where(t.get_coro())}" for t in tasks)
+
+
+def _live_threads() -> list[str]:
+    frames = sys._current_frames()
+    return [
+        f"{t.name}{' (daemon)' if t.daemon else ''}: {_frame_text(frames.get(t.ident or 0))}"
+        for t in threading.enumerate()
+        if t is not threading.current_thread()
+    ]
 
 
 def run_service(settings: Settings) -> int:
@@ -33,6 +129,7 @@ def run_service(settings: Settings) -> int:
         settings.logging.level, settings.logging.format, settings.secret_values()
     )
     app = build_app(settings, scrubber=scrubber)
+    watchdog = StopWatchdog(settings.server.shutdown_grace_s + STOP_MARGIN_S)
     log.info(
         "starting fleet-bridge",
         targets=[t.name for t in settings.targets],
@@ -40,7 +137,7 @@ def run_service(settings: Settings) -> int:
         port=settings.server.port,
     )
     try:
-        _run(app, settings)
+        _run(app, settings, watchdog)
     except StoreUnavailable as err:
         raise StartupError(f"the store cannot be opened: {err}") from None
     except OSError as err:
@@ -64,12 +161,13 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def _run(app: web.Application, settings: Settings) -> None:
+def _run(app: web.Application, settings: Settings, watchdog: StopWatchdog) -> None:
     """`web.run_app`, but listening through `CappedTCPSite` (a connection cap).
 
     Same shutdown as run_app: SIGTERM/SIGINT raise GracefulExit; then the serving task
     alone is cancelled, so its `runner.cleanup()` drains in-flight work with every
-    other task still running, and only after it the leftovers are cancelled.
+    other task still running, and only after it the leftovers are cancelled. The
+    watchdog bounds all of that.
     """
     loop = new_event_loop()
     main = loop.create_task(_serve(app, settings))
@@ -79,6 +177,7 @@ def _run(app: web.Application, settings: Settings) -> None:
     except (web.GracefulExit, KeyboardInterrupt):
         pass
     finally:
+        watchdog.arm(loop)
         try:
             main.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -91,6 +190,7 @@ def _run(app: web.Application, settings: Settings) -> None:
             loop.run_until_complete(loop.shutdown_asyncgens())
             asyncio.set_event_loop(None)
             loop.close()
+            watchdog.loop_closed()
 
 
 async def _serve(app: web.Application, settings: Settings) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 
 from bridge.clock import FakeClock
 from bridge.lease import PollLease
@@ -78,3 +80,27 @@ async def test_a_frozen_leader_stops_leading_and_its_cursor_writes_are_fenced(
     assert not a.is_leader
     await stores[1].ingest(move)
     assert await stores[1].get_cursor("events") == fake_clock.now()
+
+
+async def test_stop_ends_the_keeper_even_when_a_renewal_has_just_completed(
+    stores: list[SqliteStore], fake_clock: FakeClock
+) -> None:
+    # SIGTERM right after a round of the keeper's loop completed (seen at start-up,
+    # 1 in ~15 runs): on Python 3.11 `asyncio.wait_for` returned the finished round
+    # and dropped the cancellation, so the loop went on and `stop()` awaited it forever.
+    # `stop()` is started from inside the round (the lease is taken), so it lands in
+    # exactly that moment.
+    stopping: list[asyncio.Task[None]] = []
+
+    def on_change(leading: bool) -> None:
+        if leading:
+            stopping.append(asyncio.ensure_future(lease.stop()))
+
+    lease = PollLease(stores[0], fake_clock, replica="a", ttl_s=TTL, on_change=on_change)
+    lease.start()
+    await wait_for(lambda: bool(stopping), message="the lease taken by the keeper's loop")
+    done, _ = await asyncio.wait(stopping, timeout=5)
+    assert done, "stop() still waiting for the keeper's loop after 5 s"
+    assert not lease.is_leader
+    await PollLease(stores[1], fake_clock, replica="b", ttl_s=TTL).step()
+    assert await stores[1].acquire_lease("c", TTL) is None  # b holds it: a released it

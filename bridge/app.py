@@ -23,7 +23,7 @@ from bridge import __version__
 from bridge.clock import Clock, SystemClock
 from bridge.dispatch import Dispatcher, dispatch_options, orphaned_counts
 from bridge.enrich import EventEnricher
-from bridge.ingest import EventIngestor
+from bridge.ingest import EventIngestor, Reservation, Reserve
 from bridge.lease import PollLease, replica_id
 from bridge.logs import SecretScrubber
 from bridge.metrics import Metrics
@@ -198,6 +198,8 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
         on_stored=on_stored,
         in_tx=record_candidates if b.settings.clips.auto_request else None,
         enrich=enricher.enrich if enricher.enabled else None,
+        # One process on the store: fresh rows go straight to the local dispatcher.
+        reserve=None if b.store.shared else _reserve_in(b.dispatchers),
     )
     for cfg in b.settings.targets:
         target = make_target(
@@ -220,6 +222,16 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
         for d, result in zip(started, results, strict=True):
             if isinstance(result, BaseException):
                 log.error("dispatcher stop failed", target=d.name, exc_info=result)
+
+
+def _reserve_in(dispatchers: dict[str, Dispatcher]) -> Reserve:
+    """`EventIngestor`'s reserve: room in the named target's dispatcher (if it runs here)."""
+
+    def reserve(target: str, n: int) -> Reservation | None:
+        d = dispatchers.get(target)
+        return None if d is None else d.reserve(n)
+
+    return reserve
 
 
 async def _report_orphans(store: Store, dispatchers: dict[str, Dispatcher]) -> None:

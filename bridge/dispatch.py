@@ -40,7 +40,8 @@ import json
 import math
 import random
 import time
-from collections.abc import Mapping
+import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -59,6 +60,7 @@ from bridge.settings import RetrySettings
 from bridge.store.base import (
     Delivery,
     DeliveryState,
+    HandOff,
     Outcome,
     Store,
     StoreUnavailable,
@@ -81,6 +83,41 @@ class DispatchOptions:
     rate_limit_per_s: float | None = None
     redact: tuple[str, ...] = ()
     storm: StormSettings | None = None  # grouping, inhibition, quiet hours (SPEC §6.5)
+
+
+class Reservation:
+    """Room a dispatcher holds for fresh deliveries handed to it already claimed.
+
+    From `Dispatcher.reserve`: the ingest inserts up to `limit` of the target's new
+    rows `in_flight` under `token` (`HandOff`) and, after commit, passes them to
+    `accept`; if the transaction fails or is re-run, `cancel` frees the room. Each
+    settles once; later calls do nothing.
+    """
+
+    __slots__ = ("_dispatcher", "_open", "limit", "token")
+
+    def __init__(self, dispatcher: Dispatcher, token: str, limit: int) -> None:
+        self._dispatcher = dispatcher
+        self.token = token
+        self.limit = limit
+        self._open = True
+
+    @property
+    def hand_off(self) -> HandOff:
+        """What the store's ingest transaction takes for this reservation."""
+        return HandOff(self.token, self.limit)
+
+    def accept(self, deliveries: Sequence[Delivery]) -> None:
+        """The rows stored under this reservation (committed): queue them for sending."""
+        if self._open:
+            self._open = False
+            self._dispatcher._accept(self, deliveries)
+
+    def cancel(self) -> None:
+        """Nothing was stored under this reservation: free its room."""
+        if self._open:
+            self._open = False
+            self._dispatcher._settle(self.limit)
 
 
 @dataclass
@@ -162,6 +199,14 @@ class Dispatcher:
             budget = int(options.rate_limit_per_s * self.CLAIM_MARGIN_S)
             self._queue_size = max(1, min(self._queue_size, budget))
         self._queue: asyncio.Queue[Delivery | None] = asyncio.Queue()
+        # Fresh rows may be handed over already claimed (`reserve`): one process owns
+        # the store, and nothing between claim and send (FIFO order, storm control)
+        # needs to see them claimed first.
+        self._takes_hand_offs = (
+            not self._shared
+            and not self._fifo
+            and (options.storm is None or not options.storm.enabled)
+        )
         self._pending_work = 0  # queued + being sent
         self._idle = asyncio.Event()
         self._idle.set()
@@ -566,6 +611,51 @@ class Dispatcher:
                     assert self._in_flight is not None
                     self._in_flight.release()
                 self._done_with_one()
+
+    # -- hand-offs from ingest ---------------------------------------------------------
+
+    def reserve(self, n: int) -> Reservation | None:
+        """Room for up to `n` fresh deliveries handed over claimed, or None.
+
+        None unless the target could send them now (running, not paused, held or
+        failing; see `_takes_hand_offs`) and its queue has room; the rows that do not
+        fit stay pending and are claimed as usual. The room counts as pending work
+        until the reservation is accepted or cancelled.
+        """
+        if not self._takes_hand_offs or not self._tasks or self._stopping.is_set():
+            return None
+        if self._blocked() or self._release_due:
+            return None
+        k = min(n, self._queue_size - self._pending_work)
+        if k < 1:
+            return None
+        self._pending_work += k
+        self._idle.clear()
+        return Reservation(self, uuid.uuid4().hex, k)
+
+    def _accept(self, reservation: Reservation, deliveries: Sequence[Delivery]) -> None:
+        taken = [d for d in deliveries if d.claim == reservation.token][: reservation.limit]
+        self._settle(reservation.limit - len(taken))
+        if self._stopping.is_set():
+            # The workers may be gone: back to pending without spending an attempt
+            # (written by the last flush of stop(); otherwise recovered at start).
+            self._pending_work -= len(taken)
+            for delivery in taken:
+                self._give_back(delivery)
+            if self._pending_work == 0:
+                self._idle.set()
+            return
+        for delivery in taken:
+            self._queue.put_nowait(delivery)
+
+    def _settle(self, unused: int) -> None:
+        """Free reserved room that no row took."""
+        if unused <= 0:
+            return
+        self._pending_work -= unused
+        if self._pending_work == 0:
+            self._idle.set()
+        self.wake()  # room for the feeder (rows left pending, if any, are due)
 
     def _done_with_one(self) -> None:
         self._pending_work -= 1

@@ -13,7 +13,7 @@ import json
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -27,7 +27,9 @@ from bridge.reseen import KnownPage, ReseenItems
 from bridge.routing import route
 from bridge.settings import Settings
 from bridge.store.base import (
+    Delivery,
     FencedOut,
+    HandOff,
     IngestTx,
     NewNotification,
     SeenTicket,
@@ -91,6 +93,22 @@ class SeenOnce:
         return True
 
 
+class Reservation(Protocol):
+    """Room a target's local dispatcher holds for fresh rows (`Dispatcher.reserve`)."""
+
+    @property
+    def hand_off(self) -> HandOff: ...
+
+    def accept(self, deliveries: Sequence[Delivery]) -> None: ...
+
+    def cancel(self) -> None: ...
+
+
+# (target, new rows) -> room in that target's local dispatcher for rows handed over
+# claimed, or None (bridge.dispatch.Dispatcher.reserve).
+Reserve = Callable[[str, int], Reservation | None]
+
+
 class EventIngestor:
     """Stores notifications for a batch of vendor event items, atomically."""
 
@@ -104,6 +122,7 @@ class EventIngestor:
         on_stored: Callable[[list[Notification]], None] | None = None,
         in_tx: Callable[[IngestTx, list[Notification]], Awaitable[None]] | None = None,
         enrich: Callable[[list[NormalizedEvent]], Awaitable[list[NormalizedEvent]]] | None = None,
+        reserve: Reserve | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -123,6 +142,10 @@ class EventIngestor:
         # Network fetches (video links, detail) that must land in the notifications
         # themselves: done before the transaction, never inside it (bridge.enrich).
         self._enrich = enrich
+        # One process on the store (SQLite): fresh rows go in already claimed for the
+        # local dispatchers that have room, and are handed to them after commit, so
+        # they are not read back by a claim (the rows stay the durable record).
+        self._reserve = reserve
 
     @property
     def reseen(self) -> ReseenItems:
@@ -247,8 +270,12 @@ class EventIngestor:
         stats = IngestStats()
         now = self._clock.now()
         changed_tickets: dict[str, SeenTicket] = {}
+        reserved: dict[str, Reservation] = {}
+        handed: list[Delivery] = []
 
         async def work(tx: IngestTx) -> None:
+            _cancel(reserved)  # a re-run (ticket conflict) starts over
+            handed.clear()
             stats.created = stats.updated = stats.duplicates = 0
             stats.notifications, stats.unchanged = [], []
             changed_tickets.clear()
@@ -294,7 +321,8 @@ class EventIngestor:
                 # A ticket changed later in the batch is not unchanged after all.
                 stats.unchanged = [t for t in stats.unchanged if t not in changed_tickets]
             if new:
-                await tx.add_notifications(new)
+                claims = self._reserve_room(new, reserved)
+                handed[:] = await tx.add_notifications(new, claims=claims)
                 if self._in_tx is not None:
                     await self._in_tx(tx, stats.notifications)
             if cursor is not None:
@@ -302,7 +330,13 @@ class EventIngestor:
             if also is not None:
                 await also(tx)
 
-        await self._store.ingest(work)
+        try:
+            await self._store.ingest(work)
+        except BaseException:
+            _cancel(reserved)
+            raise
+        if reserved:
+            _hand_over(reserved, handed)
         if changed_tickets:
             self._reseen.forget(changed_tickets)
             stats.state_changes = 1
@@ -312,6 +346,19 @@ class EventIngestor:
         if self._on_stored is not None and stats.notifications:
             self._on_stored(stats.notifications)
         return stats
+
+    def _reserve_room(
+        self, new: Sequence[NewNotification], reserved: dict[str, Reservation]
+    ) -> dict[str, HandOff] | None:
+        """Reserve room for the new rows in the targets' local dispatchers."""
+        if self._reserve is None:
+            return None
+        rows = Counter(t for item in new for t in dict.fromkeys(item.targets))
+        for target, n in rows.items():
+            reservation = self._reserve(target, n)
+            if reservation is not None:
+                reserved[target] = reservation
+        return {t: r.hand_off for t, r in reserved.items()} or None
 
     async def get_cursor(self, job: str) -> float | None:
         """A poller's persisted cursor."""
@@ -338,6 +385,22 @@ class EventIngestor:
             await tx.set_cursor(job, value)
 
         await self._store.ingest(work)
+
+
+def _cancel(reserved: dict[str, Reservation]) -> None:
+    for reservation in reserved.values():
+        reservation.cancel()
+    reserved.clear()
+
+
+def _hand_over(reserved: dict[str, Reservation], handed: Sequence[Delivery]) -> None:
+    """After commit: each dispatcher gets the rows stored claimed under its reservation."""
+    by_target: dict[str, list[Delivery]] = {t: [] for t in reserved}
+    for delivery in handed:
+        by_target[delivery.target].append(delivery)
+    for target, reservation in reserved.items():
+        reservation.accept(by_target[target])
+    reserved.clear()
 
 
 def _not_the_items(err: BaseException) -> bool:

@@ -31,7 +31,7 @@ the in-flight cap) lives in the store; cursor writes are fenced by the poll leas
 from __future__ import annotations
 
 import base64
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar
@@ -104,6 +104,20 @@ class NewNotification:
 
     notification: Notification
     targets: Sequence[str]
+
+
+@dataclass(frozen=True)
+class HandOff:
+    """New delivery rows of one target to insert already claimed (`IngestTx.add_notifications`).
+
+    The first `limit` new rows of the target go in `in_flight` under `token`, with the
+    store's claim lease, for the local dispatcher that reserved room for them; they
+    are the durable record exactly as claimed rows are (outcomes carry the token, an
+    expired lease makes them claimable again, SQLite's `recover` releases them).
+    """
+
+    token: str
+    limit: int
 
 
 @dataclass(frozen=True)
@@ -239,8 +253,17 @@ class IngestTx(Protocol):
         """
         ...
 
-    async def add_notifications(self, items: Sequence[NewNotification]) -> None:
-        """Store notifications and one pending delivery per routed target."""
+    async def add_notifications(
+        self, items: Sequence[NewNotification], claims: Mapping[str, HandOff] | None = None
+    ) -> list[Delivery]:
+        """Store notifications and one pending delivery per routed target.
+
+        With `claims` a store run by one process (not `shared`) inserts the first
+        `limit` new rows of each listed target `in_flight` under the `HandOff`'s token
+        and returns them, claimed, in creation order, for the caller to hand to that
+        target's dispatcher after commit. A shared store may ignore `claims` (fresh
+        rows stay claimable by every replica) and returns none.
+        """
         ...
 
     async def set_cursor(self, job: str, value: float) -> None:

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -36,6 +36,7 @@ from bridge.store.base import (
     DeliveryRecord,
     DeliveryState,
     FencedOut,
+    HandOff,
     IngestFn,
     Lease,
     NewNotification,
@@ -733,10 +734,16 @@ class PostgresIngestTx:
             if len(updated) != len(moved):
                 raise TicketConflict("a ticket's revision was moved by another writer")
 
-    async def add_notifications(self, items: Sequence[NewNotification]) -> None:
-        """Store notifications and one pending delivery per distinct routed target."""
+    async def add_notifications(
+        self, items: Sequence[NewNotification], claims: Mapping[str, HandOff] | None = None
+    ) -> list[Delivery]:
+        """Store notifications and one pending delivery per distinct routed target.
+
+        `claims` is ignored: on a shared store fresh rows stay pending, claimable by
+        every replica (so the in-flight cap and storm control see them claimed).
+        """
         if not items:
-            return
+            return []
         db = self._conn()
         now = self._clock.now()
         await db.execute(
@@ -751,6 +758,7 @@ class PostgresIngestTx:
         if deliveries:
             await db.execute(sql.INSERT_DELIVERIES, *_columns(deliveries, 3), now)
             self.targets.update(row[1] for row in deliveries)
+        return []
 
     async def set_cursor(self, job: str, value: float) -> None:
         """Move a poller's cursor; with a fence, only while that lease is live.

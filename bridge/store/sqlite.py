@@ -213,7 +213,7 @@ class SqliteStore:
         for attempt in range(1, INGEST_ATTEMPTS + 1):
             try:
                 async with self._transaction("ingest") as db:
-                    tx = SqliteIngestTx(db, self._clock, self._fence)
+                    tx = SqliteIngestTx(db, self._clock, self._fence, lease_s=self._lease_s)
                     try:
                         result = await fn(tx)
                     finally:
@@ -475,7 +475,7 @@ class SqliteStore:
             async def execute(query: str, *args: Any) -> None:
                 await db.execute(query, args)
 
-            ingest_tx = SqliteIngestTx(db, self._clock)
+            ingest_tx = SqliteIngestTx(db, self._clock, lease_s=self._lease_s)
             tx = StormTx(target, storm_sql.SQLITE, fetch, execute, ingest_tx.add_notifications)
             try:
                 result = await fn(tx)

@@ -9,7 +9,8 @@ to the connection's thread rather than hundreds.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
 import aiosqlite
@@ -19,7 +20,9 @@ from bridge.clock import Clock
 from bridge.notifications import dumps
 from bridge.store import sqlite_sql as sql
 from bridge.store.base import (
+    Delivery,
     FencedOut,
+    HandOff,
     NewNotification,
     SeenTicket,
     TicketConflict,
@@ -32,12 +35,20 @@ class SqliteIngestTx:
     """`IngestTx` bound to one open transaction; unusable once it ends."""
 
     def __init__(
-        self, db: aiosqlite.Connection, clock: Clock, fence: tuple[str, int] | None = None
+        self,
+        db: aiosqlite.Connection,
+        clock: Clock,
+        fence: tuple[str, int] | None = None,
+        *,
+        lease_s: float = 30.0,
     ) -> None:
         self._db: aiosqlite.Connection | None = db
         self._clock = clock
         self._fence = fence
-        self.targets: set[str] = set()  # targets that got deliveries: woken after commit
+        self._lease_s = lease_s  # the store's claim lease, for rows inserted claimed
+        # Targets that got pending deliveries: woken after commit. (Rows handed off
+        # already claimed need no wake-up: their dispatcher gets them from the caller.)
+        self.targets: set[str] = set()
 
     def close(self) -> None:
         """Detach from the connection (the transaction is over)."""
@@ -103,13 +114,23 @@ class SqliteIngestTx:
             if cur.rowcount != len(moved):
                 raise TicketConflict("a ticket's revision was moved by another writer")
 
-    async def add_notifications(self, items: Sequence[NewNotification]) -> None:
-        """Store notifications and one pending delivery per distinct routed target."""
+    async def add_notifications(
+        self, items: Sequence[NewNotification], claims: Mapping[str, HandOff] | None = None
+    ) -> list[Delivery]:
+        """Store notifications and one pending delivery per distinct routed target.
+
+        With `claims`, the first `limit` new rows of each listed target go in
+        `in_flight` under its token and the store's lease, and are returned (claimed,
+        body in hand) for the local dispatcher; see `IngestTx.add_notifications`.
+        """
         if not items:
-            return
+            return []
         db = self._conn()
         now = self._clock.now()
         notifications = [notification_row(item.notification) for item in items]
+        await db.executemany(sql.INSERT_NOTIFICATION, notifications)
+        if claims and any(h.limit > 0 for h in claims.values()):
+            return await self._add_claimed(items, notifications, claims, now)
         # Rows are inserted in item order, so delivery ids follow creation order.
         # New work is due at once: the earlier of the store's clock and the
         # notification's own time, so a skew between the two never delays it.
@@ -118,10 +139,61 @@ class SqliteIngestTx:
             for item in items
             for target in dict.fromkeys(item.targets)
         ]
-        await db.executemany(sql.INSERT_NOTIFICATION, notifications)
         if deliveries:
             await db.executemany(sql.INSERT_DELIVERY, deliveries)
             self.targets.update(row[1] for row in deliveries)
+        return []
+
+    async def _add_claimed(
+        self,
+        items: Sequence[NewNotification],
+        notifications: Sequence[tuple[Any, ...]],
+        claims: Mapping[str, HandOff],
+        now: float,
+    ) -> list[Delivery]:
+        """The delivery rows of `items`, the first ones of each claimed target in flight."""
+        lease = now + self._lease_s
+        left = {target: h.limit for target, h in claims.items()}
+        rows: list[tuple[Any, ...]] = []
+        claimed: dict[tuple[str, str], tuple[Any, ...]] = {}  # (notification, target) -> its row
+        for item, row in zip(items, notifications, strict=True):
+            n = item.notification
+            due = min(now, n.created_at)
+            for target in dict.fromkeys(item.targets):
+                if left.get(target, 0) > 0:
+                    left[target] -= 1
+                    rows.append((n.id, target, "in_flight", due, lease, claims[target].token))
+                    claimed[(n.id, target)] = row
+                else:
+                    rows.append((n.id, target, "pending", due, None, None))
+                    self.targets.add(target)
+        if not rows:
+            return []
+        inserted = await self._conn().execute_fetchall(
+            sql.INSERT_DELIVERIES_CLAIMED, {"rows": dumps(rows), "now": now}
+        )
+        out: list[Delivery] = []
+        # RETURNING yields rows in no defined order; ids follow the array's order.
+        for delivery_id, notification_id, target in sorted(inserted, key=itemgetter(0)):
+            source = claimed.get((notification_id, target))
+            if source is None:
+                continue
+            # (id, type, created_at, event_at, body), as notification_row builds it
+            out.append(
+                Delivery(
+                    id=delivery_id,
+                    notification_id=notification_id,
+                    type=source[1],
+                    target=target,
+                    body=source[4],
+                    attempts=0,
+                    created_at=now,
+                    event_at=source[3],
+                    claim=claims[target].token,
+                    claim_until=lease,
+                )
+            )
+        return out
 
     async def set_cursor(self, job: str, value: float) -> None:
         """Move a poller's cursor, committed with everything else (fenced by the lease)."""

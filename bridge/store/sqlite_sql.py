@@ -48,6 +48,18 @@ INSERT_DELIVERY = """
 INSERT INTO deliveries (notification_id, target, state, attempts, next_attempt_at,
                         created_at, updated_at)
 VALUES (?, ?, 'pending', 0, ?, ?, ?)"""
+# Rows some of which go in already claimed (handed to the local dispatcher): one
+# statement for the batch, its rows given as a JSON array of
+# [notification_id, target, state, next_attempt_at, lease_until, claim_token] and
+# inserted in array order; RETURNING gives the new ids.
+INSERT_DELIVERIES_CLAIMED = """
+INSERT INTO deliveries (notification_id, target, state, attempts, next_attempt_at,
+                        lease_until, claim_token, created_at, updated_at)
+SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+       0, json_extract(value, '$[3]'), json_extract(value, '$[4]'),
+       json_extract(value, '$[5]'), :now, :now
+FROM json_each(:rows) ORDER BY key
+RETURNING id, notification_id, target"""
 SET_CURSOR = """
 INSERT INTO cursors (job, value, updated_at) VALUES (?, ?, ?)
 ON CONFLICT (job) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"""

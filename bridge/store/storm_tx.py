@@ -19,7 +19,7 @@ from bridge.store.base import DeliveryState, NewNotification
 
 Fetch = Callable[..., Awaitable[Sequence[Sequence[Any]]]]
 Execute = Callable[..., Awaitable[Any]]
-AddNotifications = Callable[[Sequence[NewNotification]], Awaitable[None]]
+AddNotifications = Callable[[Sequence[NewNotification]], Awaitable[object]]
 
 
 @dataclass(frozen=True)

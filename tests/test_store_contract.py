@@ -23,8 +23,10 @@ from pg_server import truncate
 from bridge.clock import FakeClock
 from bridge.notifications import Notification, build_notification
 from bridge.store.base import (
+    Delivery,
     DeliveryState,
     FencedOut,
+    HandOff,
     IngestTx,
     NewNotification,
     Outcome,
@@ -146,6 +148,39 @@ async def test_ingest_that_raises_stores_nothing(store: Store) -> None:
     assert await store.get_json("clip", "task-1") is None
     assert await tickets(store, "tk-2") == {}
     assert await store.list_deliveries() == ([], None)
+
+
+async def test_fresh_rows_handed_off_claimed_only_by_a_store_of_one_process(
+    store: Store,
+) -> None:
+    # SQLite (one process) inserts the first `limit` new rows of a target in flight
+    # under the hand-off's token and returns them; PostgreSQL ignores the hand-off,
+    # so fresh rows stay claimable by every replica. Either way the rest is pending.
+    notes = [note(T0 + i) for i in range(4)]
+
+    async def fn(tx: IngestTx) -> list[Delivery]:
+        return await tx.add_notifications(
+            [NewNotification(n, ["hook", "slack"]) for n in notes],
+            claims={"hook": HandOff("tok", 2)},
+        )
+
+    handed: list[Delivery] = await store.ingest(fn)
+    if store.shared:
+        assert handed == []
+    else:
+        assert [d.notification_id for d in handed] == [n.id for n in notes[:2]]
+        assert [d.body for d in handed] == [n.body for n in notes[:2]]
+        assert {(d.target, d.claim, d.attempts, d.claim_until) for d in handed} == {
+            ("hook", "tok", 0, T0 + CLAIM_S)
+        }
+    claimed = await store.claim("hook", T0, 10, fifo=False)
+    assert [d.notification_id for d in claimed] == [n.id for n in notes[len(handed) :]]
+    assert len(await store.claim("slack", T0, 10, fifo=False)) == 4
+    # Outcomes under the hand-off's token count as under any claim's.
+    await store.record_outcomes(
+        [Outcome(d.id, DeliveryState.DELIVERED, 1, claim=d.claim) for d in handed + claimed], T0
+    )
+    assert "hook" not in await store.queue_counts()  # nothing pending, in flight or dead
 
 
 async def test_delete_json_forgets_in_the_transaction(store: Store) -> None:

@@ -891,9 +891,9 @@ class Dispatcher:
             outcome = replace(outcome, claim=delivery.claim)
         self._outcomes.append(outcome)
         self._outcome_waiting.set()
-        # Shared: a row counts against every replica's max_in_flight until its
-        # outcome is stored, so store it now rather than with the next batch.
-        if len(self._outcomes) >= self.FLUSH_BATCH or self._shared:
+        # In batches (or with the next claim on a shared store): the cap counts sends,
+        # not rows awaiting their outcome. FIFO's worker stores each outcome itself.
+        if len(self._outcomes) >= self.FLUSH_BATCH:
             self._flush_now.set()
 
     async def _flush_loop(self) -> None:
@@ -935,10 +935,9 @@ class Dispatcher:
                 self._outcomes[:0] = batch  # keep them for the next flush
                 raise
             self._outcomes_written = True
-        # A retry may now be due earlier than what the feeder sleeps for; on a shared
-        # store the stored outcomes also free the target's in-flight budget, which a
-        # claim made before this flush could not see.
-        if self._shared or any(o.state is DeliveryState.PENDING for o in batch):
+        # A retry may now be due earlier than what the feeder sleeps for; under shared
+        # strict FIFO the stored outcome moves the head for every replica.
+        if (self._shared and self._fifo) or any(o.state is DeliveryState.PENDING for o in batch):
             self.wake()
 
 

@@ -194,6 +194,10 @@ class Dispatcher:
         self._next_share_ask = 0.0
         # Claimed rows wait here for a worker; small, so little is held in flight.
         self._queue_size = 1 if self._fifo else min(128, max(32, options.max_in_flight * 4))
+        if self._in_flight is not None:
+            # A claim on a shared database takes milliseconds, long enough for the
+            # workers to empty a small queue: claim further ahead (the cap is on sends).
+            self._queue_size = min(256, max(128, options.max_in_flight * 16))
         if options.rate_limit_per_s is not None:
             # Never claim more than can be sent well within the claim's life.
             budget = int(options.rate_limit_per_s * self.CLAIM_MARGIN_S)

@@ -27,9 +27,8 @@ class InFlightShare:
     """The share, and the sends under way against it; workers wait in `acquire`."""
 
     def __init__(self, cap: int, clock: Clock, *, margin_s: float, renew_s: float) -> None:
-        self.cap = cap
         self.share = 0
-        self.fair = cap
+        self.fair = cap  # until the store says otherwise: alone, the whole cap
         self.until = 0.0
         self.sending = 0
         self._clock = clock

@@ -477,7 +477,6 @@ class UpstreamClient:
         serial_number: str | None,
         keyword: str | None,
         order: str,
-        parse: Parser | None = None,
     ) -> tuple[Page, int]:
         limit = limit or self._settings.page_size
         params = _params(

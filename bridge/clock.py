@@ -12,6 +12,7 @@ import heapq
 import itertools
 import math
 import time
+from collections.abc import Awaitable
 from datetime import UTC, date, datetime, timedelta
 from typing import Protocol
 
@@ -27,8 +28,8 @@ class Clock(Protocol):
         """Seconds on a clock that never goes backwards (for intervals)."""
         ...
 
-    async def sleep(self, seconds: float) -> None:
-        """Wait `seconds` of this clock's time."""
+    def sleep(self, seconds: float) -> Awaitable[None]:
+        """Wait `seconds` of this clock's time, counted from this call."""
         ...
 
 
@@ -64,13 +65,16 @@ class FakeClock:
     def monotonic(self) -> float:
         return self._mono
 
-    async def sleep(self, seconds: float) -> None:
+    def sleep(self, seconds: float) -> Awaitable[None]:
+        # The deadline is taken here, not when the awaiting task first runs: a sleep
+        # raced against a wake-up (`first_of`) runs in a task of its own, and a test
+        # that moved the clock before that task started would otherwise leave it
+        # sleeping `seconds` past the new time, waiting for a move that never comes.
         if seconds <= 0:
-            await asyncio.sleep(0)
-            return
+            return asyncio.sleep(0)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._sleepers, (self._mono + seconds, next(self._seq), fut))
-        await fut
+        return fut
 
     def advance(self, seconds: float) -> None:
         """Move time forward and wake every sleeper whose deadline has passed."""

@@ -1,14 +1,16 @@
-"""`utc_iso`: RFC 3339 UTC text without building a datetime (bridge/clock.py)."""
+"""bridge/clock.py: `utc_iso` (RFC 3339 UTC text without building a datetime) and
+`FakeClock`'s sleeps."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.clock import utc_iso
+from bridge.clock import FakeClock, utc_iso
 
 FIRST, LAST = -62_135_596_800 + 86_400, 253_402_300_799  # 0001-01-02 .. 9999-12-31
 
@@ -47,3 +49,26 @@ def test_utc_iso_agrees_with_datetime(seconds: float, millis: bool) -> None:
 )
 def test_utc_iso_examples(seconds: float, millis: bool, text: str) -> None:
     assert utc_iso(seconds, millis=millis) == text
+
+
+async def test_a_fake_sleep_counts_from_its_call_even_if_the_clock_moves_before_it_runs() -> None:
+    # A sleep raced against a wake-up (`first_of`) runs in a task of its own, and the
+    # test moving the clock may run before that task does. Counted from the task's
+    # start, the dispatcher's 2 s sleep began after a 30 min jump and waited for a
+    # move that never came (the mute test's digest, rarely, under load).
+    clock = FakeClock()
+    sleeping = asyncio.ensure_future(clock.sleep(2))
+    clock.advance(5)  # the task has not run yet
+    done, _ = await asyncio.wait({sleeping}, timeout=5)  # a bound on failure only
+    assert done, "the sleep started counting after the clock had moved"
+    assert clock.sleepers == 0
+
+
+async def test_a_fake_sleep_is_counted_from_its_call_and_no_longer_once_cancelled() -> None:
+    clock = FakeClock()
+    sleeping = asyncio.ensure_future(clock.sleep(2))
+    assert clock.sleepers == 1
+    sleeping.cancel()
+    assert clock.sleepers == 0
+    clock.advance(5)
+    assert sleeping.cancelled()

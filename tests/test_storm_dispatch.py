@@ -75,6 +75,15 @@ class Rig:
         """Outcomes are written under the claim's expiry: store them before time jumps."""
         await self.dispatcher.wait_idle()
 
+    async def look_at(self, seconds: float) -> None:
+        """Move the clock and wait until the dispatcher has looked at the new time.
+
+        Its feeder sleeps at most 2 s of clock time, so the move ends every sleep; once
+        it sleeps again, it has flushed storm control at the new time.
+        """
+        self.clock.advance(seconds)
+        await wait_for(lambda: self.clock.sleepers >= 1, message="the dispatcher asleep again")
+
     def counted(self, outcome: str) -> float:
         value = self.metrics.deliveries.labels(target="hook", outcome=outcome)._value.get()
         return float(value)
@@ -138,8 +147,9 @@ async def test_first_event_goes_at_once_the_next_six_as_one_group(
     # Another vehicle is not delayed; vehicle 1's six wait as `grouped`.
     await wait_for(lambda: len(rig.receiver.envelopes) == 2, message="the other vehicle")
     assert rig.receiver.envelopes[1]["id"] == other.id
-    await wait_for(lambda: rig.has(DeliveryState.GROUPED, 6), message="six grouped")
-    assert rig.counted("grouped") == 6
+    # Counted once the parking transaction has committed: wait for the count.
+    await wait_for(lambda: rig.counted("grouped") == 6, message="six grouped")
+    assert await rig.has(DeliveryState.GROUPED, 6)
 
     await rig.settle()
     rig.clock.advance(299)
@@ -241,11 +251,11 @@ async def test_a_mute_window_holds_then_releases_one_digest(
     now = rig.clock.now()
     held = [event(v, now + i, n=i) for i, v in enumerate((1, 2, 1))]
     await rig.put(*held)
-    await wait_for(lambda: rig.has(DeliveryState.HELD, 3), message="held")
+    await wait_for(lambda: rig.counted("held") == 3, message="held")
+    assert await rig.has(DeliveryState.HELD, 3)
     assert rig.receiver.envelopes == []
-    assert rig.counted("held") == 3
     await rig.settle()
-    rig.clock.advance(6.5 * 3600)  # 05:30: still quiet
+    await rig.look_at(6.5 * 3600)  # 05:30: still quiet
     await rig.dispatcher.wait_idle()
     assert rig.receiver.envelopes == []
     await rig.settle()
@@ -259,7 +269,7 @@ async def test_a_mute_window_holds_then_releases_one_digest(
     assert digest["data"]["key"] == {}
     assert [i["notification_id"] for i in digest["data"]["items"]] == [n.id for n in held]
     await rig.settle()
-    rig.clock.advance(3600)
+    await rig.look_at(3600)
     await rig.dispatcher.wait_idle()
     assert len(rig.receiver.envelopes) == 1
 

@@ -47,6 +47,7 @@ from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from bridge.aio import first_of
 from bridge.clock import Clock, SystemClock
 from bridge.mqtt_topics import (
     TYPE_ONLY_PLACEHOLDERS,
@@ -582,14 +583,7 @@ class MqttSender:
 
     async def _sleep(self, seconds: float) -> None:
         """Back off for `seconds` of clock time, or less if the sender is closed."""
-        sleep = asyncio.create_task(self._clock.sleep(seconds))
-        stop = asyncio.create_task(self._stopping.wait())
-        try:
-            await asyncio.wait({sleep, stop}, return_when="FIRST_COMPLETED")
-        finally:
-            sleep.cancel()
-            stop.cancel()
-            await asyncio.gather(sleep, stop, return_exceptions=True)
+        await first_of(self._clock.sleep(seconds), self._stopping.wait())
 
     # -- error text ----------------------------------------------------------------
 

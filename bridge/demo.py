@@ -12,6 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from bridge.aio import wait_at_most
 from bridge.app import build_app
 from bridge.cli import EXIT_OK
 from bridge.logs import configure_logging
@@ -65,8 +66,7 @@ async def _demo(duration: float | None) -> None:
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
         try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), duration)
+            await wait_at_most(duration, stop.wait())
         finally:
             await runner.cleanup()
             await sim_runner.cleanup()

@@ -35,7 +35,6 @@ the target's lock.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import random
@@ -47,7 +46,7 @@ from typing import Any
 
 import structlog
 
-from bridge.aio import first_of
+from bridge.aio import first_of, wait_at_most
 from bridge.clock import Clock
 from bridge.in_flight import InFlightShare
 from bridge.lease import replica_id
@@ -905,8 +904,7 @@ class Dispatcher:
             # With nothing to write, sleep until an outcome (or the stop) comes instead
             # of waking 20 times a second: an idle bridge should cost next to nothing.
             await self._outcome_waiting.wait()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._flush_now.wait(), self.FLUSH_INTERVAL_S)
+            await wait_at_most(self.FLUSH_INTERVAL_S, self._flush_now.wait())
             if not self._stopping.is_set():
                 self._flush_now.clear()
             self._outcome_waiting.clear()  # outcomes queued during the flush set it again

@@ -49,7 +49,8 @@ async def readiness_problems(b: Bridge) -> list[str]:
         problems.append("store not open")
     else:
         try:
-            await asyncio.wait_for(b.store.ping(), READY_STORE_TIMEOUT_S)
+            async with asyncio.timeout(READY_STORE_TIMEOUT_S):
+                await b.store.ping()
         except (StoreUnavailable, TimeoutError) as err:
             problems.append(f"store not answering: {err or 'timeout'}")
     if b.scheduler is None or not b.scheduler.running:
@@ -76,7 +77,8 @@ async def metrics(request: web.Request) -> web.Response:
     b = request.app[BRIDGE]
     if b.store is not None:
         try:
-            counts = await asyncio.wait_for(b.store.queue_counts(), READY_STORE_TIMEOUT_S)
+            async with asyncio.timeout(READY_STORE_TIMEOUT_S):
+                counts = await b.store.queue_counts()
         except (StoreUnavailable, TimeoutError):
             counts = {}
         for target in b.dispatchers:
@@ -89,9 +91,8 @@ async def metrics(request: web.Request) -> web.Response:
         last = b.events_poller.status.last_success_at
         if b.ingestor is not None:
             with contextlib.suppress(StoreUnavailable, TimeoutError):
-                shared = await asyncio.wait_for(
-                    b.ingestor.last_success("events"), READY_STORE_TIMEOUT_S
-                )
+                async with asyncio.timeout(READY_STORE_TIMEOUT_S):
+                    shared = await b.ingestor.last_success("events")
                 last = max((t for t in (last, shared) if t is not None), default=None)
         b.metrics.poll_stale.labels(job="events").set(1 if events_poll_stale(b, last) else 0)
         cursor = b.events_poller.status.cursor

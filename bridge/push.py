@@ -28,6 +28,7 @@ import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
+from bridge.aio import wait_at_most
 from bridge.app import BRIDGE
 from bridge.clips import ClipTracker
 from bridge.httpguard import read_body, tokens_match
@@ -235,8 +236,7 @@ class PushIngest:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._queue.join(), grace_s)
+        await wait_at_most(grace_s, self._queue.join())
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -8,10 +8,10 @@ The sleep ends early when the server shuts down, so stopping never waits for it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from aiohttp import web
 
+from bridge.aio import wait_at_most
 from bridge.simulator.config import FaultSpec
 from bridge.simulator.envelope import (
     INTERNAL,
@@ -25,8 +25,7 @@ from bridge.simulator.envelope import (
 
 
 async def _sleep(seconds: float, stopping: asyncio.Event) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stopping.wait(), timeout=seconds)
+    await wait_at_most(seconds, stopping.wait())
 
 
 def _retry_after(spec: FaultSpec) -> dict[str, str]:

@@ -173,8 +173,9 @@ class PostgresStore:
         pool, self._pool = self._pool, None
         if pool is not None:
             try:
-                await asyncio.wait_for(pool.close(), COMMAND_TIMEOUT_S)
-            except (*_CONNECTION_ERRORS, asyncpg.PostgresError):
+                async with asyncio.timeout(COMMAND_TIMEOUT_S):
+                    await pool.close()
+            except (TimeoutError, *_CONNECTION_ERRORS, asyncpg.PostgresError):
                 pool.terminate()
 
     async def ping(self) -> None:
@@ -880,6 +881,7 @@ def _reason(err: BaseException) -> str:
 
 async def _close_quietly(conn: asyncpg.Connection) -> None:
     try:
-        await asyncio.wait_for(conn.close(), CONNECT_TIMEOUT_S)
-    except (*_CONNECTION_ERRORS, asyncpg.PostgresError):
+        async with asyncio.timeout(CONNECT_TIMEOUT_S):
+            await conn.close()
+    except (TimeoutError, *_CONNECTION_ERRORS, asyncpg.PostgresError):
         conn.terminate()

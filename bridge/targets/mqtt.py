@@ -47,7 +47,7 @@ from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from bridge.aio import first_of
+from bridge.aio import first_of, wait_until
 from bridge.clock import Clock, SystemClock
 from bridge.mqtt_topics import (
     TYPE_ONLY_PLACEHOLDERS,
@@ -319,13 +319,12 @@ class MqttSender:
 
     async def _wait_connected(self) -> _Connection | None:
         if not self._usable():
-            try:
-                async with self._changed:
-                    await asyncio.wait_for(
-                        self._changed.wait_for(lambda: self._usable() or self._stopping.is_set()),
-                        self._timeout_s,
-                    )
-            except TimeoutError:
+            # Not `asyncio.wait_for` (see bridge/aio.py): a worker cancelled at stop just
+            # as the connection came up would go on to publish instead of ending.
+            up = await wait_until(
+                self._changed, lambda: self._usable() or self._stopping.is_set(), self._timeout_s
+            )
+            if not up:
                 return None
         conn = self._conn
         return conn if conn is not None and not conn.lost.done() else None

@@ -102,6 +102,11 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+# Also served on the few connections kept past `server.max_connections`
+# (listener.CappedTCPSite): a flood of pushes or API calls must not fail the probes.
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
 def add_health_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -17,7 +17,8 @@ from bridge.app import build_app, make_target
 from bridge.cli import EXIT_FAILURE, EXIT_OK, StartupError
 from bridge.clock import SystemClock
 from bridge.dispatch import Dispatcher, dispatch_options
-from bridge.httpguard import CappedTCPSite
+from bridge.health import PROBE_PATHS
+from bridge.listener import CappedTCPSite
 from bridge.logs import configure_logging
 from bridge.metrics import Metrics
 from bridge.settings import ConfigError, Settings, parse_start_from
@@ -216,6 +217,7 @@ async def _serve(app: web.Application, settings: Settings) -> None:
             server.port,
             max_connections=server.max_connections,
             header_timeout_s=server.read_timeout_s,
+            probe_paths=PROBE_PATHS,
         )
         await site.start()
         await asyncio.Event().wait()  # until SIGTERM/SIGINT (GracefulExit) cancels us

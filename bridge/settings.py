@@ -344,7 +344,8 @@ class ServerSettings(_Strict):
     # A new connection's request headers, and each request body, must arrive within
     # this (slow clients cannot hold a connection).
     read_timeout_s: PositiveSeconds = 15
-    # Open connections at once; past it a new one gets 503 with Retry-After.
+    # Open connections at once; past it a new one gets 503 with Retry-After (a few
+    # more are kept for the probes: listener.PROBE_CONNECTIONS).
     max_connections: int = Field(64, ge=1, le=100_000)
 
 

@@ -24,10 +24,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from jinja2 import StrictUndefined, Template, TemplateSyntaxError, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from bridge.display import coordinates
+from bridge.display import local_time as _local_time
 from bridge.formats import Rendered, RenderError
 from bridge.notifications import dumps
-from bridge.slack_format import coordinates
-from bridge.slack_format import local_time as _local_time
 
 if TYPE_CHECKING:
     from bridge.settings import WebhookTarget

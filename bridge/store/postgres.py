@@ -367,7 +367,7 @@ class PostgresStore:
         async with self._conn("claim_share") as conn:
             rows = await conn.fetch(
                 sql.CLAIM_SHARE,
-                *_outcomecolumns(outcomes, now),
+                *_outcome_columns(outcomes, now),
                 target,
                 now,
                 lease,
@@ -403,7 +403,7 @@ class PostgresStore:
         """Record attempt results in one statement; stale or foreign claims are ignored."""
         if not outcomes:
             return
-        columns = _outcomecolumns(outcomes, now)
+        columns = _outcome_columns(outcomes, now)
         async with self._conn("record_outcomes") as conn:
             await conn.execute(sql.RECORD_OUTCOMES, *columns, now)
 
@@ -708,7 +708,7 @@ async def _migrate_locked(
             await conn.execute("SELECT pg_advisory_unlock($1)", sql.MIGRATION_LOCK_KEY)
 
 
-def _outcomecolumns(outcomes: Sequence[Outcome], now: float) -> list[list[Any]]:
+def _outcome_columns(outcomes: Sequence[Outcome], now: float) -> list[list[Any]]:
     """The seven arrays the outcome UPDATE unnests (id, state, attempts, status, error,
     next attempt, claim)."""
     rows = []

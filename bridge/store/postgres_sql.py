@@ -72,14 +72,10 @@ NEXT_DUE = """
 SELECT
     (SELECT min(next_attempt_at) FROM deliveries WHERE target = $1 AND state = 'pending'),
     (SELECT min(lease_until) FROM deliveries WHERE target = $1 AND state = 'in_flight')"""
+# Migration 0006: by primary key whatever the statistics say.
 RECORD_OUTCOMES = """
-UPDATE deliveries AS d
-SET state = u.state, attempts = u.attempts, last_status = u.status, last_error = u.error,
-    next_attempt_at = u.next, lease_until = NULL, claim_token = NULL, updated_at = $8
-FROM unnest($1::bigint[], $2::text[], $3::int[], $4::int[], $5::text[], $6::float8[],
-            $7::text[]) AS u (id, state, attempts, status, error, next, claim)
-WHERE d.id = u.id AND d.state = 'in_flight'
-  AND (u.claim IS NULL OR (d.claim_token = u.claim AND d.lease_until >= $8))"""
+SELECT fleet_bridge_record_outcomes(
+    $1::bigint[], $2::text[], $3::int[], $4::int[], $5::text[], $6::float8[], $7::text[], $8)"""
 RECOVER_EXPIRED = """
 UPDATE deliveries SET state = 'pending', lease_until = NULL, claim_token = NULL, updated_at = $1
 WHERE state = 'in_flight' AND lease_until < $1

@@ -68,6 +68,19 @@ async def throwaway_database(server_url: str) -> str:
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
+async def backends_cpu_seconds(url: str) -> float:
+    """CPU time of the server processes connected to the database of `url` (this machine)."""
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await conn.close()
+    return sum(cpu_seconds(int(row[0])) for row in rows)
+
+
 async def drop_database(server_url: str, url: str) -> None:
     conn = await asyncpg.connect(server_url)
     try:
@@ -133,6 +146,9 @@ async def _run_bridge(
             wall = time.perf_counter() - started
             peak = max([peak, *(peak_rss_mb(p.pid) for p in procs)])
             cpu = sum(cpu_seconds(p.pid) for p in procs)
+            # The database's own backends (the bridge's pool, LISTEN and lease
+            # connections), whole lives: other databases on the server don't count.
+            server_cpu = await backends_cpu_seconds(store_url) if store_url else 0.0
             upstream = links = 0.0
             for port in ports:
                 base = f"http://127.0.0.1:{port}"
@@ -157,6 +173,7 @@ async def _run_bridge(
         "video_link_fetches": links,
         "cpu_s": cpu,
         "startup_cpu_s": startup_cpu,
+        "server_cpu_s": server_cpu,
         "store_mb": store_mb,
     }
 
@@ -244,6 +261,11 @@ def main(args: argparse.Namespace) -> None:
         "bridge_startup_cpu_s": round(bridge["startup_cpu_s"], 2),
         "bridge_cpu_us_per_notification": round(bridge_cpu_us),
         "bridge_drain_cpu_us_per_notification": round(drain_cpu_us),
+        # The database server's CPU (PostgreSQL on this machine): the backends of the
+        # bridge's connections; the WAL writer and checkpointer are not counted.
+        "postgres_backends_cpu_us_per_notification": (
+            round(bridge["server_cpu_s"] / n * 1e6) if args.store else None
+        ),
         "simulator_cpu_us_per_event": round(sim_cpu / n * 1e6),
         "plain_client_wall_s": round(plain_s, 2),
         "plain_client_cpu_us_per_request": round(plain_cpu / n * 1e6),

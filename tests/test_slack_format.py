@@ -21,21 +21,15 @@ from envelope_schema import validate_envelope
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bridge.display import camera_name, fit
 from bridge.event_types import EventTypeTable
+from bridge.markup import escape_mrkdwn
 from bridge.normalize import clip_data, normalize_event, report_data, upload_data
 from bridge.notifications import Notification, build_notification
-from bridge.slack_format import (
-    BLOCKS_MAX,
-    SEVERITY_MARKERS,
-    SlackMessage,
-    camera_name,
-    escape_mrkdwn,
-    fit,
-    fit_mrkdwn,
-    format_message,
-    link,
-    sparkline,
-)
+from bridge.slack_format import SlackMessage, format_message
+from bridge.slack_format.blocks import BLOCKS_MAX, fit_mrkdwn, link
+from bridge.slack_format.events import SEVERITY_MARKERS
+from bridge.slack_format.report import sparkline
 from bridge.storm import GROUP_TYPE, group_data
 
 TABLE = EventTypeTable({})

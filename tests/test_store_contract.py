@@ -289,6 +289,50 @@ async def test_one_stale_ticket_fails_its_whole_batch(store: Store) -> None:
     assert await tickets(store, "a", "b") == {"a": a2, "b": b2}
 
 
+async def test_ingest_of_new_events_that_raises_stores_nothing(store: Store) -> None:
+    """The poll path alone (tickets, notifications, cursor): PostgreSQL sends these as
+    one statement at the end, so nothing of a callback that fails reaches the store."""
+
+    class Boom(Exception):
+        pass
+
+    async def fn(tx: IngestTx) -> None:
+        assert await tx.seen_tickets(["tk-new"]) == {}
+        await tx.put_tickets([TicketWrite(SeenTicket("tk-new", 1, {}, T0, T0), prev=None)])
+        await tx.add_notifications([NewNotification(note(ticket="tk-new"), ["hook"])])
+        await tx.set_cursor("events", T0)
+        raise Boom
+
+    with pytest.raises(Boom):
+        await store.ingest(fn)
+    assert await store.get_cursor("events") is None
+    assert await store.count_notifications() == 0
+    assert await tickets(store, "tk-new") == {}
+
+
+async def test_an_ingest_reads_its_own_writes(store: Store) -> None:
+    first = SeenTicket("tk", 1, {"has_video": False}, T0, T0)
+    second = SeenTicket("tk", 2, {"has_video": True}, T0, T0 + 1)
+    created, updated = note(ticket="tk"), note(T0 + 1, "event.updated", ticket="tk")
+
+    async def fn(tx: IngestTx) -> dict[str, SeenTicket]:
+        await tx.put_tickets([TicketWrite(first, prev=None)])
+        await tx.add_notifications([NewNotification(created, ["hook"])])
+        await tx.set_cursor("events", T0)
+        seen = await tx.seen_tickets(["tk"])
+        await tx.put_tickets([TicketWrite(second, prev=seen["tk"])])
+        await tx.add_notifications([NewNotification(updated, ["hook"])])
+        await tx.set_cursor("events", T0 + 1)
+        return seen
+
+    assert await store.ingest(fn) == {"tk": first}
+    assert await tickets(store, "tk") == {"tk": second}
+    assert await store.count_notifications() == 2
+    assert await store.get_cursor("events") == T0 + 1
+    rows = await store.claim("hook", T0 + 1, 10, fifo=False)
+    assert [d.notification_id for d in rows] == [created.id, updated.id]  # creation order
+
+
 async def test_ingest_runs_again_after_a_conflict_with_fresh_state(store: Store) -> None:
     stored = SeenTicket("tk", 1, {}, T0, T0)
 

@@ -29,11 +29,11 @@ from webhook_receiver import Receiver
 
 from bridge.clock import FakeClock
 from bridge.dedup import VIDEOS, VIDEOS_DUE, decide
+from bridge.display import CAMERA_NAMES
 from bridge.enrich import DETAIL_MAX_BYTES
 from bridge.event_types import EventTypeTable
 from bridge.normalize import event_videos, normalize_event
 from bridge.simulator import FaultSpec, Simulator
-from bridge.slack_format import CAMERA_NAMES
 from bridge.video_links import wants_videos, with_videos
 
 TABLE = EventTypeTable({})

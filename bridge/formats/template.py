@@ -3,7 +3,9 @@ except reading a `template_file` or a shipped preset once, when the target is bu
 
 Templates see `notification` (the envelope, redacted for the target), `data`,
 `type`, `vars` (the target's `vars`: secrets, so they are never logged or shown),
-`target` (its name) and the filters `tojson`, `local_time(tz)` and `map_link`.
+`target` (its name) and the filters `tojson`, `local_time(tz)`, `map_link`, and for
+vendor text in a receiver's markdown `md_escape(limit)`, `discord_escape(limit)` and
+`discord_link(label)` (`bridge.markup`).
 
 The environment is Jinja2's immutable sandbox: a template cannot reach Python
 internals, call unsafe methods or mutate the notification, and `range` is capped.
@@ -15,7 +17,7 @@ instead of sending an empty field; a key that may be absent is read with
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import tzinfo
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Final
@@ -24,10 +26,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from jinja2 import StrictUndefined, Template, TemplateSyntaxError, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from bridge.display import coordinates
+from bridge.display import local_time as _local_time
 from bridge.formats import Rendered, RenderError
+from bridge.markup import discord_link, escape_discord, escape_markdown, fit_escaped
 from bridge.notifications import dumps
-from bridge.slack_format import coordinates
-from bridge.slack_format import local_time as _local_time
 
 if TYPE_CHECKING:
     from bridge.settings import WebhookTarget
@@ -65,6 +68,33 @@ def _map_link(location: Any) -> str | None:
     return f"https://www.google.com/maps?q={coords[0]},{coords[1]}"
 
 
+def _escape_filter(escape: Callable[[str], str]) -> Callable[[Any, int | None], Any]:
+    """A filter: text escaped for one markup, cut to `limit` characters when given.
+
+    Escape first, cut after, in one step: Jinja's `truncate` after an escape could
+    cut between a backslash and what it escapes. None and numbers pass through
+    unchanged (nothing to escape, and a JSON value keeps its type).
+    """
+
+    def escaped(value: Any, limit: int | None = None) -> Any:
+        if isinstance(value, Undefined):
+            value._fail_with_undefined_error()
+        if value is None or isinstance(value, int | float):
+            return value
+        text = escape(value if isinstance(value, str) else str(value))
+        return text if limit is None else fit_escaped(text, limit)
+
+    return escaped
+
+
+def _discord_link(url: Any, label: Any) -> str | None:
+    """`[label](url)` for Discord, or None unless `url` is a plain http(s) URL."""
+    for value in (url, label):
+        if isinstance(value, Undefined):
+            value._fail_with_undefined_error()
+    return discord_link(url, str(label))
+
+
 def _environment() -> ImmutableSandboxedEnvironment:
     env = ImmutableSandboxedEnvironment(
         undefined=StrictUndefined,
@@ -77,6 +107,9 @@ def _environment() -> ImmutableSandboxedEnvironment:
     env.filters["tojson"] = _tojson
     env.filters["local_time"] = _local_time_filter
     env.filters["map_link"] = _map_link
+    env.filters["md_escape"] = _escape_filter(escape_markdown)
+    env.filters["discord_escape"] = _escape_filter(escape_discord)
+    env.filters["discord_link"] = _discord_link
     return env
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 DB_NOW = "extract(epoch FROM clock_timestamp())::float8"
+CHANNEL = "fleet_bridge_work"  # NOTIFY payload: a JSON list of target names
 
 # -- schema version -------------------------------------------------------------------
 
@@ -36,36 +37,14 @@ ON CONFLICT (ticket) DO UPDATE SET
     revision = excluded.revision,
     fingerprint = excluded.fingerprint,
     updated_at = excluded.updated_at"""
-INSERT_TICKETS_IF_ABSENT = """
-INSERT INTO seen_tickets (ticket, revision, fingerprint, first_seen_at, updated_at)
-SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::float8[], $5::float8[])
-ON CONFLICT (ticket) DO NOTHING
-RETURNING ticket"""
-# Compare-and-set on the revision the decision was based on.
-UPDATE_TICKETS_IF_REVISION = """
-UPDATE seen_tickets AS s
-SET revision = u.revision, fingerprint = u.fingerprint, updated_at = u.updated_at
-FROM unnest($1::text[], $2::int[], $3::text[], $4::float8[], $5::int[])
-     AS u (ticket, revision, fingerprint, updated_at, prev)
-WHERE s.ticket = u.ticket AND s.revision = u.prev
-RETURNING s.ticket"""
-INSERT_NOTIFICATIONS = """
-INSERT INTO notifications (id, type, created_at, event_at, body)
-SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::float8[], $5::text[])"""
-# WITH ORDINALITY + ORDER BY: identity ids follow the items' order (creation order).
-INSERT_DELIVERIES = """
-INSERT INTO deliveries (notification_id, target, state, attempts, next_attempt_at,
-                        created_at, updated_at)
-SELECT u.n, u.t, 'pending', 0, u.due, $4, $4
-FROM unnest($1::text[], $2::text[], $3::float8[]) WITH ORDINALITY AS u (n, t, due, o)
-ORDER BY u.o"""
-LEASE_LIVE = f"""
-SELECT 1 FROM poll_lease
-WHERE name = 'poll' AND holder = $1 AND epoch = $2 AND expires_at >= {DB_NOW}
-FOR SHARE"""
-SET_CURSOR = """
-INSERT INTO cursors (job, value, updated_at) VALUES ($1, $2, $3)
-ON CONFLICT (job) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"""
+# Migration 0006: the ingest's writes and its NOTIFY in one call (see PostgresIngestTx).
+INGEST = """
+SELECT fleet_bridge_ingest(
+    $1::text[], $2::int[], $3::text[], $4::float8[], $5::float8[],
+    $6::text[], $7::int[], $8::text[], $9::float8[], $10::int[],
+    $11::text[], $12::text[], $13::float8[], $14::float8[], $15::text[],
+    $16::text[], $17::text[], $18::float8[], $19,
+    $20, $21, $22, $23, $24, $25, $26, $27)"""
 GET_CURSOR = "SELECT value FROM cursors WHERE job = $1"
 PUT_JSON = """
 INSERT INTO kv (kind, key, value, updated_at) VALUES ($1, $2, $3, $4)
@@ -93,14 +72,10 @@ NEXT_DUE = """
 SELECT
     (SELECT min(next_attempt_at) FROM deliveries WHERE target = $1 AND state = 'pending'),
     (SELECT min(lease_until) FROM deliveries WHERE target = $1 AND state = 'in_flight')"""
+# Migration 0006: by primary key whatever the statistics say.
 RECORD_OUTCOMES = """
-UPDATE deliveries AS d
-SET state = u.state, attempts = u.attempts, last_status = u.status, last_error = u.error,
-    next_attempt_at = u.next, lease_until = NULL, claim_token = NULL, updated_at = $8
-FROM unnest($1::bigint[], $2::text[], $3::int[], $4::int[], $5::text[], $6::float8[],
-            $7::text[]) AS u (id, state, attempts, status, error, next, claim)
-WHERE d.id = u.id AND d.state = 'in_flight'
-  AND (u.claim IS NULL OR (d.claim_token = u.claim AND d.lease_until >= $8))"""
+SELECT fleet_bridge_record_outcomes(
+    $1::bigint[], $2::text[], $3::int[], $4::int[], $5::text[], $6::float8[], $7::text[], $8)"""
 RECOVER_EXPIRED = """
 UPDATE deliveries SET state = 'pending', lease_until = NULL, claim_token = NULL, updated_at = $1
 WHERE state = 'in_flight' AND lease_until < $1

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterable, Sequence
 from typing import Any
+
+import orjson
 
 from bridge.clock import parse_rfc3339
 from bridge.notifications import Notification, dumps
@@ -13,6 +16,20 @@ from bridge.store.base import Delivery, DeliveryRecord, DeliveryState, Outcome, 
 def ticket_row(t: SeenTicket) -> tuple[Any, ...]:
     """(ticket, revision, fingerprint JSON, first_seen_at, updated_at)."""
     return (t.ticket, t.revision, dumps(t.fingerprint), t.first_seen_at, t.updated_at)
+
+
+def tickets_by_name(rows: Iterable[Sequence[Any]]) -> dict[str, SeenTicket]:
+    """Stored ticket rows (ticket, revision, fingerprint JSON, first seen, updated) by ticket."""
+    return {
+        row[0]: SeenTicket(
+            ticket=row[0],
+            revision=row[1],
+            fingerprint=orjson.loads(row[2]),
+            first_seen_at=row[3],
+            updated_at=row[4],
+        )
+        for row in rows
+    }
 
 
 def notification_row(n: Notification) -> tuple[Any, ...]:
@@ -83,6 +100,21 @@ def outcome_values(outcome: Outcome, now: float) -> tuple[str, float | None, str
     if error is not None and len(error) > ERROR_MAX_CHARS:
         error = error[: ERROR_MAX_CHARS - 1] + "…"
     return state.value, next_attempt_at, error
+
+
+def columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    """Rows → one list per column (the arrays PostgreSQL's `unnest` takes)."""
+    out: list[list[Any]] = [[] for _ in range(width)]
+    for row in rows:
+        for column, value in zip(out, row, strict=True):
+            column.append(value)
+    return out
+
+
+def json_object(raw: str) -> dict[str, Any]:
+    """A stored JSON object (keyed state, fingerprints)."""
+    value: dict[str, Any] = json.loads(raw)
+    return value
 
 
 def zero_counts() -> dict[str, int]:

@@ -14,7 +14,6 @@ from operator import itemgetter
 from typing import Any
 
 import aiosqlite
-import orjson
 
 from bridge.clock import Clock
 from bridge.notifications import dumps
@@ -28,7 +27,7 @@ from bridge.store.base import (
     TicketConflict,
     TicketWrite,
 )
-from bridge.store.rows import notification_row, ticket_row
+from bridge.store.rows import notification_row, ticket_row, tickets_by_name
 
 
 class SqliteIngestTx:
@@ -66,16 +65,7 @@ class SqliteIngestTx:
         # One JSON array parameter instead of N placeholders: one statement for
         # any batch size, far below SQLite's variable limit.
         rows = await self._conn().execute_fetchall(sql.SEEN_TICKETS, (dumps(list(tickets)),))
-        return {
-            row[0]: SeenTicket(
-                ticket=row[0],
-                revision=row[1],
-                fingerprint=orjson.loads(row[2]),
-                first_seen_at=row[3],
-                updated_at=row[4],
-            )
-            for row in rows
-        }
+        return tickets_by_name(rows)
 
     async def put_tickets(self, rows: Sequence[SeenTicket | TicketWrite]) -> None:
         """Write ticket states; a `TicketWrite` only if the stored ticket is still its `prev`.

@@ -50,10 +50,11 @@ import structlog
 from yarl import URL
 
 from bridge.clock import Clock, SystemClock
+from bridge.display import zone
 from bridge.notifications import dumps
 from bridge.retry import parse_retry_after
 from bridge.settings import SlackTarget
-from bridge.slack_format import SlackMessage, format_message, zone
+from bridge.slack_format import SlackMessage, format_message
 from bridge.store.base import Delivery, IngestTx, Store, StoreUnavailable
 from bridge.storm import GROUP_TYPE
 from bridge.targets.base import SendResult

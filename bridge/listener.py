@@ -22,26 +22,20 @@ from typing import Final, cast
 
 from aiohttp import web
 
-_BUSY: Final = json.dumps(
-    {"error": {"code": "unavailable", "message": "too many connections"}}
-).encode()
-BUSY_RESPONSE: Final = (
-    b"HTTP/1.1 503 Service Unavailable\r\n"
-    b"Content-Type: application/json\r\n"
-    b"Retry-After: 1\r\n"
-    b"Connection: close\r\n"
-    b"Content-Length: " + str(len(_BUSY)).encode() + b"\r\n\r\n" + _BUSY
+
+def _json_answer(status: str, code: str, message: str, *headers: str) -> bytes:
+    """A whole HTTP/1.1 answer with a JSON error body, closing the connection."""
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    head = [f"HTTP/1.1 {status}", "Content-Type: application/json", *headers]
+    head += ["Connection: close", f"Content-Length: {len(body)}", "", ""]
+    return "\r\n".join(head).encode() + body
+
+
+BUSY_RESPONSE: Final = _json_answer(
+    "503 Service Unavailable", "unavailable", "too many connections", "Retry-After: 1"
 )
-
-
-_SLOW: Final = json.dumps(
-    {"error": {"code": "request_timeout", "message": "request headers not received in time"}}
-).encode()
-SLOW_RESPONSE: Final = (
-    b"HTTP/1.1 408 Request Timeout\r\n"
-    b"Content-Type: application/json\r\n"
-    b"Connection: close\r\n"
-    b"Content-Length: " + str(len(_SLOW)).encode() + b"\r\n\r\n" + _SLOW
+SLOW_RESPONSE: Final = _json_answer(
+    "408 Request Timeout", "request_timeout", "request headers not received in time"
 )
 
 

@@ -209,8 +209,6 @@ async def test_render_error_is_dead_at_once_and_vars_stay_secret(
         for name in ("pd", "broken"):
             resp = await rig.client.post(f"/api/v1/targets/{name}/test", headers=rig.auth)
             assert resp.status == 202
-        await wait_for(lambda: len(party.bodies) == 1, message="the pagerduty test arrived")
-        await rig.settle()
 
         async def deliveries(**params: str) -> list[dict[str, Any]]:
             resp = await rig.client.get("/api/v1/deliveries", headers=rig.auth, params=params)
@@ -218,6 +216,14 @@ async def test_render_error_is_dead_at_once_and_vars_stay_secret(
             items: list[dict[str, Any]] = (await resp.json())["items"]
             return items
 
+        async def broken_dead() -> bool:
+            return bool(await deliveries(state="dead", target="broken"))
+
+        await wait_for(lambda: len(party.bodies) == 1, message="the pagerduty test arrived")
+        # Each target has a dispatcher of its own: the pagerduty test arriving says
+        # nothing of whether the broken target has claimed its test yet.
+        await wait_for(broken_dead, message="the broken target's test dead")
+        await rig.settle()
         dead = await deliveries(state="dead", target="broken")
         status = await (await rig.client.get("/api/v1/status", headers=rig.auth)).text()
         listing = json.dumps(await deliveries())

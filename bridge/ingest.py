@@ -8,6 +8,7 @@ moved cursor: marking a ticket seen anywhere else would void at-least-once.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections import Counter, OrderedDict
@@ -41,6 +42,10 @@ from bridge.store.base import (
 
 log = structlog.get_logger(__name__)
 
+# Items normalized or built between two turns of the event loop: one process both
+# ingests and sends, and a page's CPU in one piece (~5 ms) would hold every send's
+# answer waiting behind it.
+YIELD_EVERY = 25
 POLL_SUCCESS = "poll_success"  # kv kind: {"at": unix s} per poll job, shared by replicas
 
 Normalizer = Callable[[Mapping[str, Any], EventTypeTable], NormalizedEvent]
@@ -215,7 +220,15 @@ class EventIngestor:
                 if page is not None and keys is not None:
                     reseen.remember_page(*page, keys)
                 return IngestStats(fetched=fetched, duplicates=skipped)
-        events, malformed = self.normalize(items, job=job, normalizer=normalizer)
+        events, malformed = [], 0
+        for start in range(0, len(items), YIELD_EVERY):
+            if start:
+                await asyncio.sleep(0)  # let sends under way be answered meanwhile
+            chunk, bad = self.normalize(
+                items[start : start + YIELD_EVERY], job=job, normalizer=normalizer
+            )
+            events += chunk
+            malformed += bad
         if self._enrich is not None and events:
             events = await self._enrich(events)
         stats = IngestStats(fetched=fetched, duplicates=skipped, malformed=malformed)
@@ -286,7 +299,9 @@ class EventIngestor:
             # path) racing on a ticket never causes a second created/updated.
             read = dict(known)
             new: list[NewNotification] = []
-            for ev in events:
+            for i, ev in enumerate(events):
+                if i and not i % YIELD_EVERY:
+                    await asyncio.sleep(0)
                 decision = decide(known.get(ev.ticket), ev.ticket, ev.fingerprint, now)
                 if decision.kind == "duplicate":
                     stats.duplicates += 1

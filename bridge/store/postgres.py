@@ -146,6 +146,7 @@ class PostgresStore:
                 max_size=self._pool_size,
                 timeout=CONNECT_TIMEOUT_S,
                 command_timeout=COMMAND_TIMEOUT_S,
+                reset=_reset_pooled,
                 server_settings={
                     "idle_in_transaction_session_timeout": str(self._idle_tx_ms),
                     # Plan each statement for the table as it is now. A generic plan,
@@ -755,6 +756,19 @@ def _reason(err: BaseException) -> str:
     """A short, password-free description of a driver error."""
     text = str(err).strip() or type(err).__name__
     return text.splitlines()[0][:200]
+
+
+async def _reset_pooled(conn: asyncpg.Connection) -> None:
+    """Make a connection given back to the pool fit for the next call.
+
+    asyncpg's own reset sends `pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
+    RESET ALL` at every release: a round trip (and server work) per store call.
+    Pooled connections here keep no session state (LISTEN, the lease and the
+    migration lock have connections of their own; the storm lock is transaction
+    scoped), so only a transaction left open (a call cancelled inside it) needs it.
+    """
+    if conn.is_in_transaction():
+        await conn.reset()
 
 
 async def _close_quietly(conn: asyncpg.Connection) -> None:

@@ -104,10 +104,11 @@ def outcome_values(outcome: Outcome, now: float) -> tuple[str, float | None, str
 
 def columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
     """Rows → one list per column (the arrays PostgreSQL's `unnest` takes)."""
-    out: list[list[Any]] = [[] for _ in range(width)]
-    for row in rows:
-        for column, value in zip(out, row, strict=True):
-            column.append(value)
+    if not rows:
+        return [[] for _ in range(width)]
+    out = [list(column) for column in zip(*rows, strict=True)]
+    if len(out) != width:
+        raise ValueError(f"rows of {len(out)} values, expected {width}")
     return out
 
 

@@ -47,7 +47,7 @@ from bridge.store.base import (
     encode_cursor,
 )
 from bridge.store.migrate import Migration, load_migrations, migrate
-from bridge.store.postgres_ingest import PostgresIngestTx
+from bridge.store.postgres_ingest import PostgresIngestTx, notify
 from bridge.store.rows import (
     columns,
     delivery_from_row,
@@ -234,9 +234,7 @@ class PostgresStore:
 
     async def _notify(self, conn: asyncpg.Connection, targets: Iterable[str]) -> None:
         """Queue one NOTIFY for the transaction (sent by PostgreSQL at commit)."""
-        names = sorted(set(targets))
-        if names:
-            await conn.execute(sql.NOTIFY, sql.CHANNEL, json.dumps(names))
+        await notify(conn, targets)
 
     async def _listen(self) -> None:
         """Keep a LISTEN connection; re-listen after it drops, and wake everyone then."""

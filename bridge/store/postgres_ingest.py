@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +43,19 @@ from bridge.store.rows import notification_row, ticket_row, tickets_by_name
 
 _TICKET_CONFLICT = "FB001"
 _FENCED_OUT = "FB002"
+
+
+def notify_payload(targets: Iterable[str]) -> str | None:
+    """The NOTIFY payload for these targets (a JSON list of names), None for none."""
+    names = sorted(set(targets))
+    return json.dumps(names) if names else None
+
+
+async def notify(conn: asyncpg.Connection, targets: Iterable[str]) -> None:
+    """Queue one NOTIFY for the transaction (sent by PostgreSQL at commit)."""
+    payload = notify_payload(targets)
+    if payload is not None:
+        await conn.execute(sql.NOTIFY, sql.CHANNEL, payload)
 
 
 @dataclass
@@ -91,15 +104,13 @@ class PostgresIngestTx:
     async def commit(self) -> None:
         """Write what waits and commit: one round trip when no transaction was opened."""
         db = self._conn()
-        names = sorted(self.targets)
         if self._tx is None:
             if self._writes:
-                await self._flush(db, notify=json.dumps(names) if names else None, durable=False)
+                await self._flush(db, notify=notify_payload(self.targets), durable=False)
             return
         if self._writes:
             await self._flush(db, notify=None, durable=True)
-        if names:
-            await db.execute(sql.NOTIFY, sql.CHANNEL, json.dumps(names))
+        await notify(db, self.targets)
         tx, self._tx = self._tx, None
         await tx.commit()
 

@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from conftest import wait_for
 from pg_server import truncate
@@ -95,6 +96,33 @@ async def tickets(store: Store, *names: str) -> dict[str, SeenTicket]:
 
     result: dict[str, SeenTicket] = await store.ingest(read)
     return result
+
+
+async def test_postgresql_key_columns_compare_bytes(
+    pg_database: str, fake_clock: FakeClock
+) -> None:
+    # Migration 0007: the hot key columns' indexes compare bytes, whatever the
+    # database's own collation (otherwise every comparison goes through strcoll).
+    s = PostgresStore(pg_database, fake_clock, pool_size=1, claim_s=CLAIM_S)
+    await s.open()
+    await s.close()
+    conn = await asyncpg.connect(pg_database)
+    try:
+        rows = await conn.fetch(
+            "SELECT table_name, column_name, collation_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND (table_name, column_name) IN "
+            "(('notifications', 'id'), ('deliveries', 'notification_id'), "
+            "('deliveries', 'target'), ('deliveries', 'state'), ('seen_tickets', 'ticket'))"
+        )
+    finally:
+        await conn.close()
+    assert {(r["table_name"], r["column_name"]): r["collation_name"] for r in rows} == {
+        ("notifications", "id"): "C",
+        ("deliveries", "notification_id"): "C",
+        ("deliveries", "target"): "C",
+        ("deliveries", "state"): "C",
+        ("seen_tickets", "ticket"): "C",
+    }
 
 
 # -- ingest ------------------------------------------------------------------------------

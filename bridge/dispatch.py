@@ -467,6 +467,7 @@ class Dispatcher:
         # round trip); the flush lock makes wait_idle wait for them as for any batch.
         async with self._flush_lock:
             batch, self._outcomes = self._outcomes, []
+            told = self._in_flight.holding()
             try:
                 got = await self._store.claim_share(
                     self.name,
@@ -474,7 +475,7 @@ class Dispatcher:
                     room,
                     max_in_flight=self.options.max_in_flight,
                     replica=self._replica,
-                    sending=self._in_flight.holding(),
+                    sending=told,
                     queued=self._pending_work,
                     outcomes=batch,
                 )
@@ -482,7 +483,7 @@ class Dispatcher:
                 self._outcomes[:0] = batch  # kept for the next claim or flush
                 raise
         self._next_share_ask = now + self.BUSY_RECHECK_S
-        self._in_flight.granted(got.share, got.until, got.fair)
+        self._in_flight.granted(got.share, got.until, got.fair, told=told)
         return got.deliveries
 
     def _ask_share_now(self, now: float) -> bool:
@@ -492,16 +493,21 @@ class Dispatcher:
             return False
         if now >= fl.renew_at():
             return True
-        return fl.wants_more(self._pending_work) and now >= self._next_share_ask
+        again = fl.wants_more(self._pending_work) or fl.overstated()
+        return again and now >= self._next_share_ask
 
     def _share_wait(self, now: float) -> float:
         """How long the feeder may sleep before the share needs asking for."""
         fl = self._in_flight
-        if fl is None or self._pending_work == 0:
+        if fl is None:
             return math.inf
-        due = fl.renew_at()
-        if fl.wants_more(self._pending_work):
-            due = min(due, self._next_share_ask)
+        # Slots the store still counts for us and we no longer hold: say so soon,
+        # even with nothing left to send (the others may be waiting for them).
+        due = self._next_share_ask if fl.overstated() else math.inf
+        if self._pending_work > 0:
+            due = min(due, fl.renew_at())
+            if fl.wants_more(self._pending_work):
+                due = min(due, self._next_share_ask)
         return max(0.0, due - now)
 
     async def _feed_probe(self, now: float) -> None:

@@ -12,6 +12,12 @@ end, and starts none while over its share.
 A share lapses with the claim lease (`until`): a replica that cannot reach the store
 (or was frozen) stops starting sends before the others may take its slots, as it does
 with its claimed rows.
+
+What the store keeps for this replica can be more than it now needs: max(what it
+said it held, its new share), and the sends it held may end. A replica whose work runs
+out would keep those slots from the others until its next claim, which an idle
+replica makes only every few seconds; so while the record is `overstated` the feeder
+asks again soon (with the next claim, which says what it holds now).
 """
 
 from __future__ import annotations
@@ -31,15 +37,21 @@ class InFlightShare:
         self.fair = cap  # until the store says otherwise: alone, the whole cap
         self.until = 0.0
         self.sending = 0
+        self.recorded = 0  # what the store keeps for this replica since the last claim
         self._clock = clock
         self._margin_s = margin_s  # no send starts this close to the share's end
         self._renew_s = renew_s  # ask again this long before the share ends
         self._changed = asyncio.Event()
 
-    def granted(self, share: int, until: float, fair: int) -> None:
-        """The store's answer to a claim."""
+    def granted(self, share: int, until: float, fair: int, *, told: int) -> None:
+        """The store's answer to a claim in which this replica said it held `told`."""
         self.share, self.until, self.fair = share, until, fair
+        self.recorded = max(told, share)  # as the store writes it
         self._changed.set()
+
+    def overstated(self) -> bool:
+        """Whether the store counts more slots for this replica than it holds now."""
+        return self.recorded > 0 and self.recorded > self.holding()
 
     def usable(self) -> bool:
         return self.sending < self.share and self._live()

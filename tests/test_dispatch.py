@@ -336,12 +336,8 @@ async def test_dead_deliveries_are_logged_once_until_the_next_success(
         assert [e["status"] for e in dead] == [400, 400]
 
 
-async def test_on_a_shared_store_a_send_waits_for_an_in_flight_slot(
-    aiohttp_server: ServerFactory, pg_database: str
-) -> None:
-    """Several replicas: rows are claimed ahead, but a send starts only within this
-    replica's share of max_in_flight (another replica holds both slots here)."""
-    clock = FakeClock(start=time.time())
+async def hook_of_two_slots(aiohttp_server: ServerFactory) -> tuple[Receiver, WebhookTarget]:
+    """A receiver that takes everything, and a webhook target to it with max_in_flight 2."""
     receiver = Receiver(behaviour=Switch(200))
     server = await aiohttp_server(receiver.app())
     cfg = WebhookTarget.model_validate(
@@ -353,6 +349,16 @@ async def test_on_a_shared_store_a_send_waits_for_an_in_flight_slot(
             "max_in_flight": 2,
         }
     )
+    return receiver, cfg
+
+
+async def test_on_a_shared_store_a_send_waits_for_an_in_flight_slot(
+    aiohttp_server: ServerFactory, pg_database: str
+) -> None:
+    """Several replicas: rows are claimed ahead, but a send starts only within this
+    replica's share of max_in_flight (another replica holds both slots here)."""
+    clock = FakeClock(start=time.time())
+    receiver, cfg = await hook_of_two_slots(aiohttp_server)
     store, other = PostgresStore(pg_database, clock), PostgresStore(pg_database, clock)
     await store.open()  # migrates a fresh database
     await other.open()
@@ -403,3 +409,51 @@ async def test_on_a_shared_store_a_send_waits_for_an_in_flight_slot(
             await second.stop(5)
     await store.close()
     await other.close()
+
+
+async def test_a_replica_whose_work_ran_out_soon_frees_the_slots_it_held(
+    aiohttp_server: ServerFactory, pg_database: str
+) -> None:
+    """Its last claim said it held its share, so the store kept those slots for it;
+    it says it holds none well before its idle re-check (2 s), or the others would
+    wait that long for them."""
+    clock = FakeClock(start=time.time())
+    receiver, cfg = await hook_of_two_slots(aiohttp_server)
+    store = PostgresStore(pg_database, clock)
+    await store.open()
+    await truncate(pg_database)
+
+    async def recorded() -> list[tuple[int, int]]:
+        conn = await asyncpg.connect(pg_database)
+        try:
+            return [
+                tuple(r) for r in await conn.fetch("SELECT granted, wanted FROM in_flight_shares")
+            ]
+        finally:
+            await conn.close()
+
+    async with aiohttp.ClientSession() as session:
+        sender = WebhookSender(cfg, session, clock=clock)
+        dispatcher = Dispatcher(dispatch_options(cfg), sender, store, clock, Metrics())
+        await dispatcher.start()
+        try:
+
+            async def fn(tx: Any) -> None:
+                await tx.add_notifications([NewNotification(note(i), ["hook"]) for i in range(5)])
+
+            await store.ingest(fn)
+            await wait_for(lambda: receiver.requests == 5, message="all five sent")
+            await dispatcher.wait_idle()
+            started = clock.monotonic()
+
+            async def freed() -> bool:
+                # Time moves in small steps, never as far as the idle re-check.
+                if clock.monotonic() - started < 1.0:
+                    clock.advance(0.05)
+                return await recorded() == [(0, 0)]
+
+            await wait_for(freed, message="the slots given up")
+            assert clock.monotonic() - started < Dispatcher.IDLE_RECHECK_S
+        finally:
+            await dispatcher.stop(5)
+    await store.close()

@@ -493,21 +493,21 @@ class Dispatcher:
             return False
         if now >= fl.renew_at():
             return True
-        again = fl.wants_more(self._pending_work) or fl.overstated()
-        return again and now >= self._next_share_ask
+        return fl.wants_more(self._pending_work) and now >= self._next_share_ask
 
     def _share_wait(self, now: float) -> float:
         """How long the feeder may sleep before the share needs asking for."""
         fl = self._in_flight
         if fl is None:
             return math.inf
-        # Slots the store still counts for us and we no longer hold: say so soon,
-        # even with nothing left to send (the others may be waiting for them).
-        due = self._next_share_ask if fl.overstated() else math.inf
-        if self._pending_work > 0:
-            due = min(due, fl.renew_at())
-            if fl.wants_more(self._pending_work):
-                due = min(due, self._next_share_ask)
+        if self._pending_work == 0:
+            # Out of work, yet the store still counts slots for us (what our last claim
+            # said we held): say so soon, not at the idle re-check, for the others may
+            # be waiting for them. With work, the next claim comes soon anyway.
+            return max(0.0, self._next_share_ask - now) if fl.overstated() else math.inf
+        due = fl.renew_at()
+        if fl.wants_more(self._pending_work):
+            due = min(due, self._next_share_ask)
         return max(0.0, due - now)
 
     async def _feed_probe(self, now: float) -> None:

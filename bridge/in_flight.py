@@ -50,8 +50,9 @@ class InFlightShare:
         self._changed.set()
 
     def overstated(self) -> bool:
-        """Whether the store counts more slots for this replica than it holds now."""
-        return self.recorded > 0 and self.recorded > self.holding()
+        """Whether the store counts more slots for this replica than it holds now
+        (until the record lapses with the share)."""
+        return self.recorded > self.holding() and self._clock.now() < self.until
 
     def usable(self) -> bool:
         return self.sending < self.share and self._live()

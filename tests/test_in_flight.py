@@ -81,3 +81,9 @@ async def test_slots_the_store_counts_but_it_no_longer_holds_are_overstated() ->
     assert s.overstated()
     s.granted(1, T0 + 30, fair=1, told=s.holding())
     assert not s.overstated()
+    # A record lapses with the share: nothing is held in the store after it.
+    s.granted(0, T0 + 30, fair=4, told=3)
+    s.sending = 0
+    assert s.overstated()
+    clock.advance(30)
+    assert not s.overstated()

@@ -10,6 +10,7 @@ FakeClock; only the lease's expiry on PostgreSQL follows the database clock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
@@ -20,6 +21,7 @@ import asyncpg
 import pytest
 from conftest import wait_for
 from pg_server import truncate
+from structlog.testing import capture_logs
 
 from bridge.clock import FakeClock
 from bridge.notifications import Notification, build_notification
@@ -34,6 +36,7 @@ from bridge.store.base import (
     SeenTicket,
     Store,
     StoreRejected,
+    StoreUnavailable,
     TargetState,
     TicketConflict,
     TicketWrite,
@@ -123,6 +126,28 @@ async def test_postgresql_key_columns_compare_bytes(
         ("deliveries", "state"): "C",
         ("seen_tickets", "ticket"): "C",
     }
+
+
+async def test_postgresql_outage_reads_as_one_even_if_an_older_operation_succeeds_in_it(
+    pg_database: str, fake_clock: FakeClock
+) -> None:
+    # An operation under way on a connection that outlived the outage succeeds after
+    # another one failed: that says nothing about new connections, so it must not log
+    # "available again" (the next failure would log a second outage). An operation
+    # begun after the failure does.
+    s = PostgresStore(pg_database, fake_clock, pool_size=2, claim_s=CLAIM_S)
+    await s.open()
+    try:
+        with capture_logs() as logs:
+            async with s._conn("begun before") as conn:
+                with contextlib.suppress(StoreUnavailable):
+                    raise s._went_down("another operation", OSError("connection refused"))
+                assert await conn.fetchval("SELECT 1") == 1
+            assert [e["event"] for e in logs] == ["store unavailable"]
+            await s.get_lease()  # begun after the failure: the store is back
+            assert [e["event"] for e in logs] == ["store unavailable", "store available again"]
+    finally:
+        await s.close()
 
 
 # -- ingest ------------------------------------------------------------------------------

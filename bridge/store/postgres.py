@@ -10,7 +10,10 @@
   LOCKED` with a token and an expiry, cursor writes fenced by the lease epoch.
 
 Connection-level failures leave as `StoreUnavailable` and are logged once per
-state change ("store unavailable" … "store available again"), not per retry.
+state change ("store unavailable" … "store available again"), not per retry. Only an
+operation begun after the last failure counts as the store being back: one already
+under way on a connection that outlived the outage proves nothing about new ones,
+and logging it would make one outage read as two.
 """
 
 from __future__ import annotations
@@ -117,6 +120,7 @@ class PostgresStore:
         self._subscribers: dict[str, list[Callable[[], None]]] = {}
         self._fence: tuple[str, int] | None = None
         self._available = True
+        self._failures = 0  # connection-level failures so far (see `_came_back`)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -195,13 +199,15 @@ class PostgresStore:
     # -- plumbing ------------------------------------------------------------------
 
     def _went_down(self, what: str, err: BaseException) -> StoreUnavailable:
+        self._failures += 1
         if self._available:
             self._available = False
             log.warning("store unavailable", store=self._where, during=what, error=_reason(err))
         return StoreUnavailable(f"PostgreSQL {what} failed: {_reason(err)}")
 
-    def _came_back(self) -> None:
-        if not self._available:
+    def _came_back(self, failures_at_start: int) -> None:
+        """An operation succeeded; it shows the store back only if none failed since it began."""
+        if not self._available and failures_at_start == self._failures:
             self._available = True
             log.info("store available again", store=self._where)
 
@@ -211,6 +217,7 @@ class PostgresStore:
         pool = self._pool
         if pool is None:
             raise StoreUnavailable("the PostgreSQL store is closed")
+        failures = self._failures
         try:
             async with pool.acquire(timeout=CONNECT_TIMEOUT_S) as conn:
                 yield conn
@@ -222,7 +229,7 @@ class PostgresStore:
             raise self._went_down(what, err) from err
         except asyncpg.PostgresError as err:
             raise StoreUnavailable(f"PostgreSQL {what} failed: {err}") from err
-        self._came_back()
+        self._came_back(failures)
 
     def _wake(self, targets: Iterable[str]) -> None:
         for target in targets:
@@ -548,6 +555,7 @@ class PostgresStore:
 
     async def _lease_call(self, what: str, query: str, *args: Any) -> Lease | None:
         async with self._lease_lock:
+            failures = self._failures
             try:
                 if self._lease_conn is None or self._lease_conn.is_closed():
                     self._lease_conn = await self._connect()
@@ -559,7 +567,7 @@ class PostgresStore:
                 raise self._went_down(what, err) from err
             except asyncpg.PostgresError as err:
                 raise StoreUnavailable(f"PostgreSQL {what} failed: {err}") from err
-        self._came_back()
+        self._came_back(failures)
         return None if row is None else _lease(row)
 
     async def acquire_lease(self, holder: str, ttl_s: float) -> Lease | None:

@@ -125,8 +125,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         stack.push_async_callback(store.close)
         ingestor = EventIngestor(settings, store, clock, metrics)
         s = Stages(args.events)
-        connector = aiohttp.TCPConnector(limit=512)
-        async with aiohttp.ClientSession() as up, aiohttp.ClientSession(connector=connector) as ts:
+        async with aiohttp.ClientSession() as up:
             client = UpstreamClient(settings.upstream, up, clock=clock)
             now = clock.now()
             with s.timed("fetch/parse"):
@@ -210,7 +209,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             m = len(deliveries)
             assert args.events <= m <= n, m
             s.us["claim"] = claim_cpu / m * 1e6
-            sender = WebhookSender(target_cfg, ts, clock=clock)
+            sender = WebhookSender(target_cfg, clock=clock)
             with s.timed("sign+send", m):
                 await send_all(sender, deliveries, args.concurrency)
             s.us["outcome"] = outcome_cpu / m * 1e6

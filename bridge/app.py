@@ -107,7 +107,7 @@ def make_target(
     """The Target implementation for one target config."""
     match cfg:
         case WebhookTarget():
-            return WebhookSender(cfg, session, clock=clock)
+            return WebhookSender(cfg, clock=clock)
         case ConsoleTarget():
             return ConsoleSender(cfg, stdout)
         case SlackTarget():

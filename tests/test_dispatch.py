@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import asyncpg
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -114,15 +113,14 @@ async def running(
     store = SqliteStore(tmp_path / "bridge.db", clock)
     await store.open()
     metrics = Metrics()
-    async with aiohttp.ClientSession() as session:
-        sender = WebhookSender(cfg, session, clock=clock)
-        dispatcher = Dispatcher(dispatch_options(cfg), sender, store, clock, metrics)
-        await dispatcher.start()
-        try:
-            yield Rig(clock, store, receiver, dispatcher, metrics)
-        finally:
-            await dispatcher.stop(5)
-            await store.close()
+    sender = WebhookSender(cfg, clock=clock)
+    dispatcher = Dispatcher(dispatch_options(cfg), sender, store, clock, metrics)
+    await dispatcher.start()
+    try:
+        yield Rig(clock, store, receiver, dispatcher, metrics)
+    finally:
+        await dispatcher.stop(5)
+        await store.close()
 
 
 async def test_a_failing_target_is_probed_not_hammered_and_drains_at_once_after(
@@ -377,36 +375,35 @@ async def test_on_a_shared_store_a_send_waits_for_an_in_flight_slot(
     share = {"max_in_flight": 2, "replica": "other"}
     held = await other.claim_share("hook", clock.now(), 0, sending=2, queued=2, **share)
     assert held.share == 2
-    async with aiohttp.ClientSession() as session:
-        sender = WebhookSender(cfg, session, clock=clock)
-        first = Dispatcher(dispatch_options(cfg), sender, store, clock, Metrics())
-        await first.start()
-        try:
+    sender = WebhookSender(cfg, clock=clock)
+    first = Dispatcher(dispatch_options(cfg), sender, store, clock, Metrics())
+    await first.start()
+    try:
 
-            async def fn(tx: Any) -> None:
-                await tx.add_notifications([NewNotification(note(i), ["hook"]) for i in range(5)])
+        async def fn(tx: Any) -> None:
+            await tx.add_notifications([NewNotification(note(i), ["hook"]) for i in range(5)])
 
-            await store.ingest(fn)
-            # Claimed ahead (all five wait in the dispatcher), told its share is 0.
-            await wait_for(lambda: first.in_progress == 5, message="rows claimed ahead")
-            assert await shares() == [(0, 2)]
-            assert receiver.requests == 0
-        finally:
-            await first.stop(5)
-        # A clean stop gives the unsent rows back and says it wants no slots.
-        assert await shares() == [(0, 0)]
-        assert (await store.queue_counts())["hook"]["pending"] == 5
+        await store.ingest(fn)
+        # Claimed ahead (all five wait in the dispatcher), told its share is 0.
+        await wait_for(lambda: first.in_progress == 5, message="rows claimed ahead")
+        assert await shares() == [(0, 2)]
+        assert receiver.requests == 0
+    finally:
+        await first.stop(5)
+    # A clean stop gives the unsent rows back and says it wants no slots.
+    assert await shares() == [(0, 0)]
+    assert (await store.queue_counts())["hook"]["pending"] == 5
 
-        # The other replica stops too: its slots are free for the next dispatcher.
-        await other.claim_share("hook", clock.now(), 0, sending=0, queued=0, **share)
-        second = Dispatcher(dispatch_options(cfg), sender, store, clock, Metrics())
-        await second.start()
-        try:
-            await wait_for(lambda: receiver.requests == 5, message="all five sent")
-            await second.wait_idle()
-            assert (await store.queue_counts())["hook"]["pending"] == 0
-        finally:
-            await second.stop(5)
+    # The other replica stops too: its slots are free for the next dispatcher.
+    await other.claim_share("hook", clock.now(), 0, sending=0, queued=0, **share)
+    second = Dispatcher(dispatch_options(cfg), sender, store, clock, Metrics())
+    await second.start()
+    try:
+        await wait_for(lambda: receiver.requests == 5, message="all five sent")
+        await second.wait_idle()
+        assert (await store.queue_counts())["hook"]["pending"] == 0
+    finally:
+        await second.stop(5)
     await store.close()
     await other.close()
 
@@ -432,28 +429,27 @@ async def test_a_replica_whose_work_ran_out_soon_frees_the_slots_it_held(
         finally:
             await conn.close()
 
-    async with aiohttp.ClientSession() as session:
-        sender = WebhookSender(cfg, session, clock=clock)
-        dispatcher = Dispatcher(dispatch_options(cfg), sender, store, clock, Metrics())
-        await dispatcher.start()
-        try:
+    sender = WebhookSender(cfg, clock=clock)
+    dispatcher = Dispatcher(dispatch_options(cfg), sender, store, clock, Metrics())
+    await dispatcher.start()
+    try:
 
-            async def fn(tx: Any) -> None:
-                await tx.add_notifications([NewNotification(note(i), ["hook"]) for i in range(5)])
+        async def fn(tx: Any) -> None:
+            await tx.add_notifications([NewNotification(note(i), ["hook"]) for i in range(5)])
 
-            await store.ingest(fn)
-            await wait_for(lambda: receiver.requests == 5, message="all five sent")
-            await dispatcher.wait_idle()
-            started = clock.monotonic()
+        await store.ingest(fn)
+        await wait_for(lambda: receiver.requests == 5, message="all five sent")
+        await dispatcher.wait_idle()
+        started = clock.monotonic()
 
-            async def freed() -> bool:
-                # Time moves in small steps, never as far as the idle re-check.
-                if clock.monotonic() - started < 1.0:
-                    clock.advance(0.05)
-                return await recorded() == [(0, 0)]
+        async def freed() -> bool:
+            # Time moves in small steps, never as far as the idle re-check.
+            if clock.monotonic() - started < 1.0:
+                clock.advance(0.05)
+            return await recorded() == [(0, 0)]
 
-            await wait_for(freed, message="the slots given up")
-            assert clock.monotonic() - started < Dispatcher.IDLE_RECHECK_S
-        finally:
-            await dispatcher.stop(5)
+        await wait_for(freed, message="the slots given up")
+        assert clock.monotonic() - started < Dispatcher.IDLE_RECHECK_S
+    finally:
+        await dispatcher.stop(5)
     await store.close()

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from aiohttp.test_utils import TestServer
 from conftest import wait_for
 from webhook_receiver import SECRET, Receiver
@@ -131,20 +130,19 @@ async def running(
     await store.open()
     if paused:
         await store.pause_target("hook", "by the test")
-    async with aiohttp.ClientSession() as session:
-        sender = WebhookSender(cfg, session, clock=clock)
-        dispatcher = Dispatcher(dispatch_options(cfg), sender, store, clock, Metrics())
+    sender = WebhookSender(cfg, clock=clock)
+    dispatcher = Dispatcher(dispatch_options(cfg), sender, store, clock, Metrics())
 
-        def reserve(name: str, n: int) -> Reservation | None:
-            return dispatcher.reserve(n) if name == "hook" else None
+    def reserve(name: str, n: int) -> Reservation | None:
+        return dispatcher.reserve(n) if name == "hook" else None
 
-        ingestor = EventIngestor(settings, store, clock, Metrics(), reserve=reserve)
-        await dispatcher.start()
-        try:
-            yield Rig(clock, store, receiver, dispatcher, ingestor)
-        finally:
-            await dispatcher.stop(5)
-            await store.close()
+    ingestor = EventIngestor(settings, store, clock, Metrics(), reserve=reserve)
+    await dispatcher.start()
+    try:
+        yield Rig(clock, store, receiver, dispatcher, ingestor)
+    finally:
+        await dispatcher.stop(5)
+        await store.close()
 
 
 async def test_fresh_notifications_are_sent_without_a_claim(

@@ -115,7 +115,7 @@ async def rig_factory(
         metrics = Metrics()
         # Signatures carry the real time (the receiver checks it); the queue runs on
         # the fake clock.
-        sender = WebhookSender(cfg, client)
+        sender = WebhookSender(cfg)
         dispatcher = Dispatcher(dispatch_options(cfg), sender, opened, fake_clock, metrics)
         await dispatcher.start()
         dispatchers.append(dispatcher)

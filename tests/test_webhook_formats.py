@@ -108,7 +108,7 @@ async def test_cloudevents_sdk_parses_every_type_and_signatures_verify(
     cfg = target(
         await rec.serve(aiohttp_server), format="cloudevents", cloudevents_mode=mode, secret=secret
     )
-    sender = WebhookSender(cfg, session, clock=clock)
+    sender = WebhookSender(cfg, clock=clock)
     for n in EXAMPLES:
         result = await send(sender, n)
         assert result.ok, result
@@ -152,7 +152,7 @@ async def test_cloudevents_type_prefix_and_no_secret(
         cloudevents_type_prefix="io.example.fleet.",
     )
     n = EXAMPLES[0]
-    assert (await send(WebhookSender(cfg, session, clock=clock), n)).ok
+    assert (await send(WebhookSender(cfg, clock=clock), n)).ok
     [(headers, body)] = rec.hits
     assert from_http(dict(headers), body)["type"] == "io.example.fleet.event.created"
     # Without a secret the Standard Webhooks headers are still there, unsigned.
@@ -191,7 +191,7 @@ async def pagerduty_sender(
         preset="pagerduty",
         vars={"routing_key": ROUTING_KEY},
     )
-    return WebhookSender(cfg, session, clock=clock)
+    return WebhookSender(cfg, clock=clock)
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -207,7 +207,7 @@ async def test_every_example_renders_through_the_preset_and_is_accepted(
         secret=secret,
         vars={"routing_key": ROUTING_KEY, "tz": "Europe/Amsterdam"},
     )
-    sender = WebhookSender(cfg, session, clock=clock)
+    sender = WebhookSender(cfg, clock=clock)
     for n in EXAMPLES:
         result = await send(sender, n)
         assert result.ok, (n.type, result, party.problems)
@@ -279,7 +279,7 @@ async def test_teams_card_has_title_facts_and_link_actions(
 ) -> None:
     party = ThirdParty("teams")
     cfg = target(await party.serve(aiohttp_server), format="template", preset="teams")
-    sender = WebhookSender(cfg, session, clock=clock)
+    sender = WebhookSender(cfg, clock=clock)
     by_type = {n.type: n for n in EXAMPLES}
     for t in ("event.created", "clip.completed"):
         assert (await send(sender, by_type[t])).ok
@@ -301,7 +301,7 @@ async def test_a_card_that_breaks_the_schema_is_refused_by_the_stand_in(
     bad = preset_source("teams").replace('"value": value | string', '"value": 7')
     assert bad != preset_source("teams")
     cfg = target(await party.serve(aiohttp_server), format="template", template=bad)
-    result = await send(WebhookSender(cfg, session, clock=clock), EXAMPLES[0])
+    result = await send(WebhookSender(cfg, clock=clock), EXAMPLES[0])
     assert result.status == 400
     assert not result.retryable
     assert party.problems
@@ -312,7 +312,7 @@ async def test_discord_embed_colour_and_mentions(
 ) -> None:
     party = ThirdParty("discord")
     cfg = target(await party.serve(aiohttp_server), format="template", preset="discord")
-    sender = WebhookSender(cfg, session, clock=clock)
+    sender = WebhookSender(cfg, clock=clock)
     event = EXAMPLES[0]
     for severity in DISCORD_COLOURS:
         n = with_data(event, severity=severity, driver={"id": 1, "name": "@everyone"})
@@ -344,7 +344,7 @@ async def test_discord_429_retry_after_in_the_json_body_holds_the_target(
         "discord", respond=lambda _n: web.json_response(body, status=429, headers=headers)
     )
     cfg = target(await party.serve(aiohttp_server), format="template", preset="discord")
-    result = await send(WebhookSender(cfg, session, clock=clock), EXAMPLES[0])
+    result = await send(WebhookSender(cfg, clock=clock), EXAMPLES[0])
     assert not result.ok
     assert result.retryable
     assert result.status == 429
@@ -371,7 +371,7 @@ async def test_inline_template_sees_the_documented_variables_and_filters(
         vars={"greeting": "hallo"},
     )
     n = EXAMPLES[0]
-    assert (await send(WebhookSender(cfg, session, clock=clock), n)).ok
+    assert (await send(WebhookSender(cfg, clock=clock), n)).ok
     [(headers, body)] = rec.hits
     assert headers["content-type"] == "text/plain; charset=utf-8"
     assert body.decode() == (
@@ -405,7 +405,7 @@ async def test_a_render_error_is_a_permanent_failure_and_nothing_is_sent(
         template=template,
         vars={"key": "sup3r-s3cret-value"},
     )
-    result = await send(WebhookSender(cfg, session, clock=clock), EXAMPLES[0])
+    result = await send(WebhookSender(cfg, clock=clock), EXAMPLES[0])
     assert not result.ok
     assert result.retryable is False  # dead at once
     assert message in (result.error or "")

@@ -24,6 +24,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer, unused_port
 from multidict import CIMultiDictProxy
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+from yarl import URL
 
 from bridge import __version__
 from bridge.clock import FakeClock
@@ -123,9 +124,7 @@ async def test_a_signed_delivery_verifies_and_carries_the_spec_headers(
 ) -> None:
     secret = new_secret()
     receiver = Receiver(secret=secret)
-    sender = WebhookSender(
-        target(await receiver.serve(aiohttp_server), secret=secret), session, clock=clock
-    )
+    sender = WebhookSender(target(await receiver.serve(aiohttp_server), secret=secret), clock=clock)
     delivery, envelope, body = notification()
 
     result = await sender.send(delivery, envelope, body)
@@ -155,9 +154,7 @@ async def test_rotation_both_the_old_and_the_new_secret_verify(
     results = []
     for receiver in (knows_old, knows_new, knows_other):
         cfg = target(await receiver.serve(aiohttp_server), secret=[new, old])
-        results.append(
-            await WebhookSender(cfg, session, clock=clock).send(delivery, envelope, body)
-        )
+        results.append(await WebhookSender(cfg, clock=clock).send(delivery, envelope, body))
 
     assert results[0].ok
     assert results[1].ok
@@ -175,9 +172,7 @@ async def test_id_stays_and_timestamp_and_signature_are_fresh_per_attempt(
 ) -> None:
     secret = new_secret()
     receiver = Receiver(secret=secret)
-    sender = WebhookSender(
-        target(await receiver.serve(aiohttp_server), secret=secret), session, clock=clock
-    )
+    sender = WebhookSender(target(await receiver.serve(aiohttp_server), secret=secret), clock=clock)
     delivery, envelope, body = notification()
 
     assert (await sender.send(delivery, envelope, body)).ok
@@ -196,7 +191,7 @@ async def test_without_a_secret_there_is_no_signature_header(
     aiohttp_server: ServerFactory, session: aiohttp.ClientSession, clock: FakeClock
 ) -> None:
     receiver = Receiver()
-    sender = WebhookSender(target(await receiver.serve(aiohttp_server)), session, clock=clock)
+    sender = WebhookSender(target(await receiver.serve(aiohttp_server)), clock=clock)
     delivery, envelope, body = notification()
 
     assert (await sender.send(delivery, envelope, body)).ok
@@ -246,7 +241,7 @@ async def test_custom_headers_are_sent_but_cannot_override_reserved_ones(
     cfg = target(await receiver.serve(aiohttp_server), secret=secret, headers=headers)
     delivery, envelope, body = notification()
 
-    assert (await WebhookSender(cfg, session, clock=clock).send(delivery, envelope, body)).ok
+    assert (await WebhookSender(cfg, clock=clock).send(delivery, envelope, body)).ok
     [hit] = receiver.hits
     assert hit.verified is True
     assert hit.headers["X-Tenant"] == "fleet-42"
@@ -266,7 +261,7 @@ async def test_header_injection_is_refused_at_construction(
     headers: dict[str, str], session: aiohttp.ClientSession
 ) -> None:
     with pytest.raises(ValueError, match="header"):
-        WebhookSender(target("http://127.0.0.1:9/hook", headers=headers), session)
+        WebhookSender(target("http://127.0.0.1:9/hook", headers=headers))
 
 
 # --------------------------------------------------------------------------- classification
@@ -333,7 +328,7 @@ async def test_classification(
     url = await receiver.serve(aiohttp_server)
     delivery, envelope, body = notification()
 
-    result = await WebhookSender(target(url), session, clock=clock).send(delivery, envelope, body)
+    result = await WebhookSender(target(url), clock=clock).send(delivery, envelope, body)
 
     assert len(receiver.hits) == 1
     assert result.status == status
@@ -363,7 +358,7 @@ async def test_redirects_are_not_followed(
     url = str((await aiohttp_server(app)).make_url("/hook"))
     delivery, envelope, body = notification()
 
-    result = await WebhookSender(target(url), session, clock=clock).send(delivery, envelope, body)
+    result = await WebhookSender(target(url), clock=clock).send(delivery, envelope, body)
 
     assert (result.ok, result.status, result.retryable) == (False, 302, True)
     assert result.error is not None
@@ -381,7 +376,7 @@ async def test_connection_refused_is_retryable_and_secret_free(
     cfg = target(url, secret=new_secret(), headers={"Authorization": "Bearer topsecret456"})
     delivery, envelope, body = notification()
 
-    result = await WebhookSender(cfg, session, clock=clock).send(delivery, envelope, body)
+    result = await WebhookSender(cfg, clock=clock).send(delivery, envelope, body)
 
     assert result == SendResult(ok=False, error="connection failed: Connection refused")
     assert result.retryable
@@ -401,7 +396,7 @@ async def test_a_receiver_that_never_answers_times_out(
     delivery, envelope, body = notification()
     started = time.monotonic()
     try:
-        result = await WebhookSender(cfg, session, clock=clock).send(delivery, envelope, body)
+        result = await WebhookSender(cfg, clock=clock).send(delivery, envelope, body)
     finally:
         never.set()  # let the server shut down cleanly
 
@@ -423,7 +418,7 @@ async def test_a_dropped_connection_is_retryable(
     cfg = target(await receiver.serve(aiohttp_server))
     delivery, envelope, body = notification()
 
-    result = await WebhookSender(cfg, session, clock=clock).send(delivery, envelope, body)
+    result = await WebhookSender(cfg, clock=clock).send(delivery, envelope, body)
 
     assert (result.ok, result.status, result.retryable) == (False, None, True)
     assert result.error == "connection failed: server disconnected"
@@ -447,7 +442,7 @@ async def test_error_text_is_short_and_never_echoes_secrets(
     )
     delivery, envelope, body = notification()
 
-    result = await WebhookSender(cfg, session, clock=clock).send(delivery, envelope, body)
+    result = await WebhookSender(cfg, clock=clock).send(delivery, envelope, body)
 
     assert (result.ok, result.status, result.retryable) == (False, 500, True)
     assert result.error is not None
@@ -475,7 +470,7 @@ async def test_only_a_snippet_of_an_endless_answer_is_read(
     delivery, envelope, body = notification()
     started = time.monotonic()
     try:
-        result = await WebhookSender(cfg, session, clock=clock).send(delivery, envelope, body)
+        result = await WebhookSender(cfg, clock=clock).send(delivery, envelope, body)
     finally:
         never.set()
 
@@ -494,7 +489,7 @@ async def test_a_large_success_body_is_not_a_problem(
     cfg = target(await receiver.serve(aiohttp_server))
     delivery, envelope, body = notification()
 
-    assert await WebhookSender(cfg, session, clock=clock).send(
+    assert await WebhookSender(cfg, clock=clock).send(
         delivery, envelope, body
     ) == SendResult.success(200)
 
@@ -502,8 +497,66 @@ async def test_a_large_success_body_is_not_a_problem(
 async def test_start_and_close_leave_the_shared_session_open(
     session: aiohttp.ClientSession,
 ) -> None:
-    sender = WebhookSender(target("http://127.0.0.1:9/hook"), session)
+    sender = WebhookSender(target("http://127.0.0.1:9/hook"))
     assert sender.name == "hook"
     await sender.start()
     await sender.close()
     assert not session.closed
+
+
+# --------------------------------------------------------------------------- connections
+
+
+async def test_credentials_in_the_url_go_as_basic_auth_and_never_into_errors(
+    aiohttp_server: ServerFactory, clock: FakeClock
+) -> None:
+    async def echo_user(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=500, text="who is userpass99?")
+
+    receiver = Receiver(respond=echo_user)
+    url = URL(await receiver.serve(aiohttp_server)).with_user("bridge").with_password("userpass99")
+    sender = WebhookSender(target(str(url)), clock=clock)
+    delivery, envelope, body = notification()
+
+    result = await sender.send(delivery, envelope, body)
+    await sender.close()
+
+    [hit] = receiver.hits
+    assert (
+        hit.headers["Authorization"] == "Basic " + base64.b64encode(b"bridge:userpass99").decode()
+    )
+    assert result.error == "HTTP 500: who is ***?"
+
+
+async def test_sends_share_one_kept_alive_connection_until_close(
+    aiohttp_server: ServerFactory, clock: FakeClock
+) -> None:
+    peers: set[Any] = set()
+
+    async def note_peer(request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        peers.add(request.transport.get_extra_info("peername"))
+        return web.Response(status=204)
+
+    receiver = Receiver(respond=note_peer)
+    sender = WebhookSender(target(await receiver.serve(aiohttp_server)), clock=clock)
+    delivery, envelope, body = notification()
+
+    results = [await sender.send(delivery, envelope, body) for _ in range(3)]
+    await sender.close()
+    after_close = await sender.send(delivery, envelope, body)
+    await sender.close()
+
+    assert [r.ok for r in results] == [True] * 3
+    assert len(peers) == 2  # three sends on one connection; after close(), a new one
+    assert after_close.ok
+
+
+def test_a_rendered_header_that_could_split_the_request_is_refused() -> None:
+    sender = WebhookSender(target("http://127.0.0.1:9/hook", headers={"X-Team": "ops"}))
+
+    with pytest.raises(ValueError, match="cannot be sent"):
+        sender._with_rendered((("ce-subject", "a\r\nX-Evil: 1"),))
+    assert (
+        sender._with_rendered((("ce-id", "1"), ("x-team", "sre"))) == "ce-id: 1\r\nx-team: sre\r\n"
+    )

@@ -35,11 +35,11 @@ import hmac
 import json
 import os
 import re
+import ssl
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
-from multidict import CIMultiDict
 from yarl import URL
 
 from bridge import __version__
@@ -49,6 +49,7 @@ from bridge.retry import parse_retry_after
 from bridge.settings import WebhookTarget
 from bridge.store.base import Delivery
 from bridge.targets.base import SendResult
+from bridge.targets.http1 import OriginPool, SendError
 
 USER_AGENT = f"fleet-bridge/{__version__}"
 SNIPPET_BYTES = 2048  # read at most this much of an answer: enough for an error message
@@ -115,38 +116,44 @@ def _custom_headers(headers: dict[str, str]) -> list[tuple[str, str]]:
 
 
 class WebhookSender:
-    """Delivers notifications to one webhook URL over a shared `ClientSession`."""
+    """Delivers notifications to one webhook URL over keep-alive connections of its own."""
 
     def __init__(
         self,
         cfg: WebhookTarget,
-        session: aiohttp.ClientSession,
         *,
         clock: Clock | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.name = cfg.name
-        self._session = session
         self._clock: Clock = clock if clock is not None else SystemClock()
         # pydantic has already normalized and percent-encoded the URL.
-        self._url = URL(str(cfg.url), encoded=True)
+        url = URL(str(cfg.url), encoded=True)
+        self._pool = OriginPool(url, snippet=SNIPPET_BYTES, ssl_context=ssl_context)
         self._keys = [secret_key(s.get_secret_value()) for s in cfg.secrets]
         self._headers = _custom_headers(cfg.headers)
+        if url.user is not None and not any(n.lower() == "authorization" for n, _ in self._headers):
+            # Credentials in the URL are sent as Basic auth (as HTTP clients do).
+            pair = f"{url.user}:{url.password or ''}".encode()
+            self._headers.append(("Authorization", "Basic " + base64.b64encode(pair).decode()))
+        # The parts of every request's head that never change, rendered once.
+        self._fixed = self._pool.request_line + f"user-agent: {USER_AGENT}\r\n"
+        self._custom = "".join(f"{name}: {value}\r\n" for name, value in self._headers)
         self._format = body_format(cfg)
-        self._timeout = aiohttp.ClientTimeout(total=cfg.timeout_s)
         self._timeout_s = cfg.timeout_s
         # Values that must never reach an error string even if a receiver echoes them.
         self._scrub = [v for _, v in self._headers]
-        self._scrub += [v for v in self._url.query.values()]
-        self._scrub += [self._url.raw_query_string, self._url.query_string]
-        self._scrub += [self._url.password or ""]
+        self._scrub += [v for v in url.query.values()]
+        self._scrub += [url.raw_query_string, url.query_string]
+        self._scrub += [url.password or ""]
         self._scrub += [s.get_secret_value() for s in cfg.secrets]
         self._scrub += [v.get_secret_value() for v in cfg.vars.values()]
 
     async def start(self) -> None:
-        """Nothing to open: the session is shared and owned by the app."""
+        """Nothing to open: connections are made on the first send."""
 
     async def close(self) -> None:
-        """Nothing to close: the session is shared and owned by the app."""
+        self._pool.close()
 
     async def send(self, delivery: Delivery, envelope: Mapping[str, Any], body: str) -> SendResult:
         """POST one notification; classify the answer (never raises for delivery failures)."""
@@ -158,30 +165,40 @@ class WebhookSender:
         except RenderError as err:
             return SendResult(ok=False, error=self._scrubbed(str(err)), retryable=False)
         body = rendered.body
+        data = body.encode("utf-8")
         timestamp = int(self._clock.now())
-        headers: CIMultiDict[str] = CIMultiDict(self._headers)
-        headers.update(rendered.headers)
-        headers["content-type"] = rendered.content_type
-        headers["user-agent"] = USER_AGENT
-        headers["webhook-id"] = msg_id
-        headers["webhook-timestamp"] = str(timestamp)
         signature = _signatures(self._keys, msg_id, timestamp, body)
-        if signature:
-            headers["webhook-signature"] = signature
+        custom = self._custom
+        if rendered.headers:
+            try:
+                custom = self._with_rendered(rendered.headers)
+            except ValueError as err:
+                return SendResult(ok=False, error=str(err), retryable=False)
+        head = (
+            f"{self._fixed}content-type: {rendered.content_type}\r\n"
+            f"content-length: {len(data)}\r\n"
+            f"webhook-id: {msg_id}\r\nwebhook-timestamp: {timestamp}\r\n"
+            + (f"webhook-signature: {signature}\r\n" if signature else "")
+            + custom
+            + "\r\n"
+        )
         try:
-            async with self._session.post(
-                self._url,
-                data=body.encode("utf-8"),
-                headers=headers,
-                timeout=self._timeout,
-                allow_redirects=False,
-            ) as resp:
-                snippet = await read_limited(resp)
-                return self._classify(resp.status, resp.headers, snippet, signature)
+            answer = await self._pool.post(head.encode("utf-8"), data, self._timeout_s)
         except TimeoutError:
             return SendResult(ok=False, error=f"timeout after {self._timeout_s:g}s")
-        except aiohttp.ClientError as err:
-            return SendResult(ok=False, error=describe_client_error(err))
+        except SendError as err:
+            return SendResult(ok=False, error=str(err))
+        return self._classify(answer.status, answer.headers, answer.body, signature)
+
+    def _with_rendered(self, rendered: Sequence[tuple[str, str]]) -> str:
+        """The configured headers with the format's own (CloudEvents `ce-*`) over them."""
+        names = {name.lower() for name, _ in rendered}
+        lines = [f"{n}: {v}\r\n" for n, v in self._headers if n.lower() not in names]
+        for name, value in rendered:
+            if not _HEADER_NAME.fullmatch(name) or _BAD_VALUE_CHARS.search(value):
+                raise ValueError(f"header {name[:40]!r} cannot be sent: bad name or value")
+            lines.append(f"{name}: {value}\r\n")
+        return "".join(lines)
 
     def _classify(
         self, status: int, headers: Mapping[str, str], snippet: bytes, signature: str
@@ -192,7 +209,7 @@ class WebhookSender:
         if status == 410:
             return SendResult(ok=False, status=status, error=error, retryable=False, pause=True)
         if status in (429, 503):
-            retry_after = parse_retry_after(headers.get("Retry-After"), self._clock.now())
+            retry_after = parse_retry_after(headers.get("retry-after"), self._clock.now())
             from_body = json_retry_after(snippet) if status == 429 else None
             if from_body is not None and (retry_after is None or from_body > retry_after):
                 retry_after = from_body

@@ -172,6 +172,10 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def is_open(self) -> bool:
+        # A transport can be closing before connection_lost has run.
+        return self.transport is not None and not self.transport.is_closing()
+
 
 class OriginPool:
     """Keep-alive connections to the origin of `url`; POSTs to its path and query.
@@ -221,7 +225,7 @@ class OriginPool:
     def _take_idle(self, now: float) -> _Connection | None:
         while self._idle:
             conn = self._idle.pop()  # the most recent: the least likely closed by now
-            if not conn.closed and now - conn.idle_since < IDLE_S:
+            if not conn.closed and now - conn.idle_since < IDLE_S and conn.is_open():
                 return conn
             conn.close()
         return None

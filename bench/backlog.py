@@ -128,7 +128,7 @@ async def _run_bridge(
         # BENCH_PROFILE_ARGS=--gil samples only the thread holding the GIL.
         prefix = []
         if profile := os.environ.get("BENCH_PROFILE"):
-            prefix = ["py-spy", "record", "-o", profile, "-f", "raw", "-r", "200"]
+            prefix = ["py-spy", "record", "-o", profile, "-f", "raw", "-r", os.environ.get("BENCH_PROFILE_RATE", "200")]
             prefix += [*os.environ.get("BENCH_PROFILE_ARGS", "").split(), "--"]
         procs = [start_bridge(config, prefix) for config in configs]
         try:

@@ -28,7 +28,14 @@ class SendResult:
 
     @classmethod
     def success(cls, status: int | None = None) -> SendResult:
-        return cls(ok=True, status=status)
+        # One per status, built once: a result is immutable, and this runs per send.
+        result = _SUCCESSES.get(status)
+        if result is None:
+            result = _SUCCESSES[status] = cls(ok=True, status=status)
+        return result
+
+
+_SUCCESSES: dict[int | None, SendResult] = {}
 
 
 class Target(Protocol):

@@ -13,7 +13,8 @@ uvloop), and the ratios.
 With `--store postgresql://…` the run uses a throwaway database created on that
 server (dropped afterwards); `--replicas N` starts N bridge processes on it (peak RSS
 is the largest replica's, CPU the sum). BENCH_BRIDGE_LOOP=asyncio runs the bridge
-as if uvloop were not installed; BENCH_PROFILE=out.txt under py-spy.
+as if uvloop were not installed; BENCH_PROFILE=out.txt under py-spy
+(BENCH_PROFILE_RATE samples a second, default 200).
 
 Everything runs on loopback: the simulator, the receiver and the bridge are separate
 processes; this script only orchestrates and runs the plain client.
@@ -128,7 +129,8 @@ async def _run_bridge(
         # BENCH_PROFILE_ARGS=--gil samples only the thread holding the GIL.
         prefix = []
         if profile := os.environ.get("BENCH_PROFILE"):
-            prefix = ["py-spy", "record", "-o", profile, "-f", "raw", "-r", os.environ.get("BENCH_PROFILE_RATE", "200")]
+            rate = os.environ.get("BENCH_PROFILE_RATE", "200")  # samples per second
+            prefix = ["py-spy", "record", "-o", profile, "-f", "raw", "-r", rate]
             prefix += [*os.environ.get("BENCH_PROFILE_ARGS", "").split(), "--"]
         procs = [start_bridge(config, prefix) for config in configs]
         try:

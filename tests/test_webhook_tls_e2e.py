@@ -60,6 +60,11 @@ async def tls_receiver(tmp_path: Path) -> AsyncIterator[tuple[Receiver, str, Pat
         await runner.cleanup()
 
 
+async def simulator(aiohttp_server: ServerFactory, backlog: int) -> str:
+    sim = Simulator(SimulatorConfig(seed=3, devices=10, rate=0.0, backlog=backlog))
+    return str((await aiohttp_server(sim.app())).make_url(""))
+
+
 async def run_bridge(tmp_path: Path, sim_url: str, hook_url: str, env: dict[str, str]) -> Any:
     config = tmp_path / "config.yaml"
     cfg = {
@@ -95,8 +100,7 @@ async def test_the_bridge_delivers_over_verified_tls_on_kept_alive_connections(
     tmp_path: Path,
 ) -> None:
     receiver, hook_url, ca_file, peers = tls_receiver
-    sim = Simulator(SimulatorConfig(seed=3, devices=10, rate=0.0, backlog=BACKLOG))
-    sim_url = str((await aiohttp_server(sim.app())).make_url(""))
+    sim_url = await simulator(aiohttp_server, BACKLOG)
     env = {**os.environ, "SSL_CERT_FILE": str(ca_file)}
 
     proc = await run_bridge(tmp_path, sim_url, hook_url, env)
@@ -123,8 +127,7 @@ async def test_an_untrusted_certificate_is_refused_and_nothing_is_delivered(
     tmp_path: Path,
 ) -> None:
     receiver, hook_url, _, _ = tls_receiver
-    sim = Simulator(SimulatorConfig(seed=3, devices=10, rate=0.0, backlog=5))
-    sim_url = str((await aiohttp_server(sim.app())).make_url(""))
+    sim_url = await simulator(aiohttp_server, 5)
     env = {k: v for k, v in os.environ.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
 
     proc = await run_bridge(tmp_path, sim_url, hook_url, env)

@@ -9,20 +9,18 @@ backlog. Every ticket must arrive once and verified, over few connections (kept 
 from __future__ import annotations
 
 import asyncio
-import os
 import ssl
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trustme
-import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from conftest import wait_for
-from webhook_receiver import SECRET, Receiver
+from test_crash_recovery import start_bridge, write_config
+from webhook_receiver import Receiver
 
 from bridge.simulator import Simulator, SimulatorConfig
 
@@ -65,28 +63,6 @@ async def simulator(aiohttp_server: ServerFactory, backlog: int) -> str:
     return str((await aiohttp_server(sim.app())).make_url(""))
 
 
-async def run_bridge(tmp_path: Path, sim_url: str, hook_url: str, env: dict[str, str]) -> Any:
-    config = tmp_path / "config.yaml"
-    cfg = {
-        "upstream": {
-            "base_url": sim_url,
-            "api_key": "sim-key",
-            "auth": {"token": "sim-token"},
-            "max_requests_per_s": 1000,
-        },
-        "poll": {"events": {"interval_s": 1, "start_from": "25h", "max_window_s": 86400}},
-        "store": {"url": f"sqlite:///{tmp_path / 'bridge.db'}"},
-        "server": {"host": "127.0.0.1", "port": 0},
-        "logging": {"format": "json", "level": "info"},
-        "targets": [{"name": "hook", "type": "webhook", "url": hook_url, "secret": SECRET}],
-    }
-    config.write_text(yaml.safe_dump(cfg))
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bridge", "run", "--config", str(config),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env,
-    )  # fmt: skip
-
-
 async def stop(proc: Any) -> str:
     if proc.returncode is None:
         proc.terminate()
@@ -98,12 +74,15 @@ async def test_the_bridge_delivers_over_verified_tls_on_kept_alive_connections(
     aiohttp_server: ServerFactory,
     tls_receiver: tuple[Receiver, str, Path, set[Any]],
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     receiver, hook_url, ca_file, peers = tls_receiver
     sim_url = await simulator(aiohttp_server, BACKLOG)
-    env = {**os.environ, "SSL_CERT_FILE": str(ca_file)}
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))  # the bridge process inherits it
 
-    proc = await run_bridge(tmp_path, sim_url, hook_url, env)
+    proc = await start_bridge(
+        write_config(tmp_path / "c.yaml", sim_url, hook_url, tmp_path / "b.db")
+    )
     try:
         await wait_for(
             lambda: len(receiver.tickets()) >= BACKLOG or proc.returncode is not None,
@@ -125,12 +104,16 @@ async def test_an_untrusted_certificate_is_refused_and_nothing_is_delivered(
     aiohttp_server: ServerFactory,
     tls_receiver: tuple[Receiver, str, Path, set[Any]],
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     receiver, hook_url, _, _ = tls_receiver
     sim_url = await simulator(aiohttp_server, 5)
-    env = {k: v for k, v in os.environ.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
 
-    proc = await run_bridge(tmp_path, sim_url, hook_url, env)
+    proc = await start_bridge(
+        write_config(tmp_path / "c.yaml", sim_url, hook_url, tmp_path / "b.db")
+    )
     lines: list[str] = []
 
     async def read() -> None:

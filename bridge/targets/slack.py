@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -58,7 +59,6 @@ from bridge.slack_format import SlackMessage, format_message
 from bridge.store.base import Delivery, IngestTx, Store, StoreUnavailable
 from bridge.storm import GROUP_TYPE
 from bridge.targets.base import SendResult
-from bridge.targets.webhook import describe_client_error, read_limited
 
 log = structlog.get_logger(__name__)
 
@@ -432,3 +432,37 @@ def _json_object(answer: bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
+
+
+async def read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """Up to `limit` bytes of the answer; a small body read to the end keeps the
+    connection reusable. The status is already known, so read errors are ignored."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while size < limit:
+            chunk = await resp.content.read(limit - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except (TimeoutError, aiohttp.ClientError):
+        pass
+    return b"".join(chunks)
+
+
+def describe_client_error(err: aiohttp.ClientError) -> str:
+    """A short, secret-free description: aiohttp's own messages may carry the URL."""
+    if isinstance(err, aiohttp.ClientSSLError):
+        return f"TLS error: {type(err).__name__}"
+    if isinstance(err, aiohttp.ClientConnectorDNSError):
+        return "connection failed: host name not resolved"
+    if isinstance(err, aiohttp.ServerDisconnectedError):
+        return "connection failed: server disconnected"
+    if isinstance(err, aiohttp.ClientOSError):
+        # asyncio's strerror names the address ("Connect call failed (...)"); the
+        # errno alone says what went wrong.
+        errno = err.os_error.errno if isinstance(err, aiohttp.ClientConnectorError) else err.errno
+        reason = os.strerror(errno) if errno and errno > 0 else type(err).__name__
+        return f"connection failed: {reason}"
+    return f"request failed: {type(err).__name__}"

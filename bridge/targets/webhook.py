@@ -33,13 +33,11 @@ import binascii
 import hashlib
 import hmac
 import json
-import os
 import re
 import ssl
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import aiohttp
 from yarl import URL
 
 from bridge import __version__
@@ -244,23 +242,6 @@ class WebhookSender:
         return text
 
 
-async def read_limited(resp: aiohttp.ClientResponse, limit: int = SNIPPET_BYTES) -> bytes:
-    """Up to `limit` bytes of the answer; a small body read to the end keeps the
-    connection reusable. The status is already known, so read errors are ignored."""
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        while size < limit:
-            chunk = await resp.content.read(limit - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    except (TimeoutError, aiohttp.ClientError):
-        pass
-    return b"".join(chunks)
-
-
 def json_retry_after(snippet: bytes) -> float | None:
     """Seconds from a JSON answer's `retry_after` (Discord's 429), or None.
 
@@ -273,20 +254,3 @@ def json_retry_after(snippet: bytes) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
         return None
     return min(float(value), 3600.0)
-
-
-def describe_client_error(err: aiohttp.ClientError) -> str:
-    """A short, secret-free description: aiohttp's own messages may carry the URL."""
-    if isinstance(err, aiohttp.ClientSSLError):
-        return f"TLS error: {type(err).__name__}"
-    if isinstance(err, aiohttp.ClientConnectorDNSError):
-        return "connection failed: host name not resolved"
-    if isinstance(err, aiohttp.ServerDisconnectedError):
-        return "connection failed: server disconnected"
-    if isinstance(err, aiohttp.ClientOSError):
-        # asyncio's strerror names the address ("Connect call failed (...)"); the
-        # errno alone says what went wrong.
-        errno = err.os_error.errno if isinstance(err, aiohttp.ClientConnectorError) else err.errno
-        reason = os.strerror(errno) if errno and errno > 0 else type(err).__name__
-        return f"connection failed: {reason}"
-    return f"request failed: {type(err).__name__}"

@@ -84,9 +84,13 @@ def secret_key(secret: str) -> bytes:
     return key
 
 
+def keyed_macs(keys: Iterable[bytes]) -> list[hmac.HMAC]:
+    """One keyed HMAC-SHA256 per secret key, made once and copied per message (copying
+    skips the key setup: ~1.6 µs a signature instead of ~2.5)."""
+    return [hmac.new(key, digestmod=hashlib.sha256) for key in keys]
+
+
 def _signed_by(macs: Sequence[hmac.HMAC], msg_id: str, timestamp: int, body: str) -> str:
-    """`_signatures` from keyed HMACs made once per secret (copying one skips the key
-    setup: ~1.6 µs a signature instead of ~2.5)."""
     to_sign = f"{msg_id}.{timestamp}.{body}".encode()
     signatures = []
     for mac in macs:
@@ -96,20 +100,12 @@ def _signed_by(macs: Sequence[hmac.HMAC], msg_id: str, timestamp: int, body: str
     return " ".join(signatures)
 
 
-def _signatures(keys: Iterable[bytes], msg_id: str, timestamp: int, body: str) -> str:
-    to_sign = f"{msg_id}.{timestamp}.{body}".encode()
-    return " ".join(
-        "v1," + base64.b64encode(hmac.new(key, to_sign, hashlib.sha256).digest()).decode("ascii")
-        for key in keys
-    )
-
-
 def sign(secrets: Sequence[str], msg_id: str, timestamp: int, body: str) -> str:
     """The `webhook-signature` value: one `v1,<sig>` per secret, space-separated.
 
     An empty string when there are no secrets.
     """
-    return _signatures((secret_key(s) for s in secrets), msg_id, timestamp, body)
+    return _signed_by(keyed_macs(secret_key(s) for s in secrets), msg_id, timestamp, body)
 
 
 def _custom_headers(headers: dict[str, str]) -> list[tuple[str, str]]:
@@ -140,8 +136,7 @@ class WebhookSender:
         # pydantic has already normalized and percent-encoded the URL.
         url = URL(str(cfg.url), encoded=True)
         self._pool = OriginPool(url, snippet=SNIPPET_BYTES, ssl_context=ssl_context)
-        keys = [secret_key(s.get_secret_value()) for s in cfg.secrets]
-        self._macs = [hmac.new(key, digestmod=hashlib.sha256) for key in keys]
+        self._macs = keyed_macs(secret_key(s.get_secret_value()) for s in cfg.secrets)
         self._headers = _custom_headers(cfg.headers)
         if url.user is not None and not any(n.lower() == "authorization" for n, _ in self._headers):
             # Credentials in the URL are sent as Basic auth (as HTTP clients do).

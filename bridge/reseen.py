@@ -20,7 +20,9 @@ remembered here is not even parsed (`known_page`), as long as each of its items 
 still remembered with the same fingerprint. Identical bytes parse to identical
 items, so this skips exactly what the per-item check would; it saves the JSON
 parse, the vendor-text bounds and the per-item fingerprints, the larger part of a
-re-seen item's cost.
+re-seen item's cost. That "still remembered" is itself O(1) while no remembered
+fingerprint was dropped or replaced since the page was last checked (`_changes`), as
+in a steady state; after such a change the page's items are checked one by one again.
 """
 
 from __future__ import annotations
@@ -47,18 +49,32 @@ class KnownPage(NamedTuple):
     total: int | None
 
 
+class _Page:
+    """A remembered page: its paging facts, its items, when they were last all held."""
+
+    __slots__ = ("checked_at", "fingerprints", "received", "tickets", "total")
+
+    def __init__(self, page: KnownPage, keys: Sequence[tuple[str, int]], checked_at: int) -> None:
+        self.received, self.total = page.received, page.total
+        self.tickets = [ticket for ticket, _ in keys]
+        self.fingerprints = [fingerprint for _, fingerprint in keys]
+        self.checked_at = checked_at
+
+
 class ReseenItems:
     """Raw-item fingerprints of tickets the store last found unchanged."""
 
     def __init__(self, capacity: int = CAPACITY, page_capacity: int = PAGE_CAPACITY) -> None:
         self._fingerprints: dict[str, int] = {}
         self._capacity = capacity
-        # page digest → (entries sent, vendor total, its items' (ticket, fingerprint))
-        self._pages: dict[int, tuple[int, int | None, tuple[tuple[str, int], ...]]] = {}
+        self._pages: dict[int, _Page] = {}  # by page digest
         self._page_capacity = page_capacity
         self._page_items = 0  # items of all remembered pages
         self.pages_known = 0  # pages skipped unparsed so far
         self.epoch = 0  # bumped whenever a ticket's stored state changes
+        # Bumped whenever a remembered fingerprint is dropped or replaced: a page checked
+        # at the current value still holds (adding a ticket cannot unmake a page).
+        self._changes = 0
 
     def __len__(self) -> int:
         return len(self._fingerprints)
@@ -100,7 +116,7 @@ class ReseenItems:
             self._drop_page(digest)  # re-learned once the full path finds it unchanged
             return None
         self.pages_known += 1
-        return KnownPage(entry[0], entry[1])
+        return KnownPage(entry.received, entry.total)
 
     def holds_page(self, digest: int) -> bool:
         """Whether a page is (still) known: for a page checked ahead of its use (a
@@ -108,8 +124,12 @@ class ReseenItems:
         entry = self._pages.get(digest)
         if entry is None:
             return False
-        known = self._fingerprints
-        return all(known.get(ticket) == fingerprint for ticket, fingerprint in entry[2])
+        if entry.checked_at == self._changes:
+            return True
+        if list(map(self._fingerprints.get, entry.tickets)) != entry.fingerprints:
+            return False
+        entry.checked_at = self._changes
+        return True
 
     def remember_page(self, digest: int, page: KnownPage, keys: Sequence[tuple[str, int]]) -> None:
         """Record a page whose items (`keys`) are all remembered unchanged right now."""
@@ -122,13 +142,13 @@ class ReseenItems:
         self._drop_page(digest)
         while self._page_items + len(keys) > self._page_capacity:
             self._drop_page(next(iter(pages)))  # the oldest entry
-        pages[digest] = (page.received, page.total, tuple(keys))
+        pages[digest] = _Page(page, keys, self._changes)
         self._page_items += len(keys)
 
     def _drop_page(self, digest: int) -> None:
         entry = self._pages.pop(digest, None)
         if entry is not None:
-            self._page_items -= len(entry[2])
+            self._page_items -= len(entry.tickets)
 
     def remember(self, fingerprints: dict[str, int], tickets: Iterable[str]) -> None:
         """Record `tickets` (found unchanged by a committed ingest) with their fingerprints."""
@@ -137,15 +157,21 @@ class ReseenItems:
             fingerprint = fingerprints.get(ticket)
             if fingerprint is None:
                 continue
-            if ticket not in known and len(known) >= self._capacity:
+            held = known.get(ticket)
+            if held is None and len(known) >= self._capacity:
                 del known[next(iter(known))]  # the oldest entry
+                self._changes += 1
+            elif held is not None and held != fingerprint:
+                self._changes += 1
             known[ticket] = fingerprint
 
     def forget(self, tickets: Iterable[str]) -> None:
         """These tickets' stored state changed: their items must be checked again."""
         self.epoch += 1
+        known = self._fingerprints
         for ticket in tickets:
-            self._fingerprints.pop(ticket, None)
+            if known.pop(ticket, None) is not None:
+                self._changes += 1
 
 
 def _fingerprint(item: Any) -> tuple[str, int] | None:

@@ -210,6 +210,43 @@ def test_a_page_is_known_only_while_all_its_items_are() -> None:
     assert reseen.pages_known == 1
 
 
+_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["remember", "forget", "remember_page", "check"]),
+        st.lists(st.integers(0, 5), max_size=3),  # tickets t-0 … t-5
+        st.integers(0, 1),  # which fingerprint (item variant) a ticket is remembered with
+        st.integers(0, 2),  # page digest
+    ),
+    max_size=40,
+)
+
+
+@given(_OPS)
+def test_a_page_holds_exactly_while_every_item_is_remembered_as_it_was(ops: Any) -> None:
+    """Whatever the order of remember / forget / eviction, `holds_page` (O(1) while no
+    fingerprint was dropped or replaced) answers what checking every item would."""
+    reseen = ReseenItems(capacity=4)
+    variants = [
+        reseen.split_page([item(f"t-{i}", type=3 + v) for i in range(6)])[1] for v in (0, 1)
+    ]
+    pages: dict[int, list[tuple[str, int]]] = {}
+    for op, numbers, variant, digest in ops:
+        tickets = [f"t-{n}" for n in numbers]
+        if op == "remember":
+            reseen.remember(variants[variant], tickets)
+        elif op == "forget":
+            reseen.forget(tickets)
+        elif op == "remember_page":
+            keys = [(t, variants[variant][t]) for t in tickets]
+            before = reseen._pages.get(digest)
+            reseen.remember_page(digest, KnownPage(len(keys), None), keys)
+            if reseen._pages.get(digest) is not before:  # kept (else refused)
+                pages[digest] = keys
+        for d, keys in pages.items():
+            naive = d in reseen._pages and all(reseen._fingerprints.get(t) == f for t, f in keys)
+            assert reseen.holds_page(d) == naive
+
+
 def test_page_capacity_counts_items_and_drops_the_oldest_pages_first() -> None:
     reseen = ReseenItems(page_capacity=5)
     items = [item(f"t-{i}") for i in range(6)]

@@ -130,6 +130,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             now = clock.now()
             with s.timed("fetch/parse"):
                 pages = await fetch_pages(client, now)
+            client.close()
             # Window ends are inclusive, so an event on a boundary comes twice.
             n = s.n = sum(len(p) for p in pages)
             assert n >= args.events, n

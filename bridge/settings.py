@@ -98,8 +98,17 @@ def _long_token(secret: SecretStr) -> SecretStr:
     return secret
 
 
+def _header_safe(secret: SecretStr) -> SecretStr:
+    # Sent as a header value: a line break or NUL would split the request.
+    if re.search(r"[\r\n\x00]", secret.get_secret_value()):
+        raise ValueError("must not contain a line break or NUL (it is sent as a header)")
+    return secret
+
+
 Secret = Annotated[SecretStr, AfterValidator(_not_blank)]
+HeaderSecret = Annotated[SecretStr, AfterValidator(_not_blank), AfterValidator(_header_safe)]
 Token = Annotated[SecretStr, AfterValidator(_long_token)]
+HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"  # an RFC 9110 token
 
 
 class ConfigError(Exception):
@@ -125,7 +134,7 @@ class EventTypeOverride(_Strict):
 class UpstreamAuth(_Strict):
     """Exactly one of a static `token` or `email` + `password`."""
 
-    token: Secret | None = None
+    token: HeaderSecret | None = None
     email: str | None = None
     password: Secret | None = None
     fleet_id: int | None = None
@@ -144,11 +153,11 @@ class UpstreamAuth(_Strict):
 
 class UpstreamSettings(_Strict):
     base_url: AnyHttpUrl
-    api_key: Secret
-    api_key_header: str = "X-Api-Key"
+    api_key: HeaderSecret
+    api_key_header: str = Field("X-Api-Key", pattern=HEADER_NAME_PATTERN)
     auth: UpstreamAuth
-    auth_header: str = "Authorization"
-    auth_scheme: str = "Bearer"
+    auth_header: str = Field("Authorization", pattern=HEADER_NAME_PATTERN)
+    auth_scheme: str = Field("Bearer", pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]*$")
     timeout_s: PositiveSeconds = 15
     page_size: int = Field(100, ge=1, le=1000)
     max_requests_per_s: PositiveSeconds = 5

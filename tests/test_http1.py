@@ -1,4 +1,5 @@
-"""The webhook target's HTTP/1.1 client against scripted servers, on asyncio and uvloop.
+"""The bridge's HTTP/1.1 client (webhook POSTs, vendor GETs) against scripted servers,
+on asyncio and uvloop.
 
 Each server here is a plain asyncio server that answers with exactly the bytes a test
 scripts, so the client meets what real receivers do: keep-alive and closing idle
@@ -21,7 +22,7 @@ import trustme
 import uvloop
 from yarl import URL
 
-from bridge.targets.http1 import Answer, OriginPool, SendError
+from bridge.http1 import Answer, AnswerTooLarge, OriginPool, SendError
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -81,7 +82,7 @@ async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> Non
 
 
 def pool_for(port: int, path: str = "/hook", **kw: Any) -> OriginPool:
-    return OriginPool(URL(f"http://127.0.0.1:{port}{path}"), snippet=64, **kw)
+    return OriginPool(URL(f"http://127.0.0.1:{port}{path}"), max_body=64, cut=True, **kw)
 
 
 @contextlib.asynccontextmanager
@@ -97,7 +98,7 @@ async def pool_on(script: Script, path: str = "/hook") -> AsyncIterator[OriginPo
 
 async def post(pool: OriginPool, body: bytes = b"{}", timeout: float = 5.0) -> Answer:
     head = f"{pool.request_line}content-length: {len(body)}\r\n\r\n".encode()
-    return await pool.post(head, body, within_s=timeout)
+    return await pool.send(head, body, within_s=timeout)
 
 
 def answering(*answers: bytes) -> Callable[..., Awaitable[None]]:
@@ -250,6 +251,102 @@ def test_an_answer_longer_than_the_snippet_is_cut_and_its_connection_closed(run:
     run(main())
 
 
+def whole_pool(port: int, max_body: int = 1000) -> OriginPool:
+    """A pool that reads whole answers (the vendor client's), up to `max_body`."""
+    return OriginPool(URL(f"http://127.0.0.1:{port}/"), max_body=max_body)
+
+
+async def get(pool: OriginPool, timeout: float = 5.0) -> Answer:
+    head = f"GET /V2/events?x=1 HTTP/1.1\r\n{pool.host_line}content-length: 0\r\n\r\n"
+    return await pool.send(head.encode(), b"", within_s=timeout)
+
+
+@pytest.mark.parametrize(
+    "big",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n",  # said before a byte is sent
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"100\r\n"
+        + b"x" * 256
+        + b"\r\n" * 1,  # noticed as it streams
+    ],
+    ids=["content-length", "chunked"],
+)
+def test_a_whole_answer_over_the_cap_fails_and_its_connection_closes(run: Any, big: bytes) -> None:
+    async def main() -> None:
+        async def big_then_ok(reader: Any, writer: Any, n: int, script: Script) -> None:
+            await script.read_request(reader)
+            if n == 1:
+                writer.write(big)
+                for _ in range(8):  # 2 KiB more, never ended
+                    writer.write(
+                        b"100\r\n" + b"x" * 256 + b"\r\n" if b"chunked" in big else b"x" * 256
+                    )
+            else:
+                writer.write(OK)
+            await writer.drain()
+            await script.wait_for_eof(reader)
+
+        script = scripted(big_then_ok)
+        pool = whole_pool(await script.start())
+        try:
+            with pytest.raises(AnswerTooLarge, match="body over 1000 bytes"):
+                await get(pool)
+            await wait_until(lambda: script.closed == 1)  # not left half-read
+            assert (await get(pool)).status == 200
+            assert script.connections == 2
+        finally:
+            pool.close()
+            await script.stop()
+
+    run(main())
+
+
+def test_a_whole_answer_is_read_across_many_segments(run: Any) -> None:
+    async def main() -> None:
+        body = bytes(range(256)) * 400  # 100 kB, written in pieces
+
+        async def pieces(reader: Any, writer: Any, n: int, script: Script) -> None:
+            for _ in range(2):
+                await script.read_request(reader)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+                for i in range(0, len(body), 7000):
+                    writer.write(body[i : i + 7000])
+                    await writer.drain()
+            await script.wait_for_eof(reader)
+
+        script = scripted(pieces)
+        pool = whole_pool(await script.start(), max_body=len(body))
+        try:
+            answers = [await get(pool), await get(pool)]
+        finally:
+            pool.close()
+            await script.stop()
+        assert [a.body for a in answers] == [body, body]
+        assert script.connections == 1
+
+    run(main())
+
+
+def test_a_whole_answer_cut_short_by_the_server_is_an_error_not_a_body(run: Any) -> None:
+    async def main() -> None:
+        async def cut_short(reader: Any, writer: Any, n: int, script: Script) -> None:
+            await script.read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 40)
+            await writer.drain()  # and the connection closes
+
+        script = scripted(cut_short)
+        pool = whole_pool(await script.start())
+        try:
+            with pytest.raises(SendError, match="server disconnected"):
+                await get(pool)
+        finally:
+            pool.close()
+            await script.stop()
+
+    run(main())
+
+
 @pytest.mark.parametrize(
     ("answer", "error"),
     [
@@ -369,8 +466,10 @@ def test_https_with_a_trusted_certificate_and_refusal_of_an_untrusted_one(run: A
     async def main() -> None:
         script = scripted(answering(OK, OK))
         port = await script.start(server_ctx)
-        trusted = OriginPool(URL(f"https://127.0.0.1:{port}/h"), snippet=64, ssl_context=client_ctx)
-        untrusted = OriginPool(URL(f"https://127.0.0.1:{port}/h"), snippet=64)
+        trusted = OriginPool(
+            URL(f"https://127.0.0.1:{port}/h"), max_body=64, cut=True, ssl_context=client_ctx
+        )
+        untrusted = OriginPool(URL(f"https://127.0.0.1:{port}/h"), max_body=64, cut=True)
         try:
             assert [(await post(trusted)).status, (await post(trusted)).status] == [200, 200]
             with pytest.raises(SendError) as caught:

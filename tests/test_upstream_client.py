@@ -14,7 +14,7 @@ import contextlib
 import itertools
 import random
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -119,7 +119,9 @@ def make_client(
     clock: InstantClock,
     labels: Labels,
     tokens: list[str],
-) -> MakeClient:
+) -> Iterator[MakeClient]:
+    made: list[UpstreamClient] = []
+
     def make(
         *,
         base_url: str | None = None,
@@ -136,7 +138,7 @@ def make_client(
             "max_retries": 3,
             **settings,
         }
-        return UpstreamClient(
+        client = UpstreamClient(
             UpstreamSettings.model_validate(values),
             session,
             clock=clock,
@@ -146,8 +148,12 @@ def make_client(
             retry_max_delay_s=retry_max_delay_s,
             rng=random.Random(7),
         )
+        made.append(client)
+        return client
 
-    return make
+    yield make
+    for client in made:
+        client.close()
 
 
 PASSWORD_AUTH = {"email": "ops@example.com", "password": "sim-password"}
@@ -409,21 +415,20 @@ async def test_a_caller_stopping_early_cancels_the_prefetched_request(
         ("503",),
         ("malformed",),
         ("timeout",),
-        # aiohttp itself resends an idempotent request once when the connection
-        # drops; the second drop reaches the client, which retries it.
-        ("drop", "drop"),
+        ("drop",),
+        ("drop", "drop"),  # each drop is retried (and counted) by the client itself
     ],
 )
 async def test_get_is_retried_after_a_transient_fault(
     make_client: MakeClient, sim: Simulator, faults: tuple[str, ...]
 ) -> None:
-    # The only tests here that wait for real: the client's 0.3 s aiohttp timeout.
+    # The only tests here that wait for real: the client's 0.3 s timeout.
     client = make_client(timeout_s=0.3)
     sim.queue_faults(*faults, path_prefix="/V2/events")
     page = await one_page(client)
     assert len(page.items) == 10
     assert len(events_requests(sim)) == len(faults) + 1
-    assert client.requests_made == 2
+    assert client.requests_made == len(faults) + 1
 
 
 async def test_slow_answer_within_the_timeout_is_not_a_failure(
@@ -634,13 +639,7 @@ async def test_rate_limiter_spaces_sequential_requests(
 async def test_rate_limiter_spaces_concurrent_requests(
     server: TestServer, sim: Simulator, clock: InstantClock
 ) -> None:
-    sent: list[float] = []
-
-    async def on_start(*_: object) -> None:
-        sent.append(clock.monotonic())
-
-    trace = aiohttp.TraceConfig()
-    trace.on_request_start.append(on_start)
+    sent: list[float] = []  # the clock when each request was answered
     settings = UpstreamSettings.model_validate(
         {
             "base_url": str(server.make_url("/")),
@@ -650,9 +649,12 @@ async def test_rate_limiter_spaces_concurrent_requests(
         }
     )
     started = clock.monotonic()
-    async with aiohttp.ClientSession(trace_configs=[trace]) as session:
-        client = UpstreamClient(settings, session, clock=clock)
+    async with aiohttp.ClientSession() as session:
+        client = UpstreamClient(
+            settings, session, clock=clock, on_request=lambda *_: sent.append(clock.monotonic())
+        )
         await asyncio.gather(*(one_page(client) for _ in range(6)))
+        client.close()
     assert len(sent) == 6
     # Six concurrent calls need five intervals of limiter time at least. (The exact
     # spacing of concurrent callers is tested on bridge.ratelimit with a FakeClock.)
@@ -665,8 +667,7 @@ async def test_on_request_labels_are_templates(
     client = make_client(auth=PASSWORD_AUTH, timeout_s=0.3)
     sn = sim.devices[0].serial_number
     task_id = await client.request_clip(sn, cam_id="C_F", file_name="x", target_timestamp=BASE)
-    # Two drops: aiohttp silently resends a dropped GET once (see above).
-    sim.queue_faults("500", "drop", "drop", "timeout", path_prefix="/V2/event/taskResult")
+    sim.queue_faults("500", "drop", "timeout", path_prefix="/V2/event/taskResult")
     await client.task_result(task_id)
     assert {e for e, _ in labels} <= TEMPLATES
     assert not any(task_id in e or sn in e for e, _ in labels)

@@ -279,4 +279,5 @@ async def test_upstream_answer_over_the_size_limit_is_an_error(aiohttp_server: A
         )
         with pytest.raises(UpstreamUnavailable, match="over"):
             await client.list_events(since=0, until=1)
+        client.close()
         assert seen == [("/V2/events", "too_large")]

@@ -43,11 +43,11 @@ from yarl import URL
 from bridge import __version__
 from bridge.clock import Clock, SystemClock
 from bridge.formats import RenderError, body_format
+from bridge.http1 import OriginPool, SendError, basic_auth
 from bridge.retry import parse_retry_after
 from bridge.settings import WebhookTarget
 from bridge.store.base import Delivery
 from bridge.targets.base import SendResult
-from bridge.targets.http1 import OriginPool, SendError
 
 USER_AGENT = f"fleet-bridge/{__version__}"
 SNIPPET_BYTES = 2048  # read at most this much of an answer: enough for an error message
@@ -135,13 +135,12 @@ class WebhookSender:
         self._clock: Clock = clock if clock is not None else SystemClock()
         # pydantic has already normalized and percent-encoded the URL.
         url = URL(str(cfg.url), encoded=True)
-        self._pool = OriginPool(url, snippet=SNIPPET_BYTES, ssl_context=ssl_context)
+        self._pool = OriginPool(url, max_body=SNIPPET_BYTES, cut=True, ssl_context=ssl_context)
         self._macs = keyed_macs(secret_key(s.get_secret_value()) for s in cfg.secrets)
         self._headers = _custom_headers(cfg.headers)
-        if url.user is not None and not any(n.lower() == "authorization" for n, _ in self._headers):
-            # Credentials in the URL are sent as Basic auth (as HTTP clients do).
-            pair = f"{url.user}:{url.password or ''}".encode()
-            self._headers.append(("Authorization", "Basic " + base64.b64encode(pair).decode()))
+        credentials = basic_auth(url)
+        if credentials and not any(n.lower() == "authorization" for n, _ in self._headers):
+            self._headers.append(("Authorization", credentials))
         # The parts of every request's head that never change, rendered once.
         self._fixed = self._pool.request_line + f"user-agent: {USER_AGENT}\r\n"
         self._custom = "".join(f"{name}: {value}\r\n" for name, value in self._headers)
@@ -189,7 +188,7 @@ class WebhookSender:
             + "\r\n"
         )
         try:
-            answer = await self._pool.post(head.encode("utf-8"), data, self._timeout_s)
+            answer = await self._pool.send(head.encode("utf-8"), data, self._timeout_s)
         except TimeoutError:
             return SendResult(ok=False, error=f"timeout after {self._timeout_s:g}s")
         except SendError as err:

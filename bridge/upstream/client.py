@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import random
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,14 +110,22 @@ def _count(body: Mapping[str, Any]) -> int | None:
     return None
 
 
+_HEADER_BREAKING = re.compile(r"[\r\n\x00]")
+
+
 def _token_in(reply: Reply, endpoint: str) -> str:
     data = reply.data if isinstance(reply.data, dict) else {}
+    problem = "the vendor answered without a token"
     for key in ("token", "access_token"):
         value = data.get(key)
         if isinstance(value, str) and value:
-            return value
+            if not _HEADER_BREAKING.search(value):
+                return value
+            # It is sent back as a header value, where it would split the request.
+            problem = "the vendor's token holds a line break or NUL"
+            break
     raise UpstreamAuthError(
-        "the vendor answered without a token",
+        problem,
         endpoint=endpoint,
         status=reply.status,
         code=reply.body.get("code"),
@@ -163,6 +172,10 @@ class UpstreamClient:
         self._login_lock = asyncio.Lock()
         self._login_failures = 0
         self.login_state = LoginState()
+
+    def close(self) -> None:
+        """Close the client's own idle connections (the session is its owner's)."""
+        self._transport.close()
 
     @property
     def requests_made(self) -> int:

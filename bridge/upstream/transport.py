@@ -1,9 +1,16 @@
 """One HTTP exchange with the vendor, and the retry loop around it.
 
-The transport owns what every call shares: the injected `ClientSession`, the
-API-key header, the per-call timeout, the client-side rate limit (with the
-`Retry-After` hold) and the retry policy. It knows nothing about endpoints or
-about logging in; `UpstreamClient` adds those.
+The transport owns what every call shares: the connections, the API-key header,
+the per-call timeout, the client-side rate limit (with the `Retry-After` hold) and
+the retry policy. It knows nothing about endpoints or about logging in;
+`UpstreamClient` adds those.
+
+GETs (the events pages above all, read again on every poll) go over keep-alive
+connections of the transport's own (`bridge.http1`: ~55 µs of CPU for a 70 kB page
+against ~127 µs through aiohttp); the rest (login, forms, JSON bodies) over the
+injected aiohttp `ClientSession`. Both send the same headers, refuse redirects,
+read at most MAX_RESPONSE_BYTES (decompressed) and turn every failure into
+`UpstreamUnavailable`.
 
 Retry policy (SPEC §5):
 
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import enum
 import random
+import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -30,7 +38,9 @@ import aiohttp
 import structlog
 from yarl import URL
 
+from bridge import __version__
 from bridge.clock import Clock
+from bridge.http1 import Answer, AnswerTooLarge, OriginPool, SendError, basic_auth
 from bridge.ratelimit import RateLimiter
 from bridge.retry import backoff_delay, parse_retry_after
 from bridge.settings import UpstreamSettings
@@ -48,6 +58,9 @@ call fails instead of the bridge buffering whatever a broken proxy streams."""
 
 # Failures that happen before a single byte of the request reached the vendor.
 _NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+
+USER_AGENT = f"fleet-bridge/{__version__}"
+ACCEPT_ENCODING = "gzip, deflate"  # what aiohttp asks for too (without brotli installed)
 
 
 class Retry(enum.Enum):
@@ -89,6 +102,18 @@ class Transport:
         self._rng = rng
         self._timeout = aiohttp.ClientTimeout(total=settings.timeout_s)
         self._base = settings.base
+        base = URL(settings.base, encoded=True)
+        self._pool = OriginPool(base, max_body=MAX_RESPONSE_BYTES)
+        # The GET head's lines that never change, rendered once (the aiohttp session
+        # sends the same: its User-Agent, Accept, Accept-Encoding, URL credentials).
+        fixed = [
+            self._pool.host_line,
+            f"user-agent: {USER_AGENT}\r\naccept: */*\r\naccept-encoding: {ACCEPT_ENCODING}\r\n",
+            f"{settings.api_key_header}: {settings.api_key.get_secret_value()}\r\n",
+        ]
+        if (credentials := basic_auth(base)) is not None:
+            fixed.append(f"authorization: {credentials}\r\n")
+        self._get_fixed = "".join(fixed)
         self.limiter = RateLimiter(settings.max_requests_per_s, clock)
         self.requests_made = 0
         # Retries are logged once per failure streak (SPEC §5), not once per attempt.
@@ -158,10 +183,68 @@ class Transport:
                 "held back by an earlier Retry-After", retry_after=held, endpoint=endpoint
             )
         await self.limiter.acquire()
-        headers = {self._settings.api_key_header: self._settings.api_key.get_secret_value()}
+        self.requests_made += 1
+        auth = None
         if token is not None:
             scheme = self._settings.auth_scheme
-            headers[self._settings.auth_header] = f"{scheme} {token}" if scheme else token
+            auth = f"{scheme} {token}" if scheme else token
+        if method == "GET" and json is None and form is None:
+            status, raw, retry_header = await self._get(path, endpoint, auth, params)
+        else:
+            status, raw, retry_header = await self._aiohttp(
+                method, path, endpoint, auth, params, json, form
+            )
+        retry_after = parse_retry_after(retry_header, self._clock.now())
+        self._record(endpoint, str(status))
+        if retry_after is not None and status in (429, 503):
+            self.limiter.hold(retry_after)
+        return parse(endpoint, status, raw, retry_after)
+
+    async def _get(
+        self, path: str, endpoint: str, auth: str | None, params: Mapping[str, str] | None
+    ) -> tuple[int, bytes, str | None]:
+        """A GET over the transport's own connections: (status, body, Retry-After)."""
+        url = URL(self._base + path, encoded=True)
+        if params:
+            url = url.extend_query(params)  # percent-encoded as aiohttp would
+        head = f"GET {url.raw_path_qs} HTTP/1.1\r\n{self._get_fixed}"
+        if auth is not None:
+            head += f"{self._settings.auth_header}: {auth}\r\n"
+        try:
+            answer = await self._pool.send(
+                (head + "\r\n").encode("utf-8"), b"", self._settings.timeout_s
+            )
+            body = _decoded(answer)
+        except TimeoutError as err:  # an OSError too, but not a connection failure
+            self._record(endpoint, "timeout")
+            raise UpstreamUnavailable(
+                f"no answer within {self._settings.timeout_s:g}s ({type(err).__name__})",
+                endpoint=endpoint,
+            ) from err
+        except AnswerTooLarge as err:
+            self._record(endpoint, "too_large")
+            raise UpstreamUnavailable(
+                f"response body over {MAX_RESPONSE_BYTES} bytes", endpoint=endpoint
+            ) from err
+        except SendError as err:
+            self._record(endpoint, "error")
+            raise UpstreamUnavailable(str(err), endpoint=endpoint) from err
+        return answer.status, body, answer.headers.get("retry-after")
+
+    async def _aiohttp(
+        self,
+        method: str,
+        path: str,
+        endpoint: str,
+        auth: str | None,
+        params: Mapping[str, str] | None,
+        json: Any,
+        form: Mapping[str, str] | None,
+    ) -> tuple[int, bytes, str | None]:
+        """Any other call, over the injected aiohttp session: (status, body, Retry-After)."""
+        headers = {self._settings.api_key_header: self._settings.api_key.get_secret_value()}
+        if auth is not None:
+            headers[self._settings.auth_header] = auth
         # A FormData is consumed by sending, so build a fresh one for each attempt.
         data = None
         if form is not None:
@@ -169,7 +252,6 @@ class Transport:
             for name, value in form.items():
                 data.add_field(name, value)
         url = URL(self._base + path, encoded=True)
-        self.requests_made += 1
         try:
             async with self._session.request(
                 method,
@@ -189,7 +271,7 @@ class Transport:
                 except UpstreamUnavailable:
                     self._record(endpoint, "too_large")
                     raise
-                retry_after = parse_retry_after(resp.headers.get("Retry-After"), self._clock.now())
+                retry_header = resp.headers.get("Retry-After")
         except TimeoutError as err:  # also aiohttp's ServerTimeoutError family
             self._record(endpoint, "timeout")
             raise UpstreamUnavailable(
@@ -199,10 +281,11 @@ class Transport:
         except aiohttp.ClientError as err:
             self._record(endpoint, "error")
             raise UpstreamUnavailable(f"{type(err).__name__}: {err}", endpoint=endpoint) from err
-        self._record(endpoint, str(status))
-        if retry_after is not None and status in (429, 503):
-            self.limiter.hold(retry_after)
-        return parse(endpoint, status, raw, retry_after)
+        return status, raw, retry_header
+
+    def close(self) -> None:
+        """Close the idle connections of the GET pool (the session is its owner's)."""
+        self._pool.close()
 
     def _record(self, endpoint: str, status: str) -> None:
         if self._on_request is not None:
@@ -224,3 +307,32 @@ async def _read_capped(resp: aiohttp.ClientResponse, endpoint: str) -> bytes:
             raise too_big
         parts.append(chunk)
     return b"".join(parts)
+
+
+def _decoded(answer: Answer) -> bytes:
+    """The answer's body without its Content-Encoding, still within MAX_RESPONSE_BYTES.
+
+    gzip and deflate (zlib-wrapped or, as some servers send it, raw) are what we ask
+    for; a body that inflates past the cap fails as one that was sent that large.
+    """
+    coding = answer.headers.get("content-encoding", "").strip().lower()
+    body = answer.body
+    if coding in ("", "identity"):
+        return body
+    if coding in ("gzip", "x-gzip"):
+        wbits = 16 + zlib.MAX_WBITS
+    elif coding == "deflate":
+        zlib_header = len(body) >= 2 and body[0] & 0x0F == 8 and (body[0] << 8 | body[1]) % 31 == 0
+        wbits = zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS
+    else:
+        raise SendError("bad answer: unsupported content-encoding")
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(body, MAX_RESPONSE_BYTES + 1)
+    except zlib.error:
+        raise SendError(f"bad answer: malformed {coding} body") from None
+    if len(out) > MAX_RESPONSE_BYTES:
+        raise AnswerTooLarge("bad answer: body over the limit once decompressed")
+    if not inflater.eof:
+        raise SendError(f"bad answer: {coding} body cut short")
+    return out

@@ -1,24 +1,26 @@
-"""A lean HTTP/1.1 client for webhook POSTs: keep-alive connections to one origin.
+"""A lean HTTP/1.1 client: keep-alive connections to one origin.
 
-Why the webhook target does not use aiohttp's client, which the rest of the bridge
-does: the send is the bridge's hottest path, and aiohttp's client spends ~65 µs of
-CPU per request on general machinery (request and response objects, header
-multidicts, a task per body write on Python 3.11, timeout and trace plumbing), where
-this spends ~14 µs (docs/benchmarks.md). It does one thing: POST a body of known
-length to one origin and read the answer's status, headers and first bytes. The
-parsing is httptools (llhttp, the parser of Node.js); sockets, TLS and name
-resolution are asyncio's. No redirects, proxies, cookies, compression or HTTP/2: a
-webhook target needs none of them.
+Used for the bridge's two hot requests: the webhook target's POSTs and the vendor
+client's GETs (the events pages read again on every poll). aiohttp's client spends
+~65 µs of CPU per small request on general machinery (request and response objects,
+header multidicts, a task per body write on Python 3.11, timeout and trace
+plumbing), where this spends ~14 µs; on a 70 kB events page ~127 µs against ~55 µs
+(docs/benchmarks.md). It does one thing: send a request the caller has rendered to
+one origin and read the answer's status, headers and body (up to a cap). Parsing is
+httptools (llhttp, the parser of Node.js); sockets, TLS and name resolution are
+asyncio's. No redirects, proxies, cookies, compression or HTTP/2 here: the callers
+need none of them (the vendor client decodes gzip itself).
 
 A connection carries one request at a time and goes back to the pool only after its
 answer was read to the end and the server did not ask to close it; anything else (a
-timeout, a cancelled send, an unparsable answer, or one longer than the snippet the
-caller wants) closes it, so an answer can never be read as another request's.
+timeout, a cancelled send, an unparsable answer, one longer than the cap) closes it,
+so an answer can never be read as another request's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import socket
 import ssl
@@ -36,21 +38,26 @@ class SendError(Exception):
     """The request failed; the message is safe to log (no URL, no header values)."""
 
 
+class AnswerTooLarge(SendError):
+    """The answer's body passed the pool's `max_body` (a pool that does not `cut`)."""
+
+
 class Answer(NamedTuple):
     status: int
     headers: dict[str, str]  # lower-case names; of a repeated header, the last
-    body: bytes  # the first `snippet` bytes
+    body: bytes  # whole, or with `cut` its first `max_body` bytes
 
 
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; the parser's callbacks are its methods."""
 
-    def __init__(self, snippet: int) -> None:
+    def __init__(self, max_body: int, cut: bool) -> None:
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.idle_since = 0.0
-        self._snippet = snippet
+        self._max_body = max_body
+        self._cut = cut
         self._waiter: asyncio.Future[Answer] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._new_answer()
@@ -88,11 +95,18 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self._waiter is not None and not self._waiter.done():
-            if self._headers_done:
-                # An answer whose body runs to the end of the connection.
+            if self._headers_done and (self._cut or self._ends_with_connection()):
+                # An answer whose body runs to the end of the connection (or, to a
+                # caller that only wants its status and first bytes, one cut short).
                 self._finish(self.parser.get_status_code(), reusable=False)
             else:
                 self._fail(SendError("connection failed: server disconnected"))
+
+    def _ends_with_connection(self) -> bool:
+        # Without a length or chunked coding, the connection's end is the body's end;
+        # with one, an end before it means the body was cut short.
+        headers = self._headers
+        return "content-length" not in headers and "transfer-encoding" not in headers
 
     # -- httptools callbacks -----------------------------------------------------------
 
@@ -108,16 +122,25 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._headers_done = True
+        if not self._cut:
+            length = self._headers.get("content-length", "")
+            if length.isdigit() and int(length) > self._max_body:
+                raise self._too_large()  # known before a byte of it is read
 
     def on_body(self, chunk: bytes) -> None:
-        part = chunk[: self._snippet - self._kept]
+        part = chunk[: self._max_body - self._kept]
+        if len(part) < len(chunk) and not self._cut:
+            raise self._too_large()
         self._body.append(part)
         self._kept += len(part)
         if len(part) < len(chunk):
-            # More than the snippet: the status is known and the rest is not worth
-            # waiting for (it may never end); the connection goes with it.
+            # More than the caller wants: the status is known and the rest is not
+            # worth waiting for (it may never end); the connection goes with it.
             self._finish(self.parser.get_status_code(), reusable=False)
             self._abort()
+
+    def _too_large(self) -> AnswerTooLarge:
+        return AnswerTooLarge(f"bad answer: body over {self._max_body} bytes")
 
     def on_message_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -178,14 +201,22 @@ class _Connection(asyncio.Protocol):
 
 
 class OriginPool:
-    """Keep-alive connections to the origin of `url`; POSTs to its path and query.
+    """Keep-alive connections to the origin of `url`.
 
-    The number of connections follows the number of concurrent sends, which the
-    target's dispatcher bounds (`max_in_flight`); at most MAX_IDLE are kept idle.
+    An answer's body is read up to `max_body` bytes: with `cut`, a longer one is cut
+    there (its connection closed), else the send fails with `AnswerTooLarge`. The
+    number of connections follows the number of concurrent sends, which the callers
+    bound (a target's `max_in_flight`, the vendor client's pacing); at most MAX_IDLE
+    are kept idle.
     """
 
     def __init__(
-        self, url: URL, *, snippet: int, ssl_context: ssl.SSLContext | None = None
+        self,
+        url: URL,
+        *,
+        max_body: int,
+        cut: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if url.scheme not in ("http", "https") or not url.raw_host:
             raise ValueError("an http:// or https:// URL with a host is needed")
@@ -193,14 +224,17 @@ class OriginPool:
         self._port = url.port or (443 if url.scheme == "https" else 80)
         self._tls = url.scheme == "https"
         self._ssl = ssl_context
-        self._snippet = snippet
+        self._max_body = max_body
+        self._cut = cut
         self._idle: list[_Connection] = []
         self._closed = False
+        self.host_line = f"host: {url.host_port_subcomponent}\r\n"
+        # POST to the URL's own path and query (the webhook target's one request).
         target = url.raw_path_qs or "/"
-        self.request_line = f"POST {target} HTTP/1.1\r\nhost: {url.host_port_subcomponent}\r\n"
+        self.request_line = f"POST {target} HTTP/1.1\r\n{self.host_line}"
 
-    async def post(self, head: bytes, body: bytes, within_s: float) -> Answer:
-        """Send `head` (request line and headers, from `request_line`) and `body`.
+    async def send(self, head: bytes, body: bytes, within_s: float) -> Answer:
+        """Send `head` (request line and headers, ending in an empty line) and `body`.
 
         Raises SendError or TimeoutError; never answers with another request's answer.
         """
@@ -240,7 +274,10 @@ class OriginPool:
         try:
             async with asyncio.timeout_at(deadline):
                 _, conn = await loop.create_connection(
-                    lambda: _Connection(self._snippet), self._host, self._port, ssl=ssl_context
+                    lambda: _Connection(self._max_body, self._cut),
+                    self._host,
+                    self._port,
+                    ssl=ssl_context,
                 )
         except TimeoutError:  # an OSError too, but not a connection failure
             raise
@@ -257,6 +294,14 @@ class OriginPool:
         for conn in self._idle:
             conn.close()
         self._idle.clear()
+
+
+def basic_auth(url: URL) -> str | None:
+    """The Authorization value for credentials in a URL (as HTTP clients send them)."""
+    if url.user is None:
+        return None
+    pair = f"{url.user}:{url.password or ''}".encode()
+    return "Basic " + base64.b64encode(pair).decode("ascii")
 
 
 def _describe_os_error(err: OSError) -> str:

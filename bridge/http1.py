@@ -1,11 +1,11 @@
 """A lean HTTP/1.1 client: keep-alive connections to one origin.
 
-Used for the bridge's two hot requests: the webhook target's POSTs and the vendor
-client's GETs (the events pages read again on every poll). aiohttp's client spends
-~65 µs of CPU per small request on general machinery (request and response objects,
-header multidicts, a task per body write on Python 3.11, timeout and trace
-plumbing), where this spends ~14 µs; on a 70 kB events page ~127 µs against ~55 µs
-(docs/benchmarks.md). It does one thing: send a request the caller has rendered to
+Used for the bridge's hot requests: the webhook target's POSTs and the vendor
+client's repeatable calls (the events pages read again on every poll,
+GetVideoDetail). aiohttp's client spends ~65 µs of CPU per small request on general
+machinery (request and response objects, header multidicts, a task per body write
+on Python 3.11, timeout and trace plumbing), where this spends ~14 µs; on a 70 kB
+events page ~127 µs against ~55 µs (docs/benchmarks.md). It does one thing: send a request the caller has rendered to
 one origin and read the answer's status, headers and body (up to a cap). Parsing is
 httptools (llhttp, the parser of Node.js); sockets, TLS and name resolution are
 asyncio's. No redirects, proxies, cookies, compression or HTTP/2 here: the callers

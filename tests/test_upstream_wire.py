@@ -39,6 +39,7 @@ class Vendor:
     answer: Callable[[web.Request], Any] = lambda _: web.Response(body=PAGE)
     headers: list[dict[str, str]] = field(default_factory=list)
     peers: list[Any] = field(default_factory=list)  # (host, port) of each request's connection
+    forms: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)  # path, type, form
     base_url: str = ""
 
 
@@ -52,8 +53,17 @@ async def vendor(aiohttp_server: Any) -> Vendor:
         answer = v.answer(request)
         return await answer if inspect.isawaitable(answer) else answer
 
+    async def form_post(request: web.Request) -> web.Response:
+        v.peers.append(request.transport.get_extra_info("peername") if request.transport else None)
+        v.forms.append((request.path, request.content_type, dict(await request.post())))
+        data = {"videos": []} if request.path.endswith("GetVideoDetail") else None
+        body = {"uq": "u-2", "result": True, "code": "S00000", "message": "OK", "data": data}
+        return web.json_response(body)
+
     app = web.Application()
     app.router.add_get("/V2/events", events)
+    app.router.add_post("/V2/event/GetVideoDetail", form_post)
+    app.router.add_post("/V2/event/discard", form_post)
     server = await aiohttp_server(app, auto_decompress=False)
     v.base_url = str(server.make_url("/"))
     return v
@@ -104,6 +114,26 @@ async def test_every_get_carries_our_headers_over_one_kept_alive_connection(
     assert sent["Authorization"] == "Bearer tok-" + "t" * 12
     assert sent["Accept-Encoding"] == "gzip, deflate"
     assert sent["User-Agent"].startswith("fleet-bridge/")
+
+
+async def test_a_read_by_post_shares_the_connection_and_a_work_creating_post_does_not(
+    vendor: Vendor, make_client: Callable[..., UpstreamClient]
+) -> None:
+    """GetVideoDetail (a read, retried like a GET) goes over the client's own kept-alive
+    connection as multipart; discard (never repeated unless certainly unsent) over
+    aiohttp's, whose errors tell a connection never made from a request sent."""
+    client = make_client()
+    ticket = "4b2afd89-8123-4842-b430-c95fc143b14a"
+    await items(client)
+    assert await client.video_detail(ticket) == {"videos": []}
+    await client.discard(ticket)
+    assert [(path, kind, form) for path, kind, form in vendor.forms] == [
+        ("/V2/event/GetVideoDetail", "multipart/form-data", {"ticket": ticket}),
+        ("/V2/event/discard", "multipart/form-data", {"ticket": ticket}),
+    ]
+    get_peer, detail_peer, discard_peer = vendor.peers
+    assert detail_peer == get_peer
+    assert discard_peer != get_peer
 
 
 async def test_url_credentials_go_as_basic_auth_beside_a_custom_token_header(

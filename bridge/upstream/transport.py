@@ -5,12 +5,14 @@ the per-call timeout, the client-side rate limit (with the `Retry-After` hold) a
 the retry policy. It knows nothing about endpoints or about logging in;
 `UpstreamClient` adds those.
 
-GETs (the events pages above all, read again on every poll) go over keep-alive
-connections of the transport's own (`bridge.http1`: ~55 µs of CPU for a 70 kB page
-against ~127 µs through aiohttp); the rest (login, forms, JSON bodies) over the
-injected aiohttp `ClientSession`. Both send the same headers, refuse redirects,
-read at most MAX_RESPONSE_BYTES (decompressed) and turn every failure into
-`UpstreamUnavailable`.
+Calls that may be repeated (`Retry.IDEMPOTENT`, `Retry.NEVER`: the events pages
+above all, read again on every poll, and GetVideoDetail for every event with video)
+go over keep-alive connections of the transport's own (`bridge.http1`: ~55 µs of CPU
+for a 70 kB page against ~127 µs through aiohttp). Work-creating calls
+(`Retry.UNSENT`) go over the injected aiohttp `ClientSession`, whose error types tell
+a connection never made from a request that may have arrived. Both send the same
+headers, refuse redirects, read at most MAX_RESPONSE_BYTES (decompressed) and turn
+every failure into `UpstreamUnavailable`.
 
 Retry policy (SPEC §5):
 
@@ -29,7 +31,9 @@ Retry policy (SPEC §5):
 from __future__ import annotations
 
 import enum
+import json as _json
 import random
+import secrets
 import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -104,7 +108,7 @@ class Transport:
         self._base = settings.base
         base = URL(settings.base, encoded=True)
         self._pool = OriginPool(base, max_body=MAX_RESPONSE_BYTES)
-        # The GET head's lines that never change, rendered once (the aiohttp session
+        # The head's lines that never change, rendered once (the aiohttp session
         # sends the same: its User-Agent, Accept, Accept-Encoding, URL credentials).
         fixed = [
             self._pool.host_line,
@@ -113,7 +117,7 @@ class Transport:
         ]
         if (credentials := basic_auth(base)) is not None:
             fixed.append(f"authorization: {credentials}\r\n")
-        self._get_fixed = "".join(fixed)
+        self._fixed = "".join(fixed)
         self.limiter = RateLimiter(settings.max_requests_per_s, clock)
         self.requests_made = 0
         # Retries are logged once per failure streak (SPEC §5), not once per attempt.
@@ -137,7 +141,7 @@ class Transport:
         while True:
             try:
                 reply = await self._send(
-                    method, path, endpoint, token, params, json, form, parse or parse_reply
+                    method, path, endpoint, token, params, json, form, parse or parse_reply, policy
                 )
             except UpstreamUnavailable as err:
                 if attempt >= self._settings.max_retries or not _may_retry(err, policy):
@@ -174,6 +178,7 @@ class Transport:
         json: Any,
         form: Mapping[str, str] | None,
         parse: Parser,
+        policy: Retry,
     ) -> Reply:
         held = self.limiter.hold_remaining()
         if held > self._max_delay:
@@ -188,8 +193,10 @@ class Transport:
         if token is not None:
             scheme = self._settings.auth_scheme
             auth = f"{scheme} {token}" if scheme else token
-        if method == "GET" and json is None and form is None:
-            status, raw, retry_header = await self._get(path, endpoint, auth, params)
+        if policy is not Retry.UNSENT:
+            status, raw, retry_header = await self._lean(
+                method, path, endpoint, auth, params, *_encoded_body(json, form)
+            )
         else:
             status, raw, retry_header = await self._aiohttp(
                 method, path, endpoint, auth, params, json, form
@@ -200,19 +207,28 @@ class Transport:
             self.limiter.hold(retry_after)
         return parse(endpoint, status, raw, retry_after)
 
-    async def _get(
-        self, path: str, endpoint: str, auth: str | None, params: Mapping[str, str] | None
+    async def _lean(
+        self,
+        method: str,
+        path: str,
+        endpoint: str,
+        auth: str | None,
+        params: Mapping[str, str] | None,
+        body: bytes,
+        content_type: str | None,
     ) -> tuple[int, bytes, str | None]:
-        """A GET over the transport's own connections: (status, body, Retry-After)."""
+        """A call over the transport's own connections: (status, body, Retry-After)."""
         url = URL(self._base + path, encoded=True)
         if params:
             url = url.extend_query(params)  # percent-encoded as aiohttp would
-        head = f"GET {url.raw_path_qs} HTTP/1.1\r\n{self._get_fixed}"
+        head = f"{method} {url.raw_path_qs} HTTP/1.1\r\n{self._fixed}"
         if auth is not None:
             head += f"{self._settings.auth_header}: {auth}\r\n"
+        if content_type is not None:
+            head += f"content-type: {content_type}\r\ncontent-length: {len(body)}\r\n"
         try:
             answer = await self._pool.send(
-                (head + "\r\n").encode("utf-8"), b"", self._settings.timeout_s
+                (head + "\r\n").encode("utf-8"), body, self._settings.timeout_s
             )
             body = _decoded(answer)
         except TimeoutError as err:  # an OSError too, but not a connection failure
@@ -307,6 +323,23 @@ async def _read_capped(resp: aiohttp.ClientResponse, endpoint: str) -> bytes:
             raise too_big
         parts.append(chunk)
     return b"".join(parts)
+
+
+def _encoded_body(json: Any, form: Mapping[str, str] | None) -> tuple[bytes, str | None]:
+    """A call's body and its Content-Type (None: no body), as aiohttp would send them."""
+    if json is not None:
+        return _json.dumps(json).encode("utf-8"), "application/json"
+    if form is None:
+        return b"", None
+    # multipart/form-data (the vendor's forms, UPSTREAM.md); a random boundary cannot
+    # occur in a value by chance, and a value is data within its part, line breaks too.
+    boundary = secrets.token_hex(16)
+    parts = [
+        f'--{boundary}\r\ncontent-disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        for name, value in form.items()
+    ]
+    parts.append(f"--{boundary}--\r\n")
+    return "".join(parts).encode("utf-8"), f"multipart/form-data; boundary={boundary}"
 
 
 def _decoded(answer: Answer) -> bytes:

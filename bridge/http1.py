@@ -5,11 +5,14 @@ client's repeatable calls (the events pages read again on every poll,
 GetVideoDetail). aiohttp's client spends ~65 µs of CPU per small request on general
 machinery (request and response objects, header multidicts, a task per body write
 on Python 3.11, timeout and trace plumbing), where this spends ~14 µs; on a 70 kB
-events page ~127 µs against ~55 µs (docs/benchmarks.md). It does one thing: send a request the caller has rendered to
-one origin and read the answer's status, headers and body (up to a cap). Parsing is
-httptools (llhttp, the parser of Node.js); sockets, TLS and name resolution are
-asyncio's. No redirects, proxies, cookies, compression or HTTP/2 here: the callers
-need none of them (the vendor client decodes gzip itself).
+events page ~127 µs against ~55 µs (docs/benchmarks.md). It does one thing: send a
+request the caller has rendered to one origin and read the answer's status, headers
+and body (up to a cap). Parsing is httptools (llhttp, the parser of Node.js);
+sockets, TLS and name resolution are asyncio's. No redirects, proxies, cookies,
+compression or HTTP/2 here: the callers need none of them (the vendor client decodes
+gzip itself). A request that may be repeated (`resend_if_stale`) goes once more on a
+new connection when a kept-alive one ends before a byte of its answer, as HTTP
+clients do for idempotent requests.
 
 A connection carries one request at a time and goes back to the pool only after its
 answer was read to the end and the server did not ask to close it; anything else (a
@@ -40,6 +43,11 @@ class SendError(Exception):
 
 class AnswerTooLarge(SendError):
     """The answer's body passed the pool's `max_body` (a pool that does not `cut`)."""
+
+
+class NothingBack(SendError):
+    """The connection ended before a byte of the answer came (on a kept-alive connection,
+    most often the server closing it as idle just as it was reused)."""
 
 
 class Answer(NamedTuple):
@@ -80,6 +88,7 @@ class _Connection(asyncio.Protocol):
         if self._waiter is None:
             self._abort()  # bytes nobody asked for: this connection is out of step
             return
+        self._answered = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -99,6 +108,8 @@ class _Connection(asyncio.Protocol):
                 # An answer whose body runs to the end of the connection (or, to a
                 # caller that only wants its status and first bytes, one cut short).
                 self._finish(self.parser.get_status_code(), reusable=False)
+            elif not self._answered:
+                self._fail(NothingBack("connection failed: server disconnected"))
             else:
                 self._fail(SendError("connection failed: server disconnected"))
 
@@ -155,6 +166,7 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         loop = asyncio.get_running_loop()
         self._new_answer()
+        self._answered = False  # no byte of an answer yet
         waiter: asyncio.Future[Answer] = loop.create_future()
         self._waiter = waiter
         self._timer = loop.call_at(deadline, self._timed_out)
@@ -228,27 +240,39 @@ class OriginPool:
         self._cut = cut
         self._idle: list[_Connection] = []
         self._closed = False
+        self.resent = 0  # requests sent again after a stale connection (`resend_if_stale`)
         self.host_line = f"host: {url.host_port_subcomponent}\r\n"
         # POST to the URL's own path and query (the webhook target's one request).
         target = url.raw_path_qs or "/"
         self.request_line = f"POST {target} HTTP/1.1\r\n{self.host_line}"
 
-    async def send(self, head: bytes, body: bytes, within_s: float) -> Answer:
+    async def send(
+        self, head: bytes, body: bytes, within_s: float, *, resend_if_stale: bool = False
+    ) -> Answer:
         """Send `head` (request line and headers, ending in an empty line) and `body`.
 
+        With `resend_if_stale` (for requests that may be repeated), a kept-alive
+        connection that ends before a byte of the answer came is taken for one the
+        server closed as idle just then, and the request goes once more on a new
+        connection (as HTTP clients do for idempotent requests).
         Raises SendError or TimeoutError; never answers with another request's answer.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within_s
+        data = head + body
         conn = self._take_idle(loop.time())
         if conn is None:
             conn = await self._connect(deadline)
-        try:
-            answer = await conn.request(head + body, deadline)
-        except TimeoutError:  # an OSError too, but not a connection failure
-            raise
-        except OSError as err:
-            raise SendError(_describe_os_error(err)) from None
+            answer = await _exchange(conn, data, deadline)
+        else:
+            try:
+                answer = await _exchange(conn, data, deadline)
+            except NothingBack:
+                if not resend_if_stale:
+                    raise
+                self.resent += 1
+                conn = await self._connect(deadline)
+                answer = await _exchange(conn, data, deadline)
         if conn.reusable and not self._closed and len(self._idle) < MAX_IDLE:
             conn.idle_since = loop.time()
             self._idle.append(conn)
@@ -294,6 +318,15 @@ class OriginPool:
         for conn in self._idle:
             conn.close()
         self._idle.clear()
+
+
+async def _exchange(conn: _Connection, data: bytes, deadline: float) -> Answer:
+    try:
+        return await conn.request(data, deadline)
+    except TimeoutError:  # an OSError too, but not a connection failure
+        raise
+    except OSError as err:
+        raise SendError(_describe_os_error(err)) from None
 
 
 def basic_auth(url: URL) -> str | None:

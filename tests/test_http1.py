@@ -22,7 +22,7 @@ import trustme
 import uvloop
 from yarl import URL
 
-from bridge.http1 import Answer, AnswerTooLarge, OriginPool, SendError
+from bridge.http1 import Answer, AnswerTooLarge, NothingBack, OriginPool, SendError
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -324,6 +324,44 @@ def test_a_whole_answer_is_read_across_many_segments(run: Any) -> None:
             await script.stop()
         assert [a.body for a in answers] == [body, body]
         assert script.connections == 1
+
+    run(main())
+
+
+@pytest.mark.parametrize("resend", [True, False])
+def test_a_reused_connection_closed_unanswered_is_resent_only_when_asked(
+    run: Any, resend: bool
+) -> None:
+    async def main() -> None:
+        async def close_the_second(reader: Any, writer: Any, n: int, script: Script) -> None:
+            await script.read_request(reader)
+            writer.write(OK)
+            await writer.drain()
+            if n == 1:
+                await script.read_request(reader)  # and close it unanswered
+            else:
+                await script.wait_for_eof(reader)
+
+        script = scripted(close_the_second)
+        pool = whole_pool(await script.start())
+        try:
+            assert (await get(pool)).status == 200
+            if resend:
+                second = await pool.send(
+                    f"GET / HTTP/1.1\r\n{pool.host_line}content-length: 0\r\n\r\n".encode(),
+                    b"",
+                    5.0,
+                    resend_if_stale=True,
+                )
+                assert second.status == 200
+            else:
+                with pytest.raises(NothingBack, match="server disconnected"):
+                    await get(pool)
+        finally:
+            pool.close()
+            await script.stop()
+        assert script.connections == (2 if resend else 1)
+        assert len(script.heads) == (3 if resend else 2)
 
     run(main())
 

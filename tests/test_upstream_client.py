@@ -431,6 +431,23 @@ async def test_get_is_retried_after_a_transient_fault(
     assert client.requests_made == len(faults) + 1
 
 
+async def test_a_kept_alive_connection_dropped_unanswered_is_resent_at_once(
+    make_client: MakeClient, sim: Simulator, labels: Labels
+) -> None:
+    """A server closing an idle connection just as it is reused looks like this: the
+    read goes again on a new connection, with no backoff, no retry logged."""
+    client = make_client()
+    await one_page(client)  # leaves its connection idle in the pool
+    sim.queue_faults("drop", path_prefix="/V2/events")
+    with structlog.testing.capture_logs() as logs:
+        page = await one_page(client)
+    assert len(page.items) == 10
+    assert len(events_requests(sim)) == 3  # the first page, the dropped one, its resend
+    assert client.requests_made == 3
+    assert labels == [("/V2/events", "200"), ("/V2/events", "200")]
+    assert not [e for e in logs if e["log_level"] == "warning"]
+
+
 async def test_slow_answer_within_the_timeout_is_not_a_failure(
     make_client: MakeClient, sim: Simulator
 ) -> None:
@@ -667,14 +684,16 @@ async def test_on_request_labels_are_templates(
     client = make_client(auth=PASSWORD_AUTH, timeout_s=0.3)
     sn = sim.devices[0].serial_number
     task_id = await client.request_clip(sn, cam_id="C_F", file_name="x", target_timestamp=BASE)
-    sim.queue_faults("500", "drop", "timeout", path_prefix="/V2/event/taskResult")
+    # The drop comes last: on the kept-alive connection a drop would be resent at once
+    # (see below); after the timeout closed that connection, it meets a new one.
+    sim.queue_faults("500", "timeout", "drop", path_prefix="/V2/event/taskResult")
     await client.task_result(task_id)
     assert {e for e, _ in labels} <= TEMPLATES
     assert not any(task_id in e or sn in e for e, _ in labels)
     assert labels[-4:] == [
         ("/V2/event/taskResult/{taskId}", "500"),
-        ("/V2/event/taskResult/{taskId}", "error"),
         ("/V2/event/taskResult/{taskId}", "timeout"),
+        ("/V2/event/taskResult/{taskId}", "error"),
         ("/V2/event/taskResult/{taskId}", "200"),
     ]
     assert labels[0] == ("/V2/auth", "200")

@@ -179,8 +179,8 @@ class UpstreamClient:
 
     @property
     def requests_made(self) -> int:
-        """Every HTTP request sent so far, including retries and logins."""
-        return self._transport.requests_made
+        """Every HTTP request sent so far, including retries, resends and logins."""
+        return self._transport.requests_sent
 
     # ------------------------------------------------------------------ auth
 

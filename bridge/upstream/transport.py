@@ -228,7 +228,10 @@ class Transport:
             head += f"content-type: {content_type}\r\ncontent-length: {len(body)}\r\n"
         try:
             answer = await self._pool.send(
-                (head + "\r\n").encode("utf-8"), body, self._settings.timeout_s
+                (head + "\r\n").encode("utf-8"),
+                body,
+                self._settings.timeout_s,
+                resend_if_stale=True,  # only calls that may be repeated come this way
             )
             body = _decoded(answer)
         except TimeoutError as err:  # an OSError too, but not a connection failure
@@ -299,8 +302,13 @@ class Transport:
             raise UpstreamUnavailable(f"{type(err).__name__}: {err}", endpoint=endpoint) from err
         return status, raw, retry_header
 
+    @property
+    def requests_sent(self) -> int:
+        """HTTP requests sent: every attempt, and the resends on stale connections."""
+        return self.requests_made + self._pool.resent
+
     def close(self) -> None:
-        """Close the idle connections of the GET pool (the session is its owner's)."""
+        """Close the idle connections of the transport's pool (the session is its owner's)."""
         self._pool.close()
 
     def _record(self, endpoint: str, status: str) -> None:

@@ -68,6 +68,7 @@ class _Connection(asyncio.Protocol):
         self._cut = cut
         self._waiter: asyncio.Future[Answer] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._answered = False  # a byte of the current request's answer has come
         self._new_answer()
 
     def _new_answer(self) -> None:
@@ -166,7 +167,7 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         loop = asyncio.get_running_loop()
         self._new_answer()
-        self._answered = False  # no byte of an answer yet
+        self._answered = False
         waiter: asyncio.Future[Answer] = loop.create_future()
         self._waiter = waiter
         self._timer = loop.call_at(deadline, self._timed_out)

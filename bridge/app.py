@@ -222,7 +222,7 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
         for d, result in zip(started, results, strict=True):
             if isinstance(result, BaseException):
                 log.error("dispatcher stop failed", target=d.name, exc_info=result)
-        b.client.close()  # its own connections (GETs); the sessions close after this
+        b.client.close()  # its own connections (repeatable calls); the sessions close after
 
 
 def _reserve_in(dispatchers: dict[str, Dispatcher]) -> Reserve:

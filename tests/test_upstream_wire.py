@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import inspect
 import json
+import ssl
 import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import trustme
 from aiohttp import web
 
 from bridge.settings import ConfigError, UpstreamSettings, settings_from_dict
@@ -260,3 +262,36 @@ async def test_a_vendor_token_that_would_split_a_header_is_refused(
     )
     with pytest.raises(UpstreamAuthError, match="line break"):
         await client.login()
+
+
+async def test_https_vendor_is_verified_through_ssl_cert_file(
+    aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """The vendor is HTTPS in production: the client's own connections verify its
+    certificate against the system store, which `SSL_CERT_FILE` extends (a private CA);
+    without it the same server is refused, by name of the TLS error only."""
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+
+    async def events(request: web.Request) -> web.Response:
+        return web.Response(body=PAGE)
+
+    app = web.Application()
+    app.router.add_get("/V2/events", events)
+    server = await aiohttp_server(app, ssl=server_ctx)
+    base_url = str(server.make_url("/"))
+    assert base_url.startswith("https://")
+    settings = UpstreamSettings.model_validate(
+        {"base_url": base_url, "api_key": "k" * 16, "auth": {"token": "t" * 16}, "max_retries": 0}
+    )
+    async with aiohttp.ClientSession() as session:
+        untrusted = UpstreamClient(settings, session)
+        with pytest.raises(UpstreamUnavailable, match=r"^TLS error: SSLCertVerificationError$"):
+            await items(untrusted)
+        untrusted.close()
+        ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+        trusted = UpstreamClient(settings, session)  # its context is made at first use
+        assert await items(trusted) == [ITEM]
+        trusted.close()

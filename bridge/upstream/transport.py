@@ -60,6 +60,8 @@ MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 """Largest vendor answer read (a full events page is well under 1 MiB); past it the
 call fails instead of the bridge buffering whatever a broken proxy streams."""
 
+TOO_LARGE = f"response body over {MAX_RESPONSE_BYTES} bytes"
+
 # Failures that happen before a single byte of the request reached the vendor.
 _NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
@@ -235,16 +237,10 @@ class Transport:
             )
             body = _decoded(answer)
         except TimeoutError as err:  # an OSError too, but not a connection failure
-            self._record(endpoint, "timeout")
-            raise UpstreamUnavailable(
-                f"no answer within {self._settings.timeout_s:g}s ({type(err).__name__})",
-                endpoint=endpoint,
-            ) from err
+            raise self._no_answer(endpoint, err) from err
         except AnswerTooLarge as err:
             self._record(endpoint, "too_large")
-            raise UpstreamUnavailable(
-                f"response body over {MAX_RESPONSE_BYTES} bytes", endpoint=endpoint
-            ) from err
+            raise UpstreamUnavailable(TOO_LARGE, endpoint=endpoint) from err
         except SendError as err:
             self._record(endpoint, "error")
             raise UpstreamUnavailable(str(err), endpoint=endpoint) from err
@@ -292,15 +288,18 @@ class Transport:
                     raise
                 retry_header = resp.headers.get("Retry-After")
         except TimeoutError as err:  # also aiohttp's ServerTimeoutError family
-            self._record(endpoint, "timeout")
-            raise UpstreamUnavailable(
-                f"no answer within {self._settings.timeout_s:g}s ({type(err).__name__})",
-                endpoint=endpoint,
-            ) from err
+            raise self._no_answer(endpoint, err) from err
         except aiohttp.ClientError as err:
             self._record(endpoint, "error")
             raise UpstreamUnavailable(f"{type(err).__name__}: {err}", endpoint=endpoint) from err
         return status, raw, retry_header
+
+    def _no_answer(self, endpoint: str, err: TimeoutError) -> UpstreamUnavailable:
+        self._record(endpoint, "timeout")
+        return UpstreamUnavailable(
+            f"no answer within {self._settings.timeout_s:g}s ({type(err).__name__})",
+            endpoint=endpoint,
+        )
 
     @property
     def requests_sent(self) -> int:
@@ -318,9 +317,7 @@ class Transport:
 
 async def _read_capped(resp: aiohttp.ClientResponse, endpoint: str) -> bytes:
     """The body, or `UpstreamUnavailable` as soon as it is known to pass the cap."""
-    too_big = UpstreamUnavailable(
-        f"response body over {MAX_RESPONSE_BYTES} bytes", endpoint=endpoint, status=resp.status
-    )
+    too_big = UpstreamUnavailable(TOO_LARGE, endpoint=endpoint, status=resp.status)
     if resp.content_length is not None and resp.content_length > MAX_RESPONSE_BYTES:
         raise too_big
     parts: list[bytes] = []
